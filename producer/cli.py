@@ -1,0 +1,199 @@
+"""The ``moodq`` command: enqueue, watch, export (here) and worker, ask, eval, demo (worker.cli).
+
+Every option can also come from the environment: ``MOODQ_<COMMAND>_<OPTION>`` for command
+options, and the settings' ``MOODQ_*`` variables for everything else (see the README).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import sys
+import time
+
+import click
+import kombu.exceptions
+import redis
+from tqdm import tqdm
+
+from producer import sources
+from producer.enqueue import enqueue as enqueue_messages
+from worker.errors import MoodqError
+from worker.schemas import EXPORT_COLUMNS, FINAL, Record
+from worker.settings import get_settings
+from worker.store import Store
+
+option = functools.partial(click.option, show_envvar=True, show_default=True)
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+class Group(click.Group):
+    """Turns expected failures into one line on stderr and a non-zero exit, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError) as exc:
+            click.echo(f"error: cannot reach Redis at {safe_url(get_settings().redis_url)} ({exc}). "
+                       "Start it (redis-server) or set MOODQ_REDIS_URL.", err=True)
+            sys.exit(2)
+        except MoodqError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Group, context_settings={"auto_envvar_prefix": "MOODQ", "help_option_names": ["-h", "--help"]})
+def main():
+    """Label message sentiment and draft replies with one small language model, via Redis + Celery.
+
+    Settings (Redis URL, model, limits, ...) come from MOODQ_* environment variables;
+    see the README's configuration table.
+    """
+
+
+def _quiet() -> bool:
+    return not sys.stderr.isatty()
+
+
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(allow_dash=True))
+@option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv", "text"]), default="auto",
+        help="Input format; auto picks by file suffix (text = one message per line; stdin is text).")
+@option("--replace/--no-replace", default=False, help="Re-process ids that already have a record.")
+@option("--batch-size", type=click.IntRange(1, 10000), default=500, help="Messages per Redis round trip.")
+@option("--watch/--no-watch", default=False, help="Watch progress after enqueueing.")
+def enqueue(files, fmt, replace, batch_size, watch):
+    """Enqueue messages from JSONL/CSV files or stdin ('-').
+
+    Fields: text (required), id, conversation_id, lang, metadata; other fields are kept
+    as metadata. Bad lines are reported with file and line number; good lines still go in.
+    """
+    from worker.app import make_app
+
+    s = get_settings()
+    app = make_app(s)
+    errors: list[sources.LineError] = []
+    totals = {"accepted": 0, "duplicates": 0}
+    bar = tqdm(desc="enqueue", unit="msg", disable=_quiet() or None)
+
+    def messages(stream, name):
+        for item in sources.read(stream, name, fmt, s.max_chars):
+            if isinstance(item, sources.LineError):
+                errors.append(item)
+                click.echo(f"skipped {item}", err=True)
+            else:
+                yield item
+
+    for name in files or ("-",):
+        with sources.open_text(name) as stream:
+            res = enqueue_messages(messages(stream, name), s, app, replace=replace, batch=batch_size,
+                                   on_batch=bar.update)
+        totals["accepted"] += len(res.accepted)
+        totals["duplicates"] += len(res.duplicates)
+    bar.close()
+    click.echo(f"enqueued {totals['accepted']}, already known {totals['duplicates']} "
+               f"(use --replace to redo them), rejected {len(errors)}")
+    if watch:
+        _watch(Store(s), timeout=0, interval=1.0)
+
+
+def _watch(store: Store, timeout: float, interval: float) -> dict[str, int]:
+    started = time.monotonic()
+    counts = store.counts()
+    with tqdm(total=sum(counts.values()), desc="processed", unit="msg", disable=_quiet() or None) as bar:
+        while True:
+            counts = store.counts()
+            bar.total = sum(counts.values())
+            bar.n = counts["done"] + counts["failed"]
+            bar.set_postfix(done=counts["done"], failed=counts["failed"],
+                            pending=counts["pending"] + counts["labeled"], refresh=True)
+            if counts["pending"] + counts["labeled"] == 0:
+                break
+            if timeout and time.monotonic() - started > timeout:
+                break
+            time.sleep(interval)
+    return counts
+
+
+@main.command()
+@option("--timeout", type=float, default=0, help="Give up after this many seconds (0 = wait until done).")
+@option("--interval", type=float, default=1.0, help="Seconds between updates.")
+def watch(timeout, interval):
+    """Show progress (done / failed / pending) until every record is final."""
+    counts = _watch(Store(get_settings()), timeout, interval)
+    click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+    if counts["pending"] + counts["labeled"]:
+        sys.exit(1)
+
+
+def flat(rec: Record) -> dict:
+    row = rec.model_dump()
+    row["attempts_sentiment"] = rec.attempts.get("sentiment", 0)
+    row["attempts_reply"] = rec.attempts.get("reply", 0)
+    row.update({k: v for k, v in rec.timings.model_dump().items()})
+    row["metadata"] = json.dumps(rec.metadata, ensure_ascii=False)
+    return {k: row.get(k) for k in EXPORT_COLUMNS}
+
+
+@main.command()
+@option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=True), default="-")
+@option("--status", type=click.Choice(["pending", "labeled", "done", "failed"]), default=None,
+        help="Only records in this status.")
+def export(fmt, output, status):
+    """Write the labeled records, in enqueue order, as JSONL (full) or CSV (flat)."""
+    store = Store(get_settings())
+    ids = store.ids()
+    if status:
+        wanted = set(store.ids(status))
+        ids = [i for i in ids if i in wanted]
+    writer = None
+    for rec in tqdm(store.iter_records(ids), total=len(ids), desc="export", unit="rec",
+                    disable=_quiet() or output.name == "<stdout>" or None):
+        if fmt == "jsonl":
+            output.write(rec.model_dump_json() + "\n")
+            continue
+        if writer is None:
+            writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS)
+            writer.writeheader()
+        writer.writerow(flat(rec))
+
+
+@main.command()
+@option("--yes", is_flag=True, help="Do not ask.")
+def purge(yes):
+    """Delete every record under the configured key prefix."""
+    s = get_settings()
+    if not yes:
+        click.confirm(f"delete all records under '{s.key_prefix}:' in {safe_url(s.redis_url)}?", abort=True)
+    click.echo(f"deleted {Store(s).delete_all()} keys")
+
+
+def wait_for(store: Store, ids: list[str], timeout: float, on_change=None) -> list[Record]:
+    """Poll until every id's record is final (or the timeout passes); returns the records."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    while True:
+        records = store.get_many(ids)
+        for rec in records:
+            if on_change and seen.get(rec.id) != rec.status:
+                on_change(rec)
+            seen[rec.id] = rec.status
+        if all(r.status in FINAL for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+from worker import cli as _worker_cli  # noqa: E402  (registers worker, ask, eval, demo)
+
+_worker_cli.register(main)

@@ -1,0 +1,41 @@
+"""The Celery app and its configuration; no task logic here.
+
+The producer imports this module to send tasks by name; ``include`` makes only the
+worker import ``worker.tasks`` (and with it torch).
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from celery import Celery
+
+from worker.settings import Settings, get_settings
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    s = settings or get_settings()
+    app = Celery("moodq", broker=s.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        # JSON only: a pickle payload is refused, never executed.
+        task_serializer="json", accept_content=["json"], result_serializer="json", event_serializer="json",
+        # Records in our own store are the results; Celery's result backend is not used.
+        task_ignore_result=True, result_backend=None,
+        # A task is acknowledged after it finishes; a killed worker's message comes back.
+        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+        task_default_queue=s.queue, task_create_missing_queues=True,
+        broker_transport_options={"visibility_timeout": s.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        # The model loads in each pool process at start; give it time (Celery's default is 4 s).
+        worker_proc_alive_timeout=s.model_load_timeout,
+        # Events for Flower.
+        worker_send_task_events=True, task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+    if s.redis_url.startswith("rediss://") and "ssl_cert_reqs" not in s.redis_url:
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    app.conf.moodq_settings = s
+    return app
+
+
+app = make_app()

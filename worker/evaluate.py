@@ -1,0 +1,101 @@
+"""Accuracy of the sentiment path on a labeled JSONL file, through the worker's own code."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from worker.errors import BadMessage
+from worker.model import Engine
+
+
+@dataclass
+class Report:
+    n: int
+    accuracy: float
+    invalid_label_rate: float
+    per_class: dict[str, dict[str, float]]
+    confusion: dict[str, dict[str, int]]  # gold -> predicted -> count
+    messages_per_s: float
+    seconds: float
+    calibrated: bool
+    prompt_version: str
+    model: str
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+
+    def as_text(self) -> str:
+        labels = list(self.confusion)
+        lines = [
+            f"model {self.model}  prompts {self.prompt_version}  calibrated={self.calibrated}",
+            f"messages {self.n}  accuracy {self.accuracy:.3f}  invalid labels {self.invalid_label_rate:.3f}"
+            f"  {self.messages_per_s:.1f} msg/s ({self.seconds:.1f} s)",
+            "",
+            f"{'class':<12}{'precision':>10}{'recall':>10}{'support':>9}",
+        ]
+        for lab, m in self.per_class.items():
+            lines.append(f"{lab:<12}{m['precision']:>10.3f}{m['recall']:>10.3f}{int(m['support']):>9}")
+        lines += ["", "confusion (rows gold, columns predicted)", " " * 12 + "".join(f"{p:>10}" for p in labels)]
+        for gold in labels:
+            lines.append(f"{gold:<12}" + "".join(f"{self.confusion[gold][p]:>10}" for p in labels))
+        return "\n".join(lines)
+
+
+def read_labeled(path: Path) -> list[dict]:
+    rows = []
+    for no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
+                raise ValueError("needs string fields 'text' and 'label'")
+        except ValueError as exc:
+            raise BadMessage(f"{path}:{no}: {exc}") from None
+        rows.append(row)
+    return rows
+
+
+def evaluate(engine: Engine, rows: list[dict], *, batch_size: int = 8, calibrate: bool = True,
+             lang: str | None = None, progress: Callable[[int], None] | None = None) -> Report:
+    labels = engine.labels
+    unknown = {r["label"] for r in rows} - set(labels)
+    if unknown:
+        raise BadMessage(f"gold labels {sorted(unknown)} are not in the prompt's label set {labels}")
+    started = time.perf_counter()
+    predicted: list[str] = []
+    langs = [engine.prompts.language_of(r["text"], lang or r.get("lang")) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (langs[i], len(rows[i]["text"])))  # length buckets
+    by_index: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        for code in dict.fromkeys(langs[i] for i in chunk):
+            idx = [i for i in chunk if langs[i] == code]
+            for i, j in zip(idx, engine.judge([rows[i]["text"] for i in idx], code, calibrate=calibrate)):
+                by_index[i] = j.label
+        if progress:
+            progress(len(chunk))
+    predicted = [by_index[i] for i in range(len(rows))]
+    seconds = time.perf_counter() - started
+    gold = [r["label"] for r in rows]
+    pairs = Counter(zip(gold, predicted))
+    confusion = {g: {p: pairs[(g, p)] for p in labels} for g in labels}
+    per_class = {}
+    for lab in labels:
+        tp = pairs[(lab, lab)]
+        pred_n = sum(pairs[(g, lab)] for g in labels)
+        gold_n = sum(pairs[(lab, p)] for p in labels)
+        per_class[lab] = {"precision": tp / pred_n if pred_n else 0.0,
+                          "recall": tp / gold_n if gold_n else 0.0, "support": gold_n}
+    n = len(rows)
+    return Report(
+        n=n, accuracy=sum(pairs[(lab, lab)] for lab in labels) / n if n else 0.0,
+        invalid_label_rate=sum(p not in labels for p in predicted) / n if n else 0.0,
+        per_class=per_class, confusion=confusion, messages_per_s=n / seconds if seconds else 0.0,
+        seconds=seconds, calibrated=calibrate, prompt_version=engine.prompts.version, model=engine.model_id,
+    )

@@ -1,0 +1,126 @@
+"""Find, verify and load the configured model; cache converted GGUF weights for warm starts.
+
+The only module besides ``worker.model`` that imports torch/transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from worker import embedded
+from worker.errors import ModelError
+from worker.settings import EMBEDDED, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    model_id: str
+    seconds: float
+    warm: bool
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+
+
+def load(settings: Settings) -> Loaded:
+    """Load the model named by ``settings.model``; one clear ModelError if that is impossible."""
+    started = time.perf_counter()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    name = settings.model
+    try:
+        if name == EMBEDDED:
+            gguf = embedded.ensure_gguf(settings.cache_dir)
+            model, tok, warm = _load_gguf(gguf, embedded.SHA256, settings)
+            model_id = embedded.MODEL_ID
+        elif name.endswith(".gguf"):
+            path = Path(name).expanduser()
+            if not path.is_file():
+                raise ModelError(f"GGUF file not found: {path}")
+            model, tok, warm = _load_gguf(path, _sha256(path), settings)
+            model_id = f"gguf:{path.name}"
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(settings.dtype))
+            tok, warm, model_id = AutoTokenizer.from_pretrained(name), False, name
+    except ModelError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.eval()
+    return Loaded(model, tok, model_id, time.perf_counter() - started, warm)
+
+
+def check_model(settings: Settings) -> None:
+    """Cheap start-up check that the configured model exists (no weights are loaded)."""
+    name = settings.model
+    if name == EMBEDDED:
+        embedded.ensure_gguf(settings.cache_dir)
+    elif name.endswith(".gguf"):
+        if not Path(name).expanduser().is_file():
+            raise ModelError(f"GGUF file not found: {name}")
+    else:
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"model {name!r} not found as a local directory or in the hub cache: "
+                             f"{str(exc).splitlines()[0]}") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_gguf(path: Path, sha: str, settings: Settings):
+    """De-quantise a GGUF once; later starts load the converted weights from the cache."""
+    converted = settings.cache_dir / "converted" / f"{sha[:16]}-{settings.dtype}"
+    if (converted / "READY").exists():
+        tok = AutoTokenizer.from_pretrained(converted)
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(settings.dtype))
+        return model, tok, True
+    log.info("de-quantising %s (first start only; converted weights go to %s)", path.name, converted)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = model.to(_dtype(settings.dtype))
+    _save_converted(model, tok, converted)
+    return model, tok, False
+
+
+def _save_converted(model: PreTrainedModel, tok: PreTrainedTokenizerBase, target: Path) -> None:
+    """Write the converted weights atomically (a temp dir renamed into place)."""
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        model.hf_quantizer = None  # de-quantised already; lets save_pretrained write plain weights
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "READY").write_text("ok")
+        if target.exists():
+            shutil.rmtree(tmp)  # another process finished first
+        else:
+            os.replace(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("could not cache converted weights (%s); next start will de-quantise again", exc)

@@ -1,0 +1,202 @@
+"""The resident model's two jobs: score labels for a message, draft a reply.
+
+Sentiment is decided by *scoring*, not by generating and parsing text: one forward
+pass over [cached prefix | message | cue] and the log-probability of each label's
+full token sequence. The answer is always a configured label. The fixed prefix
+(system text + demonstrations) is encoded once per process and its KV cache reused.
+Contextual calibration divides out the label prior measured on content-free inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from worker.loading import Loaded
+from worker.prompts import Language, PromptSet
+
+SENTINEL = "\u2063MOODQ_TEXT\u2063"
+
+
+@dataclass
+class Judgement:
+    label: str
+    confidence: float
+    probs: dict[str, float]
+    scores: dict[str, float]
+
+
+@dataclass
+class Draft:
+    text: str
+    truncated: bool
+    tokens: int
+
+
+@dataclass
+class _Plan:
+    """Everything fixed for one language's sentiment prompt, computed at load."""
+
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+    label_ids: list[list[int]]
+    groups: dict[tuple[int, ...], list[int]]  # label token prefix -> labels sharing it
+    cache: object = None
+    bias: list[float] = field(default_factory=list)  # log p(label | content-free), subtracted
+
+
+class Engine:
+    def __init__(self, loaded: Loaded, prompts: PromptSet, use_cache: bool = True):
+        self.model, self.tok = loaded.model, loaded.tokenizer
+        self.model_id = loaded.model_id
+        self.prompts = prompts
+        self.labels = prompts.labels
+        self.use_cache = use_cache
+        self._specials = sorted(
+            {t for t in self.tok.all_special_tokens + list(self.tok.get_added_vocab()) if len(t) > 1},
+            key=len, reverse=True)
+        self.plans = {code: self._plan(lang) for code, lang in prompts.languages.items()}
+        for code, lang in prompts.languages.items():
+            if lang.sentiment.calibrate:
+                self.plans[code].bias = self._content_free_bias(code, lang.sentiment.calibrate)
+
+    # --- public
+    def judge(self, texts: list[str], lang: str, calibrate: bool = True) -> list[Judgement]:
+        """Label each text (one batch, same language). Always returns configured labels."""
+        plan = self.plans[lang]
+        raw = self._label_logprobs(plan, [self.clean(t) for t in texts])
+        return [self._decide(scores, plan.bias if calibrate else []) for scores in raw]
+
+    def draft(self, text: str, label: str, lang: str, history: list[tuple[str, str | None]],
+              *, max_new_tokens: int, deadline_s: float, sampling: dict) -> Draft:
+        """Draft a reply that knows the label and the conversation's earlier turns."""
+        conf = self.prompts.languages[lang]
+        word = conf.sentiment.label_words[label]
+        chat = [{"role": "system", "content": conf.reply.render_system(label, word)}]
+        for past_text, past_reply in history:
+            chat.append({"role": "user", "content": self.clean(past_text)})
+            if past_reply:
+                chat.append({"role": "assistant", "content": self.clean(past_reply)})
+        chat.append({"role": "user", "content": self.clean(text)})
+        ids = self._encode(self._render(chat, generation=True))
+        input_ids = torch.tensor([ids])
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+                max_time=deadline_s, eos_token_id=self._stop_ids(), pad_token_id=self.tok.pad_token_id,
+                **sampling,
+            )
+        new = out[0, len(ids):].tolist()
+        ended = bool(new) and new[-1] in self._stop_ids()
+        text_out = self.tok.decode(new, skip_special_tokens=True).strip()
+        return Draft(text_out, truncated=not ended, tokens=len(new))  # cut by the token cap or the deadline
+
+    def clean(self, text: str) -> str:
+        """Remove special-token strings from user text so it cannot forge chat turns."""
+        for special in self._specials:
+            if special in text:
+                text = text.replace(special, "")
+        return text
+
+    # --- scoring internals
+    def _render(self, chat: list[dict], generation: bool) -> str:
+        return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=generation)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _stop_ids(self) -> list[int]:
+        ids = {self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>"),
+               self.tok.convert_tokens_to_ids("<|endoftext|>")}
+        eos = self.model.generation_config.eos_token_id
+        ids.update(eos if isinstance(eos, list) else [eos])
+        unk = self.tok.unk_token_id
+        return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != unk)
+
+    def _plan(self, lang: Language) -> _Plan:
+        s = lang.sentiment
+        chat = [{"role": "system", "content": s.system}]
+        for ex in s.examples:
+            chat += [{"role": "user", "content": s.render_user(ex.text)},
+                     {"role": "assistant", "content": s.label_words[ex.label]}]
+        chat.append({"role": "user", "content": s.render_user(SENTINEL)})
+        prefix, suffix = self._render(chat, generation=True).split(SENTINEL)
+        label_ids = [self._encode(s.label_words[label]) for label in self.labels]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for j, ids in enumerate(label_ids):
+            groups.setdefault(tuple(ids[:-1]), []).append(j)
+        plan = _Plan(self._encode(prefix), self._encode(suffix), label_ids, groups)
+        if self.use_cache:
+            with torch.inference_mode():
+                out = self.model(torch.tensor([plan.prefix_ids]), use_cache=True)
+            plan.cache = out.past_key_values
+        return plan
+
+    def _content_free_bias(self, lang: str, inputs: list[str]) -> list[float]:
+        plan = self.plans[lang]
+        probs = [_softmax(s) for s in self._label_logprobs(plan, inputs)]
+        mean = [sum(p[j] for p in probs) / len(probs) for j in range(len(self.labels))]
+        return [math.log(max(m, 1e-9)) for m in mean]
+
+    def _decide(self, scores: list[float], bias: list[float]) -> Judgement:
+        adjusted = [s - b for s, b in zip(scores, bias)] if bias else scores
+        probs = _softmax(adjusted)
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return Judgement(
+            label=self.labels[best], confidence=probs[best],
+            probs={lab: round(p, 6) for lab, p in zip(self.labels, probs)},
+            scores={lab: round(s, 4) for lab, s in zip(self.labels, scores)},
+        )
+
+    def _label_logprobs(self, plan: _Plan, texts: list[str]) -> list[list[float]]:
+        """Log P(label tokens | prompt) for every text and label: one padded forward pass."""
+        rows, owners = [], []  # token ids after the prefix; (text index, label prefix)
+        for i, text in enumerate(texts):
+            base = self._encode(text) + plan.suffix_ids
+            for pre in plan.groups:
+                rows.append(base + list(pre))
+                owners.append((i, pre, len(base)))
+        hidden = self._hidden(plan, rows)  # per row: hidden states of its own tokens
+        head = self.model.get_output_embeddings()
+        out = [[0.0] * len(self.labels) for _ in texts]
+        for h, (i, pre, base_len) in zip(hidden, owners):
+            positions = list(range(base_len - 1, base_len + len(pre)))
+            with torch.inference_mode():
+                logp = torch.log_softmax(head(h[positions]).float(), dim=-1)
+            for j in plan.groups[pre]:
+                out[i][j] = float(sum(logp[k, tok] for k, tok in enumerate(plan.label_ids[j])))
+        return out
+
+    def _hidden(self, plan: _Plan, rows: list[list[int]]) -> list[torch.Tensor]:
+        """Final hidden states for each row (right-padded batch), on top of the cached prefix."""
+        width = max(len(r) for r in rows)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        n, p = len(rows), len(plan.prefix_ids)
+        with torch.inference_mode():
+            if self.use_cache:
+                cache = copy.deepcopy(plan.cache)
+                if n > 1:
+                    cache.batch_repeat_interleave(n)
+                full_mask = torch.cat([torch.ones(n, p, dtype=mask.dtype), mask], dim=1)
+                positions = torch.arange(p, p + width).unsqueeze(0).expand(n, -1)
+                out = self.model.base_model(input_ids=ids, attention_mask=full_mask, past_key_values=cache,
+                                            position_ids=positions, use_cache=True)
+                states = out.last_hidden_state
+            else:
+                prefix = torch.tensor([plan.prefix_ids] * n)
+                full_mask = torch.cat([torch.ones(n, p, dtype=mask.dtype), mask], dim=1)
+                out = self.model.base_model(input_ids=torch.cat([prefix, ids], dim=1), attention_mask=full_mask)
+                states = out.last_hidden_state[:, p:]
+        return [states[k, : len(r)] for k, r in enumerate(rows)]
+
+
+def _softmax(xs: list[float]) -> list[float]:
+    top = max(xs)
+    exps = [math.exp(x - top) for x in xs]
+    total = sum(exps)
+    return [e / total for e in exps]

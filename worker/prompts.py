@@ -1,0 +1,115 @@
+"""Prompt files: YAML data validated into typed templates, plus language choice.
+
+A broken file fails when it is loaded (at worker start) with one readable error.
+Templates use ``$name`` placeholders (``string.Template``); a missing one is an error.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from string import Template
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from worker.errors import ConfigError
+
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Example(Strict):
+    text: str = Field(min_length=1)
+    label: str
+
+
+class SentimentPrompt(Strict):
+    system: str
+    user: str = Field(description="User turn; must contain $text.")
+    label_words: dict[str, str] = Field(description="What the model says for each label, e.g. positive: 正面.")
+    examples: list[Example] = Field(default_factory=list, description="Demonstrations (never dev-set lines).")
+    calibrate: list[str] = Field(default_factory=list, description="Content-free inputs; empty list = no calibration.")
+
+    def render_user(self, text: str) -> str:
+        return Template(self.user).substitute(text=text)
+
+
+class ReplyPrompt(Strict):
+    system: str = Field(description="May use $label and $hint.")
+    hints: dict[str, str] = Field(default_factory=dict, description="Per-label advice put into $hint.")
+
+    def render_system(self, label: str, label_word: str) -> str:
+        return Template(self.system).substitute(label=label_word, hint=self.hints.get(label, ""))
+
+
+class Language(Strict):
+    sentiment: SentimentPrompt
+    reply: ReplyPrompt
+
+
+class PromptSet(Strict):
+    version: str = Field(min_length=1)
+    labels: list[str] = Field(min_length=2)
+    languages: dict[str, Language] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PromptSet":
+        labels = set(self.labels)
+        if len(labels) != len(self.labels):
+            raise ValueError("labels must be distinct")
+        for code, lang in self.languages.items():
+            s = lang.sentiment
+            where = f"languages.{code}.sentiment"
+            if set(s.label_words) != labels:
+                raise ValueError(
+                    f"{where}.label_words must name exactly the labels {sorted(labels)}, got {sorted(s.label_words)}")
+            if len(set(s.label_words.values())) != len(labels):
+                raise ValueError(f"{where}.label_words must be distinct words")
+            for i, ex in enumerate(s.examples):
+                if ex.label not in labels:
+                    raise ValueError(f"{where}.examples[{i}]: unknown label {ex.label!r} (labels: {sorted(labels)})")
+            _check_template(s.user, {"text"}, f"{where}.user")
+            _check_template(lang.reply.system, {"label", "hint"}, f"languages.{code}.reply.system")
+            unknown = set(lang.reply.hints) - labels
+            if unknown:
+                raise ValueError(f"languages.{code}.reply.hints: unknown labels {sorted(unknown)}")
+        return self
+
+    def language_of(self, text: str, requested: str | None = None) -> str:
+        """The prompt language for a message: the requested one, else detected from the script."""
+        if requested:
+            if requested not in self.languages:
+                raise KeyError(requested)
+            return requested
+        cjk = len(_CJK.findall(text))
+        letters = len(_LETTER.findall(text))
+        guess = "zh" if letters and cjk / letters >= 0.2 else "en"
+        return guess if guess in self.languages else next(iter(self.languages))
+
+
+def _check_template(text: str, allowed: set[str], where: str) -> None:
+    names = {m.group("named") or m.group("braced") for m in Template.pattern.finditer(text)} - {None}
+    unknown = names - allowed
+    if unknown:
+        raise ValueError(f"{where}: unknown placeholder(s) {sorted('$' + n for n in unknown)}; allowed {sorted(allowed)}")
+    if "text" in allowed and "text" not in names:
+        raise ValueError(f"{where}: must contain $text")
+
+
+def load_prompts(path: Path) -> PromptSet:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"prompt file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"prompt file {path} is not valid YAML: {exc}") from None
+    try:
+        return PromptSet.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"prompt file {path} is invalid:\n" + "\n".join(lines)) from None

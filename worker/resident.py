@@ -1,0 +1,67 @@
+"""The one resident model of a worker process: loaded once, at process start.
+
+With the prefork pool, each child process loads the model in ``worker_process_init``
+(Celery's ``worker_proc_alive_timeout`` is raised to ``model_load_timeout`` for this), so
+the first task does not pay the load inside its time limit. Other pools, and code that
+calls :func:`engine` directly, load on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery.signals import worker_process_init
+
+from worker.errors import ModelError
+from worker.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_engine = None
+_load_error: str | None = None
+
+
+def engine(settings: Settings | None = None):
+    """The process's Engine, loading it on first call."""
+    global _engine, _load_error
+    if _engine is None:
+        with _lock:
+            if _engine is None:
+                from worker.loading import load
+                from worker.model import Engine
+                from worker.prompts import load_prompts
+
+                s = settings or get_settings()
+                try:
+                    loaded = load(s)
+                    _engine = Engine(loaded, load_prompts(s.prompts))
+                except Exception as exc:
+                    _load_error = str(exc)
+                    raise ModelError(f"model could not be loaded in this worker process: {exc}") from exc
+                log.info("model %s ready in %.1f s (%s start, pid %s, %d threads)", loaded.model_id,
+                         loaded.seconds, "warm" if loaded.warm else "cold", os.getpid(), _threads())
+    return _engine
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@worker_process_init.connect
+def _load_at_process_start(**_):
+    s = get_settings()
+    if not s.threads:
+        import torch
+
+        from worker.app import app
+
+        per_process = max(1, (os.cpu_count() or 1) // max(1, app.conf.worker_concurrency or 1))
+        torch.set_num_threads(per_process)
+    try:
+        engine(s)
+    except ModelError as exc:  # the tasks will report it; do not crash-loop the pool
+        log.critical("%s", exc)

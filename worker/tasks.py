@@ -1,0 +1,146 @@
+"""Thin Celery tasks: fetch the record, call the model, store the outcome.
+
+``sentiment`` labels a message (it never sees other messages); the producer chains
+``reply`` after it, which drafts an answer that knows the label and the earlier turns of
+the same conversation. Transient errors are retried with exponential backoff; bad input
+is not; after the last try the record is ``failed`` with a readable reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from worker.app import app
+from worker.errors import BadMessage, Transient
+from worker.resident import engine
+from worker.schemas import FINAL, Record
+from worker.settings import get_settings
+from worker.store import Store
+
+log = logging.getLogger(__name__)
+s = get_settings()
+_store: Store | None = None
+
+
+def store() -> Store:
+    global _store
+    if _store is None:
+        _store = Store(s)
+    return _store
+
+
+def describe(exc: BaseException, task: Task) -> str:
+    """A reason a person can read."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return f"{task.name} exceeded its time limit of {task.soft_time_limit:g} s"
+    if isinstance(exc, TimeLimitExceeded):
+        return f"{task.name} was killed at its hard time limit of {task.time_limit:g} s"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return f"Redis unavailable: {exc}"
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, (BadMessage, Transient)) else f"{type(exc).__name__}: {text}"
+
+
+class StageTask(Task):
+    """Retries, limits and failure records shared by both stages."""
+
+    autoretry_for = (Transient, SoftTimeLimitExceeded, redis.ConnectionError, redis.TimeoutError)
+    dont_autoretry_for = (BadMessage,)
+    retry_backoff = 1
+    retry_backoff_max = int(s.retry_backoff_max)
+    retry_jitter = True
+    max_retries = s.max_retries
+    throws = (BadMessage,)  # expected: logged in one line, no traceback
+    acks_late = True
+    reject_on_worker_lost = True
+    typing = False
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        mid = args[0] if args else kwargs.get("mid")
+        reason = describe(exc, self)
+
+        def fail(rec: Record) -> None:
+            if rec.status in FINAL:
+                return
+            rec.status, rec.error, rec.error_stage, rec.finished_at = "failed", reason, self.name, time.time()
+
+        try:
+            if store().update(mid, fail) is None:
+                log.error("no record for message %s; failure not stored: %s", mid, reason)
+        except redis.RedisError as err:
+            log.error("could not store failure of %s (%s): %s", mid, reason, err)
+
+    def begin(self, mid: str) -> Record | None:
+        """Count this attempt; None when the record is already final (a repeated delivery)."""
+        def count(rec: Record) -> None:
+            rec.attempts[self.name] = rec.attempts.get(self.name, 0) + 1
+
+        rec = store().update(mid, count)
+        if rec is None:
+            raise BadMessage(f"no record for message id {mid!r} (expired or purged?)")
+        return None if rec.status in FINAL else rec
+
+
+def _check_text(rec: Record) -> str:
+    if not isinstance(rec.text, str) or not rec.text.strip():
+        raise BadMessage("text is empty or only whitespace")
+    if len(rec.text) > s.max_chars:
+        raise BadMessage(f"text is {len(rec.text)} characters, over the limit of {s.max_chars}")
+    eng = engine()
+    try:
+        return eng.prompts.language_of(rec.text, rec.lang)
+    except KeyError:
+        raise BadMessage(f"no prompts for language {rec.lang!r} (have {', '.join(eng.prompts.languages)})") from None
+
+
+@app.task(base=StageTask, bind=True, name="sentiment",
+          soft_time_limit=s.sentiment_soft_limit, time_limit=s.sentiment_hard_limit)
+def sentiment(self: StageTask, mid: str) -> str:
+    rec = self.begin(mid)
+    if rec is None or rec.status != "pending":
+        return mid
+    started = time.time()
+    lang = _check_text(rec)
+    eng = engine()
+    judgement = eng.judge([rec.text], lang)[0]
+    elapsed_ms = (time.time() - started) * 1000
+
+    def labeled(r: Record) -> None:
+        r.status, r.lang, r.label, r.confidence = "labeled", lang, judgement.label, judgement.confidence
+        r.probs, r.scores = judgement.probs, judgement.scores
+        r.model, r.prompt_version, r.labeled_at = eng.model_id, eng.prompts.version, time.time()
+        r.timings.queued_ms = round((started - r.enqueued_at) * 1000, 1)
+        r.timings.sentiment_ms = round(elapsed_ms, 1)
+
+    store().update(mid, labeled)
+    return mid
+
+
+@app.task(base=StageTask, bind=True, name="reply",
+          soft_time_limit=s.reply_soft_limit, time_limit=s.reply_hard_limit)
+def reply(self: StageTask, mid: str) -> str:
+    rec = self.begin(mid)
+    if rec is None:
+        return mid
+    if rec.status != "labeled" or rec.label is None:
+        raise BadMessage(f"reply for {mid!r} found status {rec.status!r}; it needs a label first")
+    started = time.time()
+    draft = None
+    if s.replies_for(rec.label):
+        history = [(h.text, h.reply) for h in store().history(rec, s.history_turns)]
+        draft = engine().draft(rec.text, rec.label, rec.lang, history, max_new_tokens=s.max_reply_tokens,
+                               deadline_s=max(0.5, s.reply_soft_limit * 0.8), sampling=s.sampling())
+
+    def done(r: Record) -> None:
+        r.status, r.finished_at = "done", time.time()
+        r.reply = draft.text if draft else None
+        r.reply_truncated = draft.truncated if draft else None
+        r.timings.reply_ms = round((time.time() - started) * 1000, 1)
+
+    store().update(mid, done)
+    return mid
