@@ -30,7 +30,6 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_proc_alive_timeout=s.model_load_timeout,
         # Events for Flower.
         worker_send_task_events=True, task_send_sent_event=True,
-        worker_hijack_root_logger=False,
     )
     if s.redis_url.startswith("rediss://") and "ssl_cert_reqs" not in s.redis_url:
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}

@@ -111,5 +111,6 @@ def load_prompts(path: Path) -> PromptSet:
     try:
         return PromptSet.model_validate(data)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors()]
+        lines = [f"  {'.'.join(map(str, e['loc'])) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
+                 for e in exc.errors()]
         raise ConfigError(f"prompt file {path} is invalid:\n" + "\n".join(lines)) from None

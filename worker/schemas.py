@@ -70,6 +70,7 @@ class Record(BaseModel):
     scores: dict[str, float] | None = None
     reply: str | None = None
     reply_truncated: bool | None = None
+    context_ids: list[str] = Field(default_factory=list, description="Earlier turns the reply saw.")
     error: str | None = None
     error_stage: str | None = None
     attempts: dict[str, int] = Field(default_factory=dict)

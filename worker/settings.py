@@ -103,7 +103,8 @@ def load_settings(**overrides) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = [f"  MOODQ_{'_'.join(map(str, e['loc'])).upper() or '?'}: {e['msg']}" for e in exc.errors()]
+        lines = [f"  MOODQ_{'_'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg'].removeprefix('Value error, ')}"
+                 for e in exc.errors()]
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
 
 

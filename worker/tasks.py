@@ -130,9 +130,10 @@ def reply(self: StageTask, mid: str) -> str:
     if rec.status != "labeled" or rec.label is None:
         raise BadMessage(f"reply for {mid!r} found status {rec.status!r}; it needs a label first")
     started = time.time()
-    draft = None
+    draft, earlier = None, []
     if s.replies_for(rec.label):
-        history = [(h.text, h.reply) for h in store().history(rec, s.history_turns)]
+        earlier = store().history(rec, s.history_turns)
+        history = [(h.text, h.reply) for h in earlier]
         draft = engine().draft(rec.text, rec.label, rec.lang, history, max_new_tokens=s.max_reply_tokens,
                                deadline_s=max(0.5, s.reply_soft_limit * 0.8), sampling=s.sampling())
 
@@ -140,6 +141,7 @@ def reply(self: StageTask, mid: str) -> str:
         r.status, r.finished_at = "done", time.time()
         r.reply = draft.text if draft else None
         r.reply_truncated = draft.truncated if draft else None
+        r.context_ids = [h.id for h in earlier]
         r.timings.reply_ms = round((time.time() - started) * 1000, 1)
 
     store().update(mid, done)

@@ -1,0 +1,124 @@
+"""Shared fixtures: a private Redis namespace, the embedded model, and real worker processes.
+
+Tests use their own Redis DB index (MOODQ_TEST_REDIS_URL, default db 11) and a key prefix
+and queue unique to the run, and delete what they wrote at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+RUN = uuid.uuid4().hex[:8]
+REDIS_URL = os.environ.get("MOODQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+# Before anything imports worker.settings: every setting the tests rely on.
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "MOODQ_REDIS_URL": REDIS_URL,
+    "MOODQ_KEY_PREFIX": f"moodqtest-{RUN}",
+    "MOODQ_QUEUE": f"moodqtest-{RUN}",
+    "MOODQ_MAX_REPLY_TOKENS": "24",
+    "MOODQ_RETRY_BACKOFF_MAX": "1",
+})
+for key in [k for k in os.environ if k.startswith("MOODQ_") and k not in (
+        "MOODQ_REDIS_URL", "MOODQ_KEY_PREFIX", "MOODQ_QUEUE", "MOODQ_MAX_REPLY_TOKENS",
+        "MOODQ_RETRY_BACKOFF_MAX", "MOODQ_TEST_REDIS_URL", "MOODQ_CACHE_DIR")]:
+    del os.environ[key]  # an operator's own settings must not leak into the tests
+
+from worker.settings import get_settings, load_settings  # noqa: E402
+from worker.store import Store  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def settings():
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def store(settings):
+    st = Store(settings)
+    st.r.ping()
+    yield st
+    st.delete_all()
+    for queue in (settings.queue, f"{settings.queue}-faults"):
+        st.r.delete(queue, f"_kombu.binding.{queue}", *[f"{queue}\x06\x16{p}" for p in range(1, 10)])
+
+
+@pytest.fixture(scope="session")
+def engine(settings):
+    """The embedded model, loaded once in the test process."""
+    from worker.resident import engine as resident
+
+    return resident(load_settings(threads=2))
+
+
+def _start_worker(name: str, env: dict, args: list[str], log: Path):
+    full_env = {**os.environ, **env}
+    out = log.open("w")
+    proc = subprocess.Popen(args + ["--hostname", f"{name}-{RUN}@%h"], env=full_env, cwd=ROOT,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    from worker.app import make_app
+
+    app = make_app(load_settings(**{k[6:].lower(): v for k, v in env.items() if k.startswith("MOODQ_")}))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {name} exited early:\n{log.read_text()[-3000:]}")
+        if app.control.ping(destination=[f"{name}-{RUN}@{os.uname().nodename}"], timeout=1.0):
+            if "model" in log.read_text() and "ready" in log.read_text():
+                return proc
+        time.sleep(0.5)
+    raise RuntimeError(f"worker {name} did not become ready:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc):
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def worker(store, tmp_path_factory):
+    """A real worker started through the CLI (`moodq worker`), on the run's queue."""
+    log = tmp_path_factory.mktemp("logs") / "worker.log"
+    proc = _start_worker("main", {}, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"], log)
+    yield proc
+    _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def fault_worker(store, settings, tmp_path_factory):
+    """A real worker with test-only fault injection (tests/faults.py), short limits, its own queue."""
+    env = {
+        "MOODQ_QUEUE": f"{settings.queue}-faults",
+        "MOODQ_SENTIMENT_SOFT_LIMIT": "3", "MOODQ_SENTIMENT_HARD_LIMIT": "20",
+        "MOODQ_MAX_RETRIES": "2", "MOODQ_MAX_CHARS": "60",
+    }
+    log = tmp_path_factory.mktemp("logs") / "fault_worker.log"
+    args = [sys.executable, "-m", "celery", "-A", "tests.faults", "worker", "-Q", env["MOODQ_QUEUE"],
+            "-c", "1", "-P", "prefork", "-l", "INFO"]
+    proc = _start_worker("faults", env, args, log)
+    yield load_settings(**{k[6:].lower(): v for k, v in env.items()})
+    _stop(proc)
+
+
+def wait_final(store, ids, timeout=300):
+    from producer.cli import wait_for
+
+    records = wait_for(store, list(ids), timeout)
+    assert len(records) == len(ids), "a record went missing"
+    return {r.id: r for r in records}

@@ -1,0 +1,33 @@
+"""TEST-ONLY fault injection for a real worker: the Celery app of worker.tasks, with the
+model's ``judge`` wrapped so that marked messages fail on purpose.
+
+  "[transient:N] ..."  raises a Transient error on its first N attempts, then works
+  "[slow] ..."         sleeps past the soft time limit on every attempt
+
+Everything else (retries, limits, records) is the production code path.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from worker import model, tasks
+from worker.app import app  # noqa: F401  (celery -A tests.faults)
+from worker.errors import Transient
+
+_real_judge = model.Engine.judge
+
+
+def _judge(self, texts, lang, calibrate=True):
+    for text in texts:
+        if m := re.match(r"\[transient:(\d+)\]", text):
+            tries = tasks.store().r.incr(tasks.s.key("fault", text))
+            if tries <= int(m.group(1)):
+                raise Transient(f"injected transient fault {tries}/{m.group(1)}")
+        if text.startswith("[slow]"):
+            time.sleep(60)
+    return _real_judge(self, texts, lang, calibrate)
+
+
+model.Engine.judge = _judge

@@ -1,0 +1,98 @@
+"""End to end on real parts: CLI producer -> Redis -> real worker process -> embedded model -> records."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from producer.enqueue import enqueue
+from producer.sources import to_message
+from tests.conftest import DATA, ROOT, wait_final
+
+pytestmark = [pytest.mark.worker, pytest.mark.model]
+
+SEEDS = {
+    "今天的实验终于成功了，太棒了！": "positive",
+    "我感觉很累，工作压力太大了。": "negative",
+    "这个天气真让人烦躁。": "negative",
+}
+
+
+def moodq(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "producer", *args], input=stdin, capture_output=True,
+                          text=True, cwd=ROOT, env=os.environ, timeout=300)
+
+
+def test_file_enqueued_through_cli_is_processed_end_to_end(worker, store, settings):
+    """Every good line of a file becomes a done record with label, reply and timings; bad lines are reported."""
+    run = moodq("enqueue", str(DATA / "small.jsonl"))
+    assert run.returncode == 0, run.stderr
+    assert "enqueued 4" in run.stdout and "rejected 3" in run.stdout
+    assert "small.jsonl:5: text: text is empty or only whitespace" in run.stderr
+    assert "small.jsonl:6: invalid JSON" in run.stderr
+    assert "small.jsonl:7: text: text must be a string, got int" in run.stderr
+
+    records = wait_final(store, ["e2e-1", "e2e-2", "e2e-3", "e2e-4"])
+    for rec in records.values():
+        assert rec.status == "done", rec.error
+        assert rec.label in ("positive", "negative")
+        assert 0.5 <= rec.confidence <= 1.0
+        assert rec.reply and rec.reply.strip()
+        assert rec.timings.sentiment_ms > 0 and rec.timings.reply_ms > 0
+        assert rec.attempts == {"sentiment": 1, "reply": 1}
+        assert rec.model.startswith("embedded:") and rec.prompt_version
+    assert records["e2e-4"].lang == "en" and records["e2e-1"].lang == "zh"
+
+    out = moodq("export", "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    rows = {r["id"]: r for r in csv.DictReader(io.StringIO(out.stdout))}
+    assert json.loads(rows["e2e-1"]["metadata"]) == {"ticket": 101}
+    assert json.loads(rows["e2e-2"]["metadata"]) == {"channel": "email"}
+    assert rows["e2e-3"]["status"] == "done" and rows["e2e-3"]["label"] == "negative"
+
+
+def test_seed_messages_get_sensible_labels(worker, store, settings):
+    """The seed documents' three samples: one positive, two negative, through the real worker."""
+    from worker.app import app
+
+    msgs = [to_message({"id": f"seed-{i}", "text": t}, settings.max_chars) for i, t in enumerate(SEEDS)]
+    enqueue(msgs, settings, app, replace=True)
+    records = wait_final(store, [m.id for m in msgs])
+    assert {records[m.id].text: records[m.id].label for m in msgs} == SEEDS
+
+
+def test_reenqueueing_an_id_does_not_duplicate_its_record(worker, store, settings):
+    """A second enqueue of a known id is reported as a duplicate and leaves one record."""
+    from worker.app import app
+
+    msg = to_message({"id": "dup-1", "text": "Great support, thanks!"}, settings.max_chars)
+    first = enqueue([msg], settings, app)
+    second = enqueue([msg, msg], settings, app)
+    assert first.accepted == ["dup-1"] and second.accepted == [] and second.duplicates == ["dup-1", "dup-1"]
+    rec = wait_final(store, ["dup-1"])["dup-1"]
+    assert rec.status == "done" and rec.attempts == {"sentiment": 1, "reply": 1}
+    assert store.ids().count("dup-1") == 1
+    assert len(store.r.keys(settings.key("rec", "dup-1"))) == 1
+
+
+def test_history_reaches_the_reply_but_never_the_sentiment(worker, store, settings, engine):
+    """In a conversation the reply sees the earlier turn; the label is what the message alone gets."""
+    from worker.app import app
+
+    texts = ["My order #7 never arrived.", "Actually it just came and it is wonderful!"]
+    msgs = [to_message({"id": f"conv-{i}", "text": t, "conversation_id": "c-1"}, settings.max_chars)
+            for i, t in enumerate(texts)]
+    enqueue(msgs, settings, app, replace=True)
+    records = wait_final(store, [m.id for m in msgs])
+    first, second = records["conv-0"], records["conv-1"]
+    assert first.context_ids == [] and second.context_ids == ["conv-0"]
+    alone = engine.judge([texts[1]], "en")[0]
+    assert second.label == alone.label == "positive"
+    for lab, score in alone.scores.items():
+        assert second.scores[lab] == pytest.approx(score, abs=0.05)

@@ -1,0 +1,130 @@
+"""Settings, prompt files, input parsing and the compose file: validation without a model."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from producer import sources
+from tests.conftest import ROOT
+from worker.errors import ConfigError
+from worker.prompts import load_prompts
+from worker.settings import PROMPTS_FILE, load_settings
+
+SHARED = ROOT.parent / "shared"
+
+
+def test_settings_read_from_environment(monkeypatch):
+    """MOODQ_* variables reach the settings object."""
+    monkeypatch.setenv("MOODQ_MAX_CHARS", "123")
+    monkeypatch.setenv("MOODQ_REPLY_LABELS", "negative")
+    s = load_settings()
+    assert s.max_chars == 123 and s.replies_for("negative") and not s.replies_for("positive")
+
+
+def test_settings_errors_name_the_variable(monkeypatch):
+    """A bad value fails at start with the variable's name and the reason."""
+    monkeypatch.setenv("MOODQ_MAX_CHARS", "lots")
+    with pytest.raises(ConfigError, match="MOODQ_MAX_CHARS: Input should be a valid integer"):
+        load_settings()
+    monkeypatch.delenv("MOODQ_MAX_CHARS")
+    with pytest.raises(ConfigError, match="sentiment_hard_limit .* must be greater than sentiment_soft_limit"):
+        load_settings(sentiment_soft_limit=10, sentiment_hard_limit=5)
+
+
+def test_visibility_timeout_outlasts_limits_and_backoff():
+    s = load_settings(reply_hard_limit=300, reply_soft_limit=200, retry_backoff_max=100)
+    assert s.visibility_timeout > 300 + 100
+
+
+def test_default_prompts_are_valid():
+    p = load_prompts(PROMPTS_FILE)
+    assert p.labels == ["positive", "negative"] and set(p.languages) == {"zh", "en"}
+    assert p.language_of("这个天气真让人烦躁。") == "zh" and p.language_of("so annoying") == "en"
+
+
+def _broken(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load(PROMPTS_FILE.read_text(encoding="utf-8"))
+    edit(data)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["languages"]["zh"]["sentiment"]["examples"].append({"text": "x", "label": "angry"}),
+     "examples[4]: unknown label 'angry'"),
+    (lambda d: d["languages"]["en"]["sentiment"].update(user="Sentiment of this:"), "must contain $text"),
+    (lambda d: d["languages"]["en"]["sentiment"].update(user="$text $oops"), "unknown placeholder"),
+    (lambda d: d["languages"]["en"]["sentiment"]["label_words"].pop("negative"), "must name exactly the labels"),
+    (lambda d: d["languages"]["en"]["sentiment"].update(colour="red"), "colour: Extra inputs are not permitted"),
+    (lambda d: d.pop("version"), "version: Field required"),
+])
+def test_broken_prompt_file_fails_with_a_clear_message(tmp_path, edit, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_prompts(_broken(tmp_path, edit))
+
+
+def test_prompt_file_that_is_not_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("labels: [unclosed", encoding="utf-8")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_prompts(path)
+
+
+def test_sources_report_bad_lines_and_keep_good_ones():
+    """JSONL: each bad line becomes an error with its line number; good lines keep their metadata."""
+    text = "\n".join([
+        json.dumps({"id": 7, "text": "ok", "shop": "north"}),
+        "{broken",
+        json.dumps({"text": ""}),
+        json.dumps({"text": ["a"]}),
+        json.dumps({"text": "y" * 11}),
+        json.dumps(["not", "an", "object"]),
+        json.dumps({"text": "fine", "lang": "EN!"}),
+    ])
+    items = list(sources.read(io.StringIO(text), "in.jsonl", "auto", max_chars=10))
+    good = [i for i in items if not isinstance(i, sources.LineError)]
+    bad = {i.line: i.reason for i in items if isinstance(i, sources.LineError)}
+    assert [(m.id, m.text, m.metadata) for m in good] == [("7", "ok", {"shop": "north"})]
+    assert bad[2].startswith("invalid JSON")
+    assert bad[3] == "text: text is empty or only whitespace"
+    assert bad[4] == "text: text must be a string, got list"
+    assert bad[5] == "text is 11 characters, over the limit of 10 (MOODQ_MAX_CHARS)"
+    assert bad[6] == "expected an object, got list"
+    assert bad[7].startswith("lang: String should match pattern")
+
+
+def test_csv_source_with_line_numbers():
+    data = "id,text,conversation_id,team\n1,hello there,c1,blue\n2,,c1,red\n"
+    items = list(sources.read(io.StringIO(data), "in.csv", "auto", max_chars=100))
+    assert items[0].id == "1" and items[0].conversation_id == "c1" and items[0].metadata == {"team": "blue"}
+    assert isinstance(items[1], sources.LineError) and items[1].line == 3
+
+
+def test_unreachable_redis_is_one_clear_error():
+    """No traceback, a non-zero exit and the URL (without password) in the message."""
+    env = {**os.environ, "MOODQ_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0"}
+    run = subprocess.run([sys.executable, "-m", "producer", "watch"], capture_output=True, text=True,
+                         env=env, cwd=ROOT, timeout=60)
+    assert run.returncode == 2
+    assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in run.stderr
+    assert "Traceback" not in run.stderr and "s3cret" not in run.stderr
+
+
+def test_compose_file_matches_the_compose_schema():
+    schema = json.loads((SHARED / "schemas" / "compose-spec.json").read_text())
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    jsonschema.validate(compose, schema)
+    assert set(compose["services"]) >= {"redis", "worker", "flower", "producer"}
+    assert "noeviction" in " ".join(compose["services"]["redis"]["command"])
+    assert "healthcheck" in compose["services"]["redis"]
