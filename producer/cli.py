@@ -67,7 +67,7 @@ def _quiet() -> bool:
 
 @main.command()
 @click.argument("files", nargs=-1, type=click.Path(allow_dash=True))
-@option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv", "text"]), default="auto",
+@option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv", "text"]), default="auto", envvar="MOODQ_ENQUEUE_FORMAT",
         help="Input format; auto picks by file suffix (text = one message per line; stdin is text).")
 @option("--replace/--no-replace", default=False, help="Re-process ids that already have a record.")
 @option("--batch-size", type=click.IntRange(1, 10000), default=500, help="Messages per Redis round trip.")
@@ -146,7 +146,7 @@ def flat(rec: Record) -> dict:
 
 
 @main.command()
-@option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl")
+@option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", envvar="MOODQ_EXPORT_FORMAT")
 @option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=True), default="-")
 @option("--status", type=click.Choice(["pending", "labeled", "done", "failed"]), default=None,
         help="Only records in this status.")

@@ -19,7 +19,7 @@ from worker.errors import Transient
 _real_judge = model.Engine.judge
 
 
-def _judge(self, texts, lang, calibrate=True):
+def _judge(self, texts, lang, *args, **kwargs):
     for text in texts:
         if m := re.match(r"\[transient:(\d+)\]", text):
             tries = tasks.store().r.incr(tasks.s.key("fault", text))
@@ -27,7 +27,7 @@ def _judge(self, texts, lang, calibrate=True):
                 raise Transient(f"injected transient fault {tries}/{m.group(1)}")
         if text.startswith("[slow]"):
             time.sleep(60)
-    return _real_judge(self, texts, lang, calibrate)
+    return _real_judge(self, texts, lang, *args, **kwargs)
 
 
 model.Engine.judge = _judge

@@ -96,3 +96,18 @@ def test_history_reaches_the_reply_but_never_the_sentiment(worker, store, settin
     assert second.label == alone.label == "positive"
     for lab, score in alone.scores.items():
         assert second.scores[lab] == pytest.approx(score, abs=0.05)
+
+
+def test_worker_batches_waiting_messages_but_keeps_one_record_each(worker, store, settings):
+    """A backlog is scored and replied to in batches; every message still has its own record and tasks."""
+    from worker.app import app
+
+    texts = ["Great service!", "Awful, it broke.", "Love the colour.", "Refund me now.", "Works fine, thanks.",
+             "Never buying again.", "Fast delivery.", "Rude staff.", "Five stars.", "Box was crushed."]
+    msgs = [to_message({"id": f"batch-{i}", "text": t}, settings.max_chars) for i, t in enumerate(texts)]
+    enqueue(msgs, settings, app, replace=True)
+    records = wait_final(store, [m.id for m in msgs])
+    assert all(r.status == "done" and r.reply for r in records.values())
+    assert all(r.attempts == {"sentiment": 1, "reply": 1} for r in records.values())
+    assert max(r.timings.sentiment_batch for r in records.values()) > 1
+    assert max(r.timings.reply_batch for r in records.values()) > 1

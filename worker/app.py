@@ -28,8 +28,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         # The model loads in each pool process at start; give it time (Celery's default is 4 s).
         worker_proc_alive_timeout=s.model_load_timeout,
-        # Events for Flower.
-        worker_send_task_events=True, task_send_sent_event=True,
+        # Events for Flower. No "sent" events: one more round trip per enqueued task.
+        worker_send_task_events=True, task_send_sent_event=False,
     )
     if s.redis_url.startswith("rediss://") and "ssl_cert_reqs" not in s.redis_url:
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}

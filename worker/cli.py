@@ -126,6 +126,7 @@ def register(main: click.Group) -> None:
         from producer.enqueue import enqueue
         from producer.sources import to_message
         from worker.app import app
+        from worker.procinfo import tree_peak_rss_mb
         from worker.store import Store
 
         s = get_settings()
@@ -142,6 +143,7 @@ def register(main: click.Group) -> None:
                        "(first start de-quantises the GGUF, about a minute) ...", err=True)
             records = wait_for(store, [m.id for m in msgs], timeout,
                                lambda r: click.echo(f"  {r.id}: {r.status}", err=True))
+            rss = tree_peak_rss_mb(proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -152,7 +154,9 @@ def register(main: click.Group) -> None:
             click.echo(rec.model_dump_json(indent=2, include={
                 "id", "text", "status", "label", "confidence", "reply", "error", "attempts", "timings",
                 "model", "prompt_version"}))
-        click.echo(f"demo finished in {time.perf_counter() - started:.1f} s", err=True)
+        click.echo(f"demo finished in {time.perf_counter() - started:.1f} s (worker start and model load included); "
+                   "peak RSS of the worker processes: "
+                   + ", ".join(f"pid {p} {mb:.0f} MB" for p, mb in sorted(rss.items())), err=True)
         if any(r.status != "done" for r in records):
             sys.exit(1)
 

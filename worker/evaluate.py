@@ -68,19 +68,17 @@ def evaluate(engine: Engine, rows: list[dict], *, batch_size: int = 8, calibrate
     if unknown:
         raise BadMessage(f"gold labels {sorted(unknown)} are not in the prompt's label set {labels}")
     started = time.perf_counter()
-    predicted: list[str] = []
     langs = [engine.prompts.language_of(r["text"], lang or r.get("lang")) for r in rows]
-    order = sorted(range(len(rows)), key=lambda i: (langs[i], len(rows[i]["text"])))  # length buckets
-    by_index: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        for code in dict.fromkeys(langs[i] for i in chunk):
-            idx = [i for i in chunk if langs[i] == code]
-            for i, j in zip(idx, engine.judge([rows[i]["text"] for i in idx], code, calibrate=calibrate)):
-                by_index[i] = j.label
-        if progress:
-            progress(len(chunk))
-    predicted = [by_index[i] for i in range(len(rows))]
+    predicted: list[str] = [""] * len(rows)
+    chunk = 64  # the engine buckets by length inside each chunk
+    for code in dict.fromkeys(langs):
+        idx = [i for i in range(len(rows)) if langs[i] == code]
+        for start in range(0, len(idx), chunk):
+            part = idx[start:start + chunk]
+            for i, j in zip(part, engine.judge([rows[i]["text"] for i in part], code, calibrate, batch_size)):
+                predicted[i] = j.label
+            if progress:
+                progress(len(part))
     seconds = time.perf_counter() - started
     gold = [r["label"] for r in rows]
     pairs = Counter(zip(gold, predicted))

@@ -64,15 +64,54 @@ class Engine:
                 self.plans[code].bias = self._content_free_bias(code, lang.sentiment.calibrate)
 
     # --- public
-    def judge(self, texts: list[str], lang: str, calibrate: bool = True) -> list[Judgement]:
-        """Label each text (one batch, same language). Always returns configured labels."""
+    def judge(self, texts: list[str], lang: str, calibrate: bool = True, max_batch: int = 16) -> list[Judgement]:
+        """Label each text (same language). Always returns configured labels.
+
+        Texts are sorted by token length and scored in buckets of similar length, so a
+        batch pays little padding (padding to the longest message made CPU batches slower).
+        """
         plan = self.plans[lang]
-        raw = self._label_logprobs(plan, [self.clean(t) for t in texts])
-        return [self._decide(scores, plan.bias if calibrate else []) for scores in raw]
+        encoded = [self._encode(self.clean(t)) for t in texts]
+        results: list[Judgement | None] = [None] * len(texts)
+        for bucket in _buckets(encoded, max_batch):
+            raw = self._label_logprobs(plan, [encoded[i] for i in bucket])
+            for i, scores in zip(bucket, raw):
+                results[i] = self._decide(scores, plan.bias if calibrate else [])
+        return results
 
     def draft(self, text: str, label: str, lang: str, history: list[tuple[str, str | None]],
               *, max_new_tokens: int, deadline_s: float, sampling: dict) -> Draft:
         """Draft a reply that knows the label and the conversation's earlier turns."""
+        return self.draft_many([(text, label, lang, history)], max_new_tokens=max_new_tokens,
+                               deadline_s=deadline_s, sampling=sampling)[0]
+
+    def draft_many(self, items: list[tuple[str, str, str, list[tuple[str, str | None]]]], *,
+                   max_new_tokens: int, deadline_s: float, sampling: dict) -> list[Draft]:
+        """Draft several replies in one left-padded ``generate``; each stops at its own end of turn.
+
+        ``deadline_s`` bounds the whole call (transformers' ``max_time``), so generation
+        returns in time by itself; a reply cut by the deadline or the token cap is ``truncated``.
+        """
+        prompts = [self._encode(self._render(self._reply_chat(*item), generation=True)) for item in items]
+        width = max(len(p) for p in prompts)
+        pad = self.tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        stops = self._stop_ids()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, max_time=deadline_s,
+                eos_token_id=stops, pad_token_id=pad, **sampling,
+            )
+        drafts = []
+        for row in out[:, width:].tolist():
+            ended = next((k for k, t in enumerate(row) if t in stops), None)
+            new = row[:ended] if ended is not None else row
+            text = self.tok.decode(new, skip_special_tokens=True).strip()
+            drafts.append(Draft(text, truncated=ended is None, tokens=len(new)))  # cut by cap or deadline
+        return drafts
+
+    def _reply_chat(self, text: str, label: str, lang: str, history: list[tuple[str, str | None]]) -> list[dict]:
         conf = self.prompts.languages[lang]
         word = conf.sentiment.label_words[label]
         chat = [{"role": "system", "content": conf.reply.render_system(label, word)}]
@@ -81,18 +120,7 @@ class Engine:
             if past_reply:
                 chat.append({"role": "assistant", "content": self.clean(past_reply)})
         chat.append({"role": "user", "content": self.clean(text)})
-        ids = self._encode(self._render(chat, generation=True))
-        input_ids = torch.tensor([ids])
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                max_time=deadline_s, eos_token_id=self._stop_ids(), pad_token_id=self.tok.pad_token_id,
-                **sampling,
-            )
-        new = out[0, len(ids):].tolist()
-        ended = bool(new) and new[-1] in self._stop_ids()
-        text_out = self.tok.decode(new, skip_special_tokens=True).strip()
-        return Draft(text_out, truncated=not ended, tokens=len(new))  # cut by the token cap or the deadline
+        return chat
 
     def clean(self, text: str) -> str:
         """Remove special-token strings from user text so it cannot forge chat turns."""
@@ -137,7 +165,7 @@ class Engine:
 
     def _content_free_bias(self, lang: str, inputs: list[str]) -> list[float]:
         plan = self.plans[lang]
-        probs = [_softmax(s) for s in self._label_logprobs(plan, inputs)]
+        probs = [_softmax(s) for s in self._label_logprobs(plan, [self._encode(t) for t in inputs])]
         mean = [sum(p[j] for p in probs) / len(probs) for j in range(len(self.labels))]
         return [math.log(max(m, 1e-9)) for m in mean]
 
@@ -151,17 +179,17 @@ class Engine:
             scores={lab: round(s, 4) for lab, s in zip(self.labels, scores)},
         )
 
-    def _label_logprobs(self, plan: _Plan, texts: list[str]) -> list[list[float]]:
-        """Log P(label tokens | prompt) for every text and label: one padded forward pass."""
+    def _label_logprobs(self, plan: _Plan, encoded: list[list[int]]) -> list[list[float]]:
+        """Log P(label tokens | prompt) for every encoded text and label: one padded forward pass."""
         rows, owners = [], []  # token ids after the prefix; (text index, label prefix)
-        for i, text in enumerate(texts):
-            base = self._encode(text) + plan.suffix_ids
+        for i, ids in enumerate(encoded):
+            base = ids + plan.suffix_ids
             for pre in plan.groups:
                 rows.append(base + list(pre))
                 owners.append((i, pre, len(base)))
         hidden = self._hidden(plan, rows)  # per row: hidden states of its own tokens
         head = self.model.get_output_embeddings()
-        out = [[0.0] * len(self.labels) for _ in texts]
+        out = [[0.0] * len(self.labels) for _ in encoded]
         for h, (i, pre, base_len) in zip(hidden, owners):
             positions = list(range(base_len - 1, base_len + len(pre)))
             with torch.inference_mode():
@@ -193,6 +221,18 @@ class Engine:
                 out = self.model.base_model(input_ids=torch.cat([prefix, ids], dim=1), attention_mask=full_mask)
                 states = out.last_hidden_state[:, p:]
         return [states[k, : len(r)] for k, r in enumerate(rows)]
+
+
+def _buckets(encoded: list[list[int]], max_batch: int, slack: float = 1.25) -> list[list[int]]:
+    """Indices grouped by similar token length: a bucket's longest is at most ``slack`` x its shortest (+8)."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and len(buckets[-1]) < max_batch and len(encoded[i]) <= slack * len(encoded[buckets[-1][0]]) + 8:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets
 
 
 def _softmax(xs: list[float]) -> list[float]:

@@ -53,6 +53,8 @@ class Timings(BaseModel):
     queued_ms: float | None = None
     sentiment_ms: float | None = None
     reply_ms: float | None = None
+    sentiment_batch: int | None = None  # messages scored in the same pass
+    reply_batch: int | None = None      # replies drafted in the same generate call
 
 
 class Record(BaseModel):

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled GGUF and converted weights.")
     prompts: Path = Field(PROMPTS_FILE, description="Prompt file (YAML).")
 
+    # --- batching (a running task also takes up to N-1 waiting messages of its stage)
+    batch_size: int = Field(8, ge=1, le=256, description="Messages scored together by one sentiment task (1 = no batching).")
+    reply_batch_size: int = Field(8, ge=1, le=64, description="Replies drafted together by one reply task (1 = no batching).")
+
     # --- messages and replies
     max_chars: int = Field(2000, ge=1, description="Longest accepted message, in characters.")
     max_reply_tokens: int = Field(96, ge=1, description="Longest drafted reply, in tokens.")

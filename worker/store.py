@@ -6,6 +6,7 @@ Keys (all under the settings' prefix):
   index             sorted set of every record id, by seq
   status:<status>   set of ids in that status (pending, labeled, done, failed)
   conv:<cid>        sorted set of a conversation's message ids, by seq (bounded)
+  todo:<stage>      list of ids waiting for a stage; a running task claims some to batch them
 
 Every write is idempotent: a task that runs twice rewrites the same record.
 """
@@ -22,6 +23,7 @@ from worker.settings import Settings
 
 STATUSES = ("pending", "labeled", "done", "failed")
 CONVERSATION_KEEP = 200  # ids kept per conversation; the reply reads only the last few
+TODO_KEEP = 100_000  # batching hints kept per stage (with batching off nobody pops them)
 
 
 class Store:
@@ -42,6 +44,21 @@ class Store:
 
     def _conv(self, cid: str) -> str:
         return self.s.key("conv", cid)
+
+    def _todo(self, stage: str) -> str:
+        return self.s.key("todo", stage)
+
+    # --- batching hints (losing one only costs batching: every message still has its own task)
+    def offer(self, stage: str, ids: list[str]) -> None:
+        if ids:
+            self.r.pipeline(transaction=False).rpush(self._todo(stage), *ids).ltrim(
+                self._todo(stage), -TODO_KEEP, -1).execute()
+
+    def claim(self, stage: str, n: int) -> list[str]:
+        """Take up to ``n`` waiting ids for ``stage`` (oldest first)."""
+        if n <= 0:
+            return []
+        return self.r.lpop(self._todo(stage), n) or []
 
     # --- writes
     def add(self, messages: list[Message], replace: bool = False) -> tuple[list[Record], list[str]]:
@@ -66,9 +83,11 @@ class Store:
             for status in STATUSES:
                 pipe.srem(self._status(status), rec.id)
             pipe.sadd(self._status("pending"), rec.id)
+            pipe.rpush(self._todo("sentiment"), rec.id)
             if rec.conversation_id:
                 pipe.zadd(self._conv(rec.conversation_id), {rec.id: rec.seq})
                 pipe.zremrangebyrank(self._conv(rec.conversation_id), 0, -CONVERSATION_KEEP - 1)
+        pipe.ltrim(self._todo("sentiment"), -TODO_KEEP, -1)
         pipe.execute()
         return accepted, dupes
 

@@ -86,16 +86,42 @@ class StageTask(Task):
         return None if rec.status in FINAL else rec
 
 
-def _check_text(rec: Record) -> str:
+def _language(rec: Record) -> str:
+    """The prompt language of a message, or BadMessage if the worker refuses it."""
     if not isinstance(rec.text, str) or not rec.text.strip():
         raise BadMessage("text is empty or only whitespace")
     if len(rec.text) > s.max_chars:
         raise BadMessage(f"text is {len(rec.text)} characters, over the limit of {s.max_chars}")
-    eng = engine()
+    prompts = engine().prompts
     try:
-        return eng.prompts.language_of(rec.text, rec.lang)
+        return prompts.language_of(rec.text, rec.lang)
     except KeyError:
-        raise BadMessage(f"no prompts for language {rec.lang!r} (have {', '.join(eng.prompts.languages)})") from None
+        raise BadMessage(f"no prompts for language {rec.lang!r} (have {', '.join(prompts.languages)})") from None
+
+
+def _claim(stage: str, own: Record, n: int, accept) -> list[Record]:
+    """Waiting messages of ``stage`` to process with ``own`` in one pass.
+
+    Their own tasks still run and find the work done. A message not accepted here (other
+    language, bad input, part of a conversation) is simply left to its own task.
+    """
+    ids = [i for i in store().claim(stage, n) if i != own.id]
+    return [rec for rec in store().get_many(ids) if accept(rec)]
+
+
+def _same_language(lang: str):
+    def accept(rec: Record) -> bool:
+        if rec.status != "pending":
+            return False
+        try:
+            return _language(rec) == lang
+        except BadMessage:
+            return False  # its own task records the reason
+    return accept
+
+
+def _replyable(rec: Record) -> bool:
+    return rec.status == "labeled" and not rec.conversation_id and rec.label is not None and s.replies_for(rec.label)
 
 
 @app.task(base=StageTask, bind=True, name="sentiment",
@@ -103,22 +129,29 @@ def _check_text(rec: Record) -> str:
 def sentiment(self: StageTask, mid: str) -> str:
     rec = self.begin(mid)
     if rec is None or rec.status != "pending":
-        return mid
-    started = time.time()
-    lang = _check_text(rec)
+        return mid  # already labeled (by a batch, or an earlier delivery)
+    lang = _language(rec)
     eng = engine()
-    judgement = eng.judge([rec.text], lang)[0]
-    elapsed_ms = (time.time() - started) * 1000
+    batch = [rec] + _claim("sentiment", rec, s.batch_size - 1, _same_language(lang))
+    started = time.time()
+    judgements = eng.judge([r.text for r in batch], lang, max_batch=s.batch_size)
+    elapsed_ms = round((time.time() - started) * 1000, 1)
+    for r, judgement in zip(batch, judgements):
+        store().update(r.id, _labeled(judgement, lang, eng, started, elapsed_ms, len(batch)))
+    store().offer("reply", [r.id for r in batch])
+    return mid
 
-    def labeled(r: Record) -> None:
+
+def _labeled(judgement, lang: str, eng, started: float, elapsed_ms: float, batch: int):
+    def change(r: Record) -> None:
+        if r.status != "pending":
+            return
         r.status, r.lang, r.label, r.confidence = "labeled", lang, judgement.label, judgement.confidence
         r.probs, r.scores = judgement.probs, judgement.scores
         r.model, r.prompt_version, r.labeled_at = eng.model_id, eng.prompts.version, time.time()
         r.timings.queued_ms = round((started - r.enqueued_at) * 1000, 1)
-        r.timings.sentiment_ms = round(elapsed_ms, 1)
-
-    store().update(mid, labeled)
-    return mid
+        r.timings.sentiment_ms, r.timings.sentiment_batch = elapsed_ms, batch
+    return change
 
 
 @app.task(base=StageTask, bind=True, name="reply",
@@ -126,23 +159,33 @@ def sentiment(self: StageTask, mid: str) -> str:
 def reply(self: StageTask, mid: str) -> str:
     rec = self.begin(mid)
     if rec is None:
-        return mid
+        return mid  # already done (by a batch, or an earlier delivery)
     if rec.status != "labeled" or rec.label is None:
         raise BadMessage(f"reply for {mid!r} found status {rec.status!r}; it needs a label first")
     started = time.time()
-    draft, earlier = None, []
-    if s.replies_for(rec.label):
-        earlier = store().history(rec, s.history_turns)
-        history = [(h.text, h.reply) for h in earlier]
-        draft = engine().draft(rec.text, rec.label, rec.lang, history, max_new_tokens=s.max_reply_tokens,
-                               deadline_s=max(0.5, s.reply_soft_limit * 0.8), sampling=s.sampling())
+    if not s.replies_for(rec.label):
+        store().update(mid, _done(None, [], started, 0))
+        return mid
+    # A conversation's reply needs the earlier turns done first: those go one at a time.
+    batch = [rec] if rec.conversation_id else [rec] + _claim("reply", rec, s.reply_batch_size - 1, _replyable)
+    earlier = store().history(rec, s.history_turns)
+    histories = [[(h.text, h.reply) for h in earlier]] + [[] for _ in batch[1:]]
+    drafts = engine().draft_many(
+        [(r.text, r.label, r.lang, hist) for r, hist in zip(batch, histories)],
+        max_new_tokens=s.max_reply_tokens, deadline_s=max(0.5, s.reply_soft_limit * 0.8), sampling=s.sampling())
+    for r, draft in zip(batch, drafts):
+        store().update(r.id, _done(draft, earlier if r is rec else [], started, len(batch)))
+    return mid
 
-    def done(r: Record) -> None:
+
+def _done(draft, earlier: list[Record], started: float, batch: int):
+    def change(r: Record) -> None:
+        if r.status != "labeled":
+            return
         r.status, r.finished_at = "done", time.time()
         r.reply = draft.text if draft else None
         r.reply_truncated = draft.truncated if draft else None
         r.context_ids = [h.id for h in earlier]
         r.timings.reply_ms = round((time.time() - started) * 1000, 1)
-
-    store().update(mid, done)
-    return mid
+        r.timings.reply_batch = batch or None
+    return change

@@ -1,0 +1,90 @@
+"""Sentiment throughput and accuracy: the seed documents' method vs moodq's scoring path, one run.
+
+  (a) seed: chat template with the "cold analyst" system prompt, greedy generate of up to
+      10 tokens, parse the label word out of the text;
+  (b) moodq: label scoring on the cached prefix, one message at a time;
+  (c) moodq: the same, batched (length-bucketed).
+
+Same model object, same messages. Usage:
+  python bench/sentiment.py --data ../shared/data/zh_dev.jsonl --n 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from bench.common import peak_rss_mb, percentiles  # noqa: E402
+from worker.evaluate import read_labeled  # noqa: E402
+from worker.resident import engine as resident  # noqa: E402
+from worker.settings import load_settings  # noqa: E402
+
+
+def seed_label(eng, text: str, lang: str) -> str | None:
+    conf = eng.prompts.languages[lang].sentiment
+    chat = [{"role": "system", "content": conf.system}, {"role": "user", "content": text}]
+    ids = eng.tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = eng.model.generate(**ids, max_new_tokens=10, do_sample=False, pad_token_id=eng.tok.pad_token_id)
+    answer = eng.tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).lower()
+    found = [label for label, word in conf.label_words.items() if word.lower() in answer]
+    return found[0] if len(found) == 1 else None
+
+
+def run(name: str, rows: list[dict], lang: str, fn, batch: int = 1) -> dict:
+    latencies, labels = [], []
+    started = time.perf_counter()
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        t0 = time.perf_counter()
+        labels += fn([r["text"] for r in chunk])
+        latencies += [time.perf_counter() - t0] * len(chunk)
+    wall = time.perf_counter() - started
+    valid = [lab is not None for lab in labels]
+    correct = [lab == r["label"] for lab, r in zip(labels, rows)]
+    p50, p95 = percentiles(latencies)
+    return {"name": name, "msg_s": len(rows) / wall, "p50": p50, "p95": p95,
+            "valid": sum(valid) / len(rows), "acc": sum(correct) / len(rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/zh_dev.jsonl"))
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    settings = load_settings(threads=args.threads)
+    t0 = time.perf_counter()
+    eng = resident(settings)
+    print(f"model {eng.model_id} ({settings.dtype}, {torch.get_num_threads()} threads) ready in "
+          f"{time.perf_counter() - t0:.1f} s; prompts {eng.prompts.version}")
+    rows = read_labeled(Path(args.data))[: args.n]
+    lang = eng.prompts.language_of(rows[0]["text"])
+    print(f"{len(rows)} messages from {args.data} (lang {lang})\n")
+
+    results = [
+        run("a seed: generate+parse", rows, lang, lambda ts: [seed_label(eng, t, lang) for t in ts]),
+        run("b moodq: scoring, 1 at a time", rows, lang, lambda ts: [j.label for j in eng.judge(ts, lang)]),
+        run(f"c moodq: scoring, batches of {args.batch}", rows, lang,
+            lambda ts: [j.label for j in eng.judge(ts, lang, max_batch=args.batch)], batch=args.batch),
+    ]
+    print(f"{'method':<34}{'msg/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'valid':>8}{'acc':>7}")
+    for r in results:
+        print(f"{r['name']:<34}{r['msg_s']:>8.2f}{r['p50']:>9.0f}{r['p95']:>9.0f}{r['valid']:>8.1%}{r['acc']:>7.3f}")
+    seed = results[0]["msg_s"]
+    print(f"\nratio b/a {results[1]['msg_s'] / seed:.1f}x   ratio c/a {results[2]['msg_s'] / seed:.1f}x   "
+          f"peak RSS {peak_rss_mb():.0f} MB (one model copy in this process)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""BENCH-ONLY: the real Celery app and tasks with the model replaced by a trivial scorer,
+to measure what the queue itself costs per message.  celery -A bench.trivial_worker worker
+"""
+
+from __future__ import annotations
+
+from worker import resident, tasks
+from worker.app import app  # noqa: F401
+from worker.model import Draft, Judgement
+from worker.prompts import load_prompts
+from worker.settings import get_settings
+
+
+class TrivialEngine:
+    model_id = "trivial"
+
+    def __init__(self):
+        self.prompts = load_prompts(get_settings().prompts)
+
+    def judge(self, texts, lang, calibrate=True, max_batch=16):
+        return [Judgement("positive", 1.0, {"positive": 1.0, "negative": 0.0}, {}) for _ in texts]
+
+    def draft_many(self, items, **_):
+        return [Draft("ok", False, 1) for _ in items]
+
+
+_trivial = TrivialEngine()
+resident.engine = tasks.engine = lambda settings=None: _trivial

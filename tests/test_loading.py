@@ -1,0 +1,58 @@
+"""Loading models by configuration: the embedded GGUF, a local transformers directory, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worker import embedded
+from worker.errors import ModelError
+from worker.loading import check_model, load
+from worker.model import Engine
+from worker.prompts import load_prompts
+from worker.settings import PROMPTS_FILE, load_settings
+
+
+def test_embedded_parts_are_found_and_assemble_to_the_pinned_hash(tmp_path):
+    """The six PyPI parts are located with find_spec and give the file whose SHA-256 is pinned."""
+    assert len(embedded.part_paths()) == 6
+    path = embedded.ensure_gguf(tmp_path)
+    assert path.stat().st_size == embedded.SIZE
+    assert embedded.sha256_of(path) == embedded.SHA256
+
+
+def test_a_corrupted_cached_gguf_is_replaced_not_used(tmp_path):
+    path = embedded.ensure_gguf(tmp_path)
+    with path.open("r+b") as f:
+        f.seek(1000)
+        f.write(b"garbage!")
+    again = embedded.ensure_gguf(tmp_path)
+    assert embedded.sha256_of(again) == embedded.SHA256
+
+
+@pytest.mark.parametrize("model, message", [
+    ("/nonexistent/model.gguf", "GGUF file not found: /nonexistent/model.gguf"),
+    ("/nonexistent/dir", "model '/nonexistent/dir' not found"),
+])
+def test_missing_model_is_one_clear_error(model, message):
+    with pytest.raises(ModelError, match=message):
+        check_model(load_settings(model=model))
+
+
+def test_any_local_transformers_directory_works_by_configuration(tmp_path, engine):
+    """MOODQ_MODEL=<dir> loads a causal LM saved with save_pretrained (here a tiny random Qwen2)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(engine.tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    Qwen2ForCausalLM(cfg).save_pretrained(tmp_path)
+    engine.tok.save_pretrained(tmp_path)
+    settings = load_settings(model=str(tmp_path), dtype="float32")
+    check_model(settings)
+    loaded = load(settings)
+    assert loaded.model_id == str(tmp_path) and not loaded.warm
+    tiny = Engine(loaded, load_prompts(PROMPTS_FILE))
+    assert all(j.label in ("positive", "negative") for j in tiny.judge(["hello", "你好"], "en"))
+    assert isinstance(tiny.draft("hi", "positive", "en", [], max_new_tokens=4, deadline_s=10,
+                                 sampling={"do_sample": False}).text, str)
