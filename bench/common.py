@@ -20,41 +20,6 @@ def percentiles(latencies_s: list[float]) -> tuple[float, float]:
     return cuts[49] * 1000, cuts[94] * 1000
 
 
-def start_worker(args: list[str], env: dict, log_path: str, hostname: str, timeout: float = 900):
-    """Start a real worker process and wait until it answers a ping."""
-    import os
-    import subprocess
-    import time
-
-    from worker.app import make_app
-    from worker.settings import load_settings
-
-    full_env = {**os.environ, **env}
-    proc = subprocess.Popen([*args, "--hostname", hostname], env=full_env, stdout=open(log_path, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    app = make_app(load_settings(**{k[6:].lower(): v for k, v in env.items() if k.startswith("MOODQ_")}))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited early; see {log_path}")
-        if app.control.ping(destination=[hostname.replace("%h", os.uname().nodename)], timeout=1.0):
-            return proc
-    raise RuntimeError(f"worker did not answer in {timeout} s; see {log_path}")
-
-
-def stop_worker(proc) -> None:
-    import os
-    import signal
-    import subprocess
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 def worker_rss_mb(proc) -> dict[int, float]:
     """Peak RSS of a worker's process tree (pid -> MB)."""
     from worker.procinfo import tree_peak_rss_mb

@@ -26,7 +26,8 @@ def main() -> None:
            "MOODQ_BATCH_SIZE": str(args.batch), "MOODQ_REPLY_BATCH_SIZE": str(args.batch)}
     os.environ.update(env)
 
-    from bench.common import start_worker, stop_worker
+    from worker.launch import start as start_worker
+    from worker.launch import stop as stop_worker
     from producer.cli import wait_for
     from producer.enqueue import enqueue
     from worker.app import make_app

@@ -7,7 +7,6 @@ and queue unique to the run, and delete what they wrote at the end.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -34,6 +33,7 @@ for key in [k for k in os.environ if k.startswith("MOODQ_") and k not in (
         "MOODQ_RETRY_BACKOFF_MAX", "MOODQ_TEST_REDIS_URL", "MOODQ_CACHE_DIR")]:
     del os.environ[key]  # an operator's own settings must not leak into the tests
 
+from worker import launch  # noqa: E402
 from worker.settings import get_settings, load_settings  # noqa: E402
 from worker.store import Store  # noqa: E402
 
@@ -62,33 +62,7 @@ def engine(settings):
 
 
 def _start_worker(name: str, env: dict, args: list[str], log: Path):
-    full_env = {**os.environ, **env}
-    out = log.open("w")
-    proc = subprocess.Popen(args + ["--hostname", f"{name}-{RUN}@%h"], env=full_env, cwd=ROOT,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    from worker.app import make_app
-
-    app = make_app(load_settings(**{k[6:].lower(): v for k, v in env.items() if k.startswith("MOODQ_")}))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker {name} exited early:\n{log.read_text()[-3000:]}")
-        if app.control.ping(destination=[f"{name}-{RUN}@{os.uname().nodename}"], timeout=1.0):
-            if "model" in log.read_text() and "ready" in log.read_text():
-                return proc
-        time.sleep(0.5)
-    raise RuntimeError(f"worker {name} did not become ready:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc):
-    import signal
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    return launch.start(args, env, log, f"{name}-{RUN}@%h", timeout=600, ready_text="ready in")
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +71,7 @@ def worker(store, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "worker.log"
     proc = _start_worker("main", {}, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"], log)
     yield proc
-    _stop(proc)
+    launch.stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +87,7 @@ def fault_worker(store, settings, tmp_path_factory):
             "-c", "1", "-P", "prefork", "-l", "INFO"]
     proc = _start_worker("faults", env, args, log)
     yield load_settings(**{k[6:].lower(): v for k, v in env.items()})
-    _stop(proc)
+    launch.stop(proc)
 
 
 def wait_final(store, ids, timeout=300):

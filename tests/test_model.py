@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from tests.conftest import DATA
 from worker.loading import Loaded
 from worker.model import Engine
-from worker.prompts import load_prompts
+from worker.prompts import PromptSet, load_prompts
 from worker.settings import PROMPTS_FILE
 
 pytestmark = pytest.mark.model
@@ -56,9 +56,19 @@ def _tiny(tokenizer) -> Loaded:
     return Loaded(Qwen2ForCausalLM(cfg).eval(), tokenizer, "tiny-random-qwen2", 0.0, False)
 
 
+def _with_demonstrations():
+    """The default prompts plus demonstrations, so the cached prefix holds a few-shot block."""
+    data = load_prompts(PROMPTS_FILE).model_dump()
+    demos = {"zh": [{"text": "物流很快，质量也好。", "label": "positive"}, {"text": "用了两天就坏了。", "label": "negative"}],
+             "en": [{"text": "Works great, thanks!", "label": "positive"}, {"text": "Broke in a day.", "label": "negative"}]}
+    for code, lang in data["languages"].items():
+        lang["sentiment"]["examples"] = demos[code]
+    return PromptSet.model_validate(data)
+
+
 def test_cached_prefix_gives_the_same_scores_as_no_cache(engine):
     """Exact check on a float32 tiny Qwen2; the embedded bf16 model agrees within bf16 noise."""
-    prompts = load_prompts(PROMPTS_FILE)
+    prompts = _with_demonstrations()
     texts = ["short", "a much longer message so that the batch needs padding on the right side", "中文消息"]
     tiny = _tiny(engine.tok)
     cached, plain = Engine(tiny, prompts), Engine(tiny, prompts, use_cache=False)
@@ -66,8 +76,9 @@ def test_cached_prefix_gives_the_same_scores_as_no_cache(engine):
         for a, b in zip(cached.judge(texts, lang, calibrate=False), plain.judge(texts, lang, calibrate=False)):
             for lab in a.scores:
                 assert a.scores[lab] == pytest.approx(b.scores[lab], abs=1e-3)
-    real_plain = Engine(Loaded(engine.model, engine.tok, engine.model_id, 0, True), prompts, use_cache=False)
-    for a, b in zip(engine.judge(texts, "en"), real_plain.judge(texts, "en")):
+    real = Loaded(engine.model, engine.tok, engine.model_id, 0, True)
+    real_cached, real_plain = Engine(real, prompts), Engine(real, prompts, use_cache=False)
+    for a, b in zip(real_cached.judge(texts, "zh"), real_plain.judge(texts, "zh")):
         assert a.label == b.label
         for lab in a.scores:
             assert a.scores[lab] == pytest.approx(b.scores[lab], abs=0.15)
@@ -96,9 +107,15 @@ def test_calibration_moves_the_decision_on_a_constructed_case(engine):
     assert neutral.probs["positive"] == pytest.approx(0.6, abs=1e-6)
 
 
-def test_calibration_is_computed_at_load_from_content_free_inputs(engine):
-    for plan in engine.plans.values():
-        assert len(plan.bias) == 2 and sum(math.exp(b) for b in plan.bias) == pytest.approx(1.0, abs=1e-3)
+def test_calibration_is_computed_at_load_and_applied_on_request(engine):
+    """The content-free prior is measured at load; calibrate=True divides it out of the probabilities."""
+    plan = engine.plans["en"]
+    assert len(plan.bias) == 2 and sum(math.exp(b) for b in plan.bias) == pytest.approx(1.0, abs=1e-3)
+    raw, cal = engine.judge(["It is fine."], "en", calibrate=False)[0], engine.judge(["It is fine."], "en", True)[0]
+    assert raw.scores == cal.scores
+    prior = [math.exp(b) for b in plan.bias]
+    ratio = (raw.probs["positive"] / prior[0]) / (raw.probs["positive"] / prior[0] + raw.probs["negative"] / prior[1])
+    assert cal.probs["positive"] == pytest.approx(ratio, abs=1e-3)
 
 
 def test_three_label_prompt_file_works(engine):

@@ -6,11 +6,11 @@ torch is imported inside the commands, so ``moodq enqueue`` stays light.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import click
 
@@ -98,7 +98,8 @@ def register(main: click.Group) -> None:
     @main.command(name="eval")
     @click.argument("file", type=click.Path(exists=True, dir_okay=False))
     @option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-    @option("--calibrate/--no-calibrate", default=True, help="Apply the prompt's contextual calibration.")
+    @option("--calibrate/--no-calibrate", default=None,
+            help="Force contextual calibration on or off (default: as the prompt file says).")
     @option("--batch-size", type=click.IntRange(1, 256), default=8)
     @option("--lang", default=None, help="Force a prompt language (default: per line, detected).")
     @option("--limit", type=click.IntRange(0), default=0, help="Only the first N lines (0 = all).")
@@ -125,6 +126,7 @@ def register(main: click.Group) -> None:
         from producer.cli import wait_for
         from producer.enqueue import enqueue
         from producer.sources import to_message
+        from worker import launch
         from worker.app import app
         from worker.procinfo import tree_peak_rss_mb
         from worker.store import Store
@@ -134,22 +136,21 @@ def register(main: click.Group) -> None:
         store = Store(s)
         store.r.ping()
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "WARNING",
-                                 "--hostname", f"demo-{os.getpid()}@%h"])
+        click.echo("starting a worker; the first start on a machine de-quantises the GGUF (about a minute) ...",
+                   err=True)
+        log = Path(tempfile.gettempdir()) / f"moodq-demo-{os.getpid()}.log"
+        proc = launch.start([sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"], {}, log,
+                            f"demo-{os.getpid()}@%h", timeout=timeout, ready_text="ready in")
         try:
             msgs = [to_message(m, s.max_chars) for m in DEMO_MESSAGES]
             enqueue(msgs, s, app, replace=True)
-            click.echo(f"enqueued {len(msgs)} messages; the worker is loading the model "
-                       "(first start de-quantises the GGUF, about a minute) ...", err=True)
+            click.echo(f"worker ready after {time.perf_counter() - started:.1f} s; enqueued {len(msgs)} messages",
+                       err=True)
             records = wait_for(store, [m.id for m in msgs], timeout,
                                lambda r: click.echo(f"  {r.id}: {r.status}", err=True))
             rss = tree_peak_rss_mb(proc.pid)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            launch.stop(proc)
         for rec in records:
             click.echo(rec.model_dump_json(indent=2, include={
                 "id", "text", "status", "label", "confidence", "reply", "error", "attempts", "timings",

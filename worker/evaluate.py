@@ -22,7 +22,7 @@ class Report:
     confusion: dict[str, dict[str, int]]  # gold -> predicted -> count
     messages_per_s: float
     seconds: float
-    calibrated: bool
+    calibrated: dict[str, bool]  # per language: was calibration applied
     prompt_version: str
     model: str
 
@@ -61,7 +61,7 @@ def read_labeled(path: Path) -> list[dict]:
     return rows
 
 
-def evaluate(engine: Engine, rows: list[dict], *, batch_size: int = 8, calibrate: bool = True,
+def evaluate(engine: Engine, rows: list[dict], *, batch_size: int = 8, calibrate: bool | None = None,
              lang: str | None = None, progress: Callable[[int], None] | None = None) -> Report:
     labels = engine.labels
     unknown = {r["label"] for r in rows} - set(labels)
@@ -95,5 +95,6 @@ def evaluate(engine: Engine, rows: list[dict], *, batch_size: int = 8, calibrate
         n=n, accuracy=sum(pairs[(lab, lab)] for lab in labels) / n if n else 0.0,
         invalid_label_rate=sum(p not in labels for p in predicted) / n if n else 0.0,
         per_class=per_class, confusion=confusion, messages_per_s=n / seconds if seconds else 0.0,
-        seconds=seconds, calibrated=calibrate, prompt_version=engine.prompts.version, model=engine.model_id,
+        seconds=seconds, calibrated={code: engine.prompts.languages[code].sentiment.calibration if calibrate is None
+                                       else calibrate for code in dict.fromkeys(langs)}, prompt_version=engine.prompts.version, model=engine.model_id,
     )

@@ -64,13 +64,15 @@ class Engine:
                 self.plans[code].bias = self._content_free_bias(code, lang.sentiment.calibrate)
 
     # --- public
-    def judge(self, texts: list[str], lang: str, calibrate: bool = True, max_batch: int = 16) -> list[Judgement]:
+    def judge(self, texts: list[str], lang: str, calibrate: bool | None = None, max_batch: int = 16) -> list[Judgement]:
         """Label each text (same language). Always returns configured labels.
 
         Texts are sorted by token length and scored in buckets of similar length, so a
         batch pays little padding (padding to the longest message made CPU batches slower).
         """
         plan = self.plans[lang]
+        if calibrate is None:
+            calibrate = self.prompts.languages[lang].sentiment.calibration
         encoded = [self._encode(self.clean(t)) for t in texts]
         results: list[Judgement | None] = [None] * len(texts)
         for bucket in _buckets(encoded, max_batch):
@@ -180,47 +182,76 @@ class Engine:
         )
 
     def _label_logprobs(self, plan: _Plan, encoded: list[list[int]]) -> list[list[float]]:
-        """Log P(label tokens | prompt) for every encoded text and label: one padded forward pass."""
-        rows, owners = [], []  # token ids after the prefix; (text index, label prefix)
-        for i, ids in enumerate(encoded):
-            base = ids + plan.suffix_ids
-            for pre in plan.groups:
-                rows.append(base + list(pre))
-                owners.append((i, pre, len(base)))
-        hidden = self._hidden(plan, rows)  # per row: hidden states of its own tokens
-        head = self.model.get_output_embeddings()
+        """Log P(label tokens | prompt + text) for every encoded text and every label."""
+        if self.use_cache:
+            per_group = self._label_states_cached(plan, encoded)
+        else:
+            per_group = self._label_states_reference(plan, encoded)
+        # One head matmul for all positions: the 152k-row output matrix is read once per batch.
+        groups = list(plan.groups)
+        stacked = torch.cat([per_group[pre].reshape(-1, per_group[pre].shape[-1]) for pre in groups])
+        with torch.inference_mode():
+            logp = torch.log_softmax(self.model.get_output_embeddings()(stacked).float(), dim=-1)
         out = [[0.0] * len(self.labels) for _ in encoded]
-        for h, (i, pre, base_len) in zip(hidden, owners):
-            positions = list(range(base_len - 1, base_len + len(pre)))
-            with torch.inference_mode():
-                logp = torch.log_softmax(head(h[positions]).float(), dim=-1)
-            for j in plan.groups[pre]:
-                out[i][j] = float(sum(logp[k, tok] for k, tok in enumerate(plan.label_ids[j])))
+        offset = 0
+        for pre in groups:
+            steps = len(pre) + 1
+            for i in range(len(encoded)):
+                rows = logp[offset + i * steps: offset + (i + 1) * steps]
+                for j in plan.groups[pre]:
+                    out[i][j] = float(sum(rows[k, tok] for k, tok in enumerate(plan.label_ids[j])))
+            offset += steps * len(encoded)
         return out
 
-    def _hidden(self, plan: _Plan, rows: list[list[int]]) -> list[torch.Tensor]:
-        """Final hidden states for each row (right-padded batch), on top of the cached prefix."""
-        width = max(len(r) for r in rows)
+    def _label_states_cached(self, plan: _Plan, encoded: list[list[int]]) -> dict[tuple, torch.Tensor]:
+        """Hidden states that predict each label token: [texts, len(label prefix)+1, hidden] per group.
+
+        The texts run once on top of the cached prompt prefix (right-padded batch); the
+        tokens after a multi-token label's first one run as a second, tiny pass on that cache.
+        """
+        rows = [ids + plan.suffix_ids for ids in encoded]
+        n, p, width = len(rows), len(plan.prefix_ids), max(len(r) for r in rows)
+        lengths = torch.tensor([len(r) for r in rows])
         pad = self.tok.pad_token_id
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        n, p = len(rows), len(plan.prefix_ids)
+        mask = torch.cat([torch.ones(n, p, dtype=torch.long),
+                          (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()], dim=1)
+        out: dict[tuple, torch.Tensor] = {}
         with torch.inference_mode():
-            if self.use_cache:
-                cache = copy.deepcopy(plan.cache)
-                if n > 1:
-                    cache.batch_repeat_interleave(n)
-                full_mask = torch.cat([torch.ones(n, p, dtype=mask.dtype), mask], dim=1)
-                positions = torch.arange(p, p + width).unsqueeze(0).expand(n, -1)
-                out = self.model.base_model(input_ids=ids, attention_mask=full_mask, past_key_values=cache,
-                                            position_ids=positions, use_cache=True)
-                states = out.last_hidden_state
-            else:
-                prefix = torch.tensor([plan.prefix_ids] * n)
-                full_mask = torch.cat([torch.ones(n, p, dtype=mask.dtype), mask], dim=1)
-                out = self.model.base_model(input_ids=torch.cat([prefix, ids], dim=1), attention_mask=full_mask)
-                states = out.last_hidden_state[:, p:]
-        return [states[k, : len(r)] for k, r in enumerate(rows)]
+            cache = copy.deepcopy(plan.cache)
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+            states = self.model.base_model(
+                input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                position_ids=torch.arange(p, p + width).unsqueeze(0).expand(n, -1)).last_hidden_state
+            last = states[torch.arange(n), lengths - 1].unsqueeze(1)
+            for pre in plan.groups:
+                if not pre:
+                    out[pre] = last
+                    continue
+                k = len(pre)
+                more = self.model.base_model(
+                    input_ids=torch.tensor([list(pre)] * n), past_key_values=cache, use_cache=True,
+                    attention_mask=torch.cat([mask, torch.ones(n, k, dtype=torch.long)], dim=1),
+                    position_ids=(p + lengths).unsqueeze(1) + torch.arange(k).unsqueeze(0)).last_hidden_state
+                cache.crop(-k)  # drop the label tokens again, for the next group
+                out[pre] = torch.cat([last, more], dim=1)
+        return out
+
+    def _label_states_reference(self, plan: _Plan, encoded: list[list[int]]) -> dict[tuple, torch.Tensor]:
+        """The same states the plain way: the whole prompt + text + label prefix, no cache, per group."""
+        out: dict[tuple, torch.Tensor] = {}
+        pad = self.tok.pad_token_id
+        for pre in plan.groups:
+            rows = [plan.prefix_ids + ids + plan.suffix_ids + list(pre) for ids in encoded]
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+            with torch.inference_mode():
+                states = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            first = [len(r) - len(pre) - 1 for r in rows]
+            out[pre] = torch.stack([states[i, f: f + len(pre) + 1] for i, f in enumerate(first)])
+        return out
 
 
 def _buckets(encoded: list[list[int]], max_batch: int, slack: float = 1.25) -> list[list[int]]:

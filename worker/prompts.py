@@ -33,7 +33,9 @@ class SentimentPrompt(Strict):
     user: str = Field(description="User turn; must contain $text.")
     label_words: dict[str, str] = Field(description="What the model says for each label, e.g. positive: 正面.")
     examples: list[Example] = Field(default_factory=list, description="Demonstrations (never dev-set lines).")
-    calibrate: list[str] = Field(default_factory=list, description="Content-free inputs; empty list = no calibration.")
+    calibrate: list[str] = Field(default_factory=lambda: ["", "N/A", "[MASK]"],
+                                 description="Content-free inputs whose label prior calibration divides out.")
+    calibration: bool = Field(True, description="Apply contextual calibration by default (eval can override).")
 
     def render_user(self, text: str) -> str:
         return Template(self.user).substitute(text=text)

@@ -1,0 +1,45 @@
+"""Start and stop worker processes from Python: used by `moodq demo`, the tests and the bench scripts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from worker.app import make_app
+from worker.settings import load_settings
+
+
+def start(args: list[str], env: dict[str, str], log_path: Path | str, hostname: str, *,
+          timeout: float = 900, ready_text: str | None = None) -> subprocess.Popen:
+    """Start ``args --hostname hostname`` with extra ``MOODQ_*`` env; wait until it answers a ping
+    (and, with ``ready_text``, until its log shows that text, e.g. the model's "ready" line)."""
+    log_path = Path(log_path)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([*args, "--hostname", hostname], env={**os.environ, **env}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    app = make_app(load_settings(**{k[6:].lower(): v for k, v in env.items() if k.startswith("MOODQ_")}))
+    node = hostname.replace("%h", os.uname().nodename)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited early:\n{log_path.read_text()[-3000:]}")
+        if app.control.ping(destination=[node], timeout=1.0):
+            if ready_text is None or ready_text in log_path.read_text():
+                return proc
+        time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError(f"worker did not become ready in {timeout:g} s:\n{log_path.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen, grace: float = 60) -> None:
+    """SIGTERM (warm shutdown: the current task finishes), then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
