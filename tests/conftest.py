@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-RUN = uuid.uuid4().hex[:8]
+# Stable if this module is imported twice (as conftest and as tests.conftest).
+RUN = os.environ.setdefault("MOODQ_TEST_RUN", uuid.uuid4().hex[:8])
 REDIS_URL = os.environ.get("MOODQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -30,7 +31,7 @@ os.environ.update({
 })
 for key in [k for k in os.environ if k.startswith("MOODQ_") and k not in (
         "MOODQ_REDIS_URL", "MOODQ_KEY_PREFIX", "MOODQ_QUEUE", "MOODQ_MAX_REPLY_TOKENS",
-        "MOODQ_RETRY_BACKOFF_MAX", "MOODQ_TEST_REDIS_URL", "MOODQ_CACHE_DIR")]:
+        "MOODQ_RETRY_BACKOFF_MAX", "MOODQ_TEST_REDIS_URL", "MOODQ_CACHE_DIR", "MOODQ_TEST_RUN")]:
     del os.environ[key]  # an operator's own settings must not leak into the tests
 
 from worker import launch  # noqa: E402

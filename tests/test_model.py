@@ -107,11 +107,11 @@ def test_calibration_moves_the_decision_on_a_constructed_case(engine):
     assert neutral.probs["positive"] == pytest.approx(0.6, abs=1e-6)
 
 
-def test_calibration_is_computed_at_load_and_applied_on_request(engine):
-    """The content-free prior is measured at load; calibrate=True divides it out of the probabilities."""
+def test_calibration_prior_comes_from_content_free_inputs_and_is_divided_out(engine):
+    """The content-free prior is measured once; calibrate=True divides it out of the probabilities."""
+    raw, cal = engine.judge(["It is fine."], "en", calibrate=False)[0], engine.judge(["It is fine."], "en", True)[0]
     plan = engine.plans["en"]
     assert len(plan.bias) == 2 and sum(math.exp(b) for b in plan.bias) == pytest.approx(1.0, abs=1e-3)
-    raw, cal = engine.judge(["It is fine."], "en", calibrate=False)[0], engine.judge(["It is fine."], "en", True)[0]
     assert raw.scores == cal.scores
     prior = [math.exp(b) for b in plan.bias]
     ratio = (raw.probs["positive"] / prior[0]) / (raw.probs["positive"] / prior[0] + raw.probs["negative"] / prior[1])

@@ -61,8 +61,8 @@ def _broken(tmp_path: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d["languages"]["zh"]["sentiment"]["examples"].append({"text": "x", "label": "angry"}),
-     "examples[4]: unknown label 'angry'"),
+    (lambda d: d["languages"]["zh"]["sentiment"].update(examples=[{"text": "x", "label": "angry"}]),
+     "examples[0]: unknown label 'angry'"),
     (lambda d: d["languages"]["en"]["sentiment"].update(user="Sentiment of this:"), "must contain $text"),
     (lambda d: d["languages"]["en"]["sentiment"].update(user="$text $oops"), "unknown placeholder"),
     (lambda d: d["languages"]["en"]["sentiment"]["label_words"].pop("negative"), "must name exactly the labels"),

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +45,13 @@ def load(settings: Settings) -> Loaded:
     name = settings.model
     try:
         if name == EMBEDDED:
-            gguf = embedded.ensure_gguf(settings.cache_dir)
-            model, tok, warm = _load_gguf(gguf, embedded.SHA256, settings)
+            model, tok, warm = _load_gguf(lambda: embedded.ensure_gguf(settings.cache_dir), embedded.SHA256, settings)
             model_id = embedded.MODEL_ID
         elif name.endswith(".gguf"):
             path = Path(name).expanduser()
             if not path.is_file():
                 raise ModelError(f"GGUF file not found: {path}")
-            model, tok, warm = _load_gguf(path, _sha256(path), settings)
+            model, tok, warm = _load_gguf(lambda: path, _sha256(path), settings)
             model_id = f"gguf:{path.name}"
         else:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(settings.dtype))
@@ -92,13 +92,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_gguf(path: Path, sha: str, settings: Settings):
-    """De-quantise a GGUF once; later starts load the converted weights from the cache."""
+def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings):
+    """De-quantise a GGUF once; later starts load the converted weights from the cache.
+
+    The cache is keyed by the GGUF's SHA-256, so a warm start need not read the GGUF at all.
+    """
     converted = settings.cache_dir / "converted" / f"{sha[:16]}-{settings.dtype}"
     if (converted / "READY").exists():
         tok = AutoTokenizer.from_pretrained(converted)
         model = AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(settings.dtype))
         return model, tok, True
+    path = locate()
     log.info("de-quantising %s (first start only; converted weights go to %s)", path.name, converted)
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)

@@ -60,8 +60,8 @@ class Engine:
             key=len, reverse=True)
         self.plans = {code: self._plan(lang) for code, lang in prompts.languages.items()}
         for code, lang in prompts.languages.items():
-            if lang.sentiment.calibrate:
-                self.plans[code].bias = self._content_free_bias(code, lang.sentiment.calibrate)
+            if lang.sentiment.calibration:
+                self._calibration(code)
 
     # --- public
     def judge(self, texts: list[str], lang: str, calibrate: bool | None = None, max_batch: int = 16) -> list[Judgement]:
@@ -73,12 +73,13 @@ class Engine:
         plan = self.plans[lang]
         if calibrate is None:
             calibrate = self.prompts.languages[lang].sentiment.calibration
+        bias = self._calibration(lang) if calibrate else []
         encoded = [self._encode(self.clean(t)) for t in texts]
         results: list[Judgement | None] = [None] * len(texts)
         for bucket in _buckets(encoded, max_batch):
             raw = self._label_logprobs(plan, [encoded[i] for i in bucket])
             for i, scores in zip(bucket, raw):
-                results[i] = self._decide(scores, plan.bias if calibrate else [])
+                results[i] = self._decide(scores, bias)
         return results
 
     def draft(self, text: str, label: str, lang: str, history: list[tuple[str, str | None]],
@@ -165,11 +166,15 @@ class Engine:
             plan.cache = out.past_key_values
         return plan
 
-    def _content_free_bias(self, lang: str, inputs: list[str]) -> list[float]:
+    def _calibration(self, lang: str) -> list[float]:
+        """log p(label | content-free input), averaged over the prompt's inputs; computed once."""
         plan = self.plans[lang]
-        probs = [_softmax(s) for s in self._label_logprobs(plan, [self._encode(t) for t in inputs])]
-        mean = [sum(p[j] for p in probs) / len(probs) for j in range(len(self.labels))]
-        return [math.log(max(m, 1e-9)) for m in mean]
+        inputs = self.prompts.languages[lang].sentiment.calibrate
+        if not plan.bias and inputs:
+            probs = [_softmax(s) for s in self._label_logprobs(plan, [self._encode(t) for t in inputs])]
+            mean = [sum(p[j] for p in probs) / len(probs) for j in range(len(self.labels))]
+            plan.bias = [math.log(max(m, 1e-9)) for m in mean]
+        return plan.bias
 
     def _decide(self, scores: list[float], bias: list[float]) -> Judgement:
         adjusted = [s - b for s, b in zip(scores, bias)] if bias else scores
