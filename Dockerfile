@@ -1,8 +1,10 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MOODQ_CACHE_DIR=/cache
-# CPU torch first, so nothing later pulls the CUDA build.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# torch first, so nothing later resolves another build. Pass TORCH_INDEX_URL (a CPU-only wheel
+# index) at build time to avoid the CUDA packages: docker compose build --build-arg TORCH_INDEX_URL=...
+ARG TORCH_INDEX_URL=""
+RUN pip install torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY producer ./producer
