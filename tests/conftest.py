@@ -51,7 +51,8 @@ def store(settings):
     yield st
     st.delete_all()
     for queue in (settings.queue, f"{settings.queue}-faults"):
-        st.r.delete(queue, f"_kombu.binding.{queue}", *[f"{queue}\x06\x16{p}" for p in range(1, 10)])
+        st.r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}",
+                    *[f"{queue}\x06\x16{p}" for p in range(1, 10)])
 
 
 @pytest.fixture(scope="session")
