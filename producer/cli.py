@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from producer import sources
 from producer.enqueue import enqueue as enqueue_messages
+from producer.enqueue import retry_failed as retry_messages
 from worker.errors import MoodqError
 from worker.schemas import EXPORT_COLUMNS, FINAL, Record
 from worker.settings import get_settings
@@ -167,6 +168,63 @@ def export(fmt, output, status):
             writer = csv.DictWriter(output, fieldnames=EXPORT_COLUMNS)
             writer.writeheader()
         writer.writerow(flat(rec))
+
+
+def _failed(store: Store, stage: str | None, contains: str | None) -> list[Record]:
+    records = sorted(store.iter_records(store.ids("failed")), key=lambda r: r.seq)
+    return [r for r in records if r.status == "failed" and (not stage or r.error_stage == stage)
+            and (not contains or contains.lower() in (r.error or "").lower())]
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+stage_option = option("--stage", type=click.Choice(["sentiment", "reply"]), default=None, help="Only failures of this stage.")
+contains_option = option("--error-contains", "contains", default=None, help="Only failures whose error contains this text.")
+
+
+@main.command()
+@stage_option
+@contains_option
+@option("--json", "as_json", is_flag=True, help="One JSON record per line instead of a table.")
+def failed(stage, contains, as_json):
+    """List failed messages (the dead letters): id, stage, attempts, times and the reason."""
+    records = _failed(Store(get_settings()), stage, contains)
+    if as_json:
+        for rec in records:
+            click.echo(rec.model_dump_json())
+        return
+    for rec in records:
+        tries = ", ".join(f"{k} {v}" for k, v in rec.attempts.items()) or "-"
+        click.echo(f"{rec.id}\t{rec.error_stage or '-'}\tattempts: {tries}\tenqueued {_when(rec.enqueued_at)}\t"
+                   f"failed {_when(rec.finished_at)}\t{rec.error}")
+    click.echo(f"{len(records)} failed", err=True)
+
+
+@main.command("retry-failed")
+@click.argument("ids", nargs=-1)
+@option("--all", "everything", is_flag=True, help="Every failed message (with --stage/--error-contains: every match).")
+@stage_option
+@contains_option
+@option("--dry-run", is_flag=True, help="Only say what would be re-queued.")
+def retry_failed(ids, everything, stage, contains, dry_run):
+    """Re-queue failed messages from their stored records, resuming at the stage that failed.
+
+    Give ids, or --all (optionally narrowed by --stage / --error-contains).
+    """
+    s = get_settings()
+    store = Store(s)
+    if not ids and not everything:
+        raise click.UsageError("give message ids, or --all")
+    chosen = list(ids) if ids else [r.id for r in _failed(store, stage, contains)]
+    if dry_run:
+        click.echo(f"would re-queue {len(chosen)}: {' '.join(chosen[:20])}{' ...' if len(chosen) > 20 else ''}")
+        return
+    from worker.app import make_app
+
+    res = retry_messages(tqdm(chosen, desc="retry-failed", unit="msg", disable=_quiet() or None), s, make_app(s))
+    click.echo(f"re-queued {len(res.accepted)}, not failed (skipped) {len(res.duplicates)}")
 
 
 @main.command()

@@ -35,6 +35,30 @@ def pipeline_for(app: Celery, mid: str, queue: str, **options) -> Signature:
     return app.signature("sentiment", args=(mid,), queue=queue, **options).set(chain=[reply])
 
 
+def retry_failed(ids: Iterable[str], settings: Settings, app: Celery, **task_options) -> Enqueued:
+    """Re-queue failed messages from their stored records (no source file needed).
+
+    Each resumes at the stage that failed: sentiment (then reply), or reply alone.
+    Ids that are not failed (any more) are reported in ``duplicates``.
+    """
+    store = Store(settings)
+    result = Enqueued()
+    with app.producer_or_acquire() as producer:
+        for mid in ids:
+            reset = store.reset_failed(mid)
+            if reset is None:
+                result.duplicates.append(mid)
+                continue
+            rec, stage = reset
+            if stage == "reply":
+                sig = app.signature("reply", args=(mid,), queue=settings.queue, **task_options)
+            else:
+                sig = pipeline_for(app, mid, settings.queue, **task_options)
+            sig.apply_async(producer=producer)
+            result.accepted.append(mid)
+    return result
+
+
 def _chunks(items: Iterable[Message], size: int) -> Iterator[list[Message]]:
     it = iter(items)
     while chunk := list(islice(it, size)):

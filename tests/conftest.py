@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pytest
 RUN = os.environ.setdefault("MOODQ_TEST_RUN", uuid.uuid4().hex[:8])
 REDIS_URL = os.environ.get("MOODQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 ROOT = Path(__file__).resolve().parent.parent
+EXTRA_QUEUES = ("faults", "graceful")  # queues of the tests' extra workers, removed at the end
+LOG_DIR = Path(tempfile.gettempdir()) / f"moodq-test-{RUN}"  # worker logs, kept for a look after a failure
 DATA = Path(__file__).resolve().parent / "data"
 
 # Before anything imports worker.settings: every setting the tests rely on.
@@ -49,7 +52,7 @@ def store(settings):
     st.r.ping()
     yield st
     st.delete_all()
-    for queue in (settings.queue, f"{settings.queue}-faults"):
+    for queue in [settings.queue] + [f"{settings.queue}-{q}" for q in EXTRA_QUEUES]:
         st.r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}",
                     *[f"{queue}\x06\x16{p}" for p in range(1, 10)])
 
@@ -62,33 +65,42 @@ def engine(settings):
     return resident(load_settings(threads=2))
 
 
-def _start_worker(name: str, env: dict, args: list[str], log: Path):
+def worker_log(name: str) -> Path:
+    LOG_DIR.mkdir(exist_ok=True)
+    return LOG_DIR / f"{name}.log"
+
+
+def _start_worker(name: str, env: dict, args: list[str], log: Path | None = None):
+    log = log or worker_log(name)
     return launch.start(args, env, log, f"{name}-{RUN}@%h", timeout=600, ready_text="ready in")
 
 
 @pytest.fixture(scope="session")
-def worker(store, tmp_path_factory):
+def worker(store):
     """A real worker started through the CLI (`moodq worker`), on the run's queue."""
-    log = tmp_path_factory.mktemp("logs") / "worker.log"
-    proc = _start_worker("main", {}, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"], log)
+    proc = _start_worker("main", {}, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"])
     yield proc
     launch.stop(proc)
 
 
 @pytest.fixture(scope="session")
-def fault_worker(store, settings, tmp_path_factory):
+def fault_worker(store, settings):
     """A real worker with test-only fault injection (tests/faults.py), short limits, its own queue."""
     env = {
         "MOODQ_QUEUE": f"{settings.queue}-faults",
         "MOODQ_SENTIMENT_SOFT_LIMIT": "3", "MOODQ_SENTIMENT_HARD_LIMIT": "20",
         "MOODQ_MAX_RETRIES": "2", "MOODQ_MAX_CHARS": "60",
     }
-    log = tmp_path_factory.mktemp("logs") / "fault_worker.log"
-    args = [sys.executable, "-m", "celery", "-A", "tests.faults", "worker", "-Q", env["MOODQ_QUEUE"],
-            "-c", "1", "-P", "prefork", "-l", "INFO"]
-    proc = _start_worker("faults", env, args, log)
+    proc = start_fault_worker("faults", env)
     yield load_settings(**{k[6:].lower(): v for k, v in env.items()})
     launch.stop(proc)
+
+
+def start_fault_worker(name: str, env: dict, log: Path | None = None):
+    """A real worker of the test-only fault app (tests/faults.py) on ``env``'s queue."""
+    args = [sys.executable, "-m", "celery", "-A", "tests.faults", "worker", "-Q", env["MOODQ_QUEUE"],
+            "-c", "1", "-P", "prefork", "-l", "INFO"]
+    return _start_worker(name, env, args, log)
 
 
 def wait_final(store, ids, timeout=300):

@@ -26,6 +26,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_default_queue=s.queue, task_create_missing_queues=True,
         broker_transport_options={"visibility_timeout": s.visibility_timeout},
         broker_connection_retry_on_startup=True,
+        # Publishing (enqueue, the chained reply, retries) rides out a Redis restart of ~30 s.
+        task_publish_retry_policy={"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2},
         # The model loads in each pool process at start; give it time (Celery's default is 4 s).
         worker_proc_alive_timeout=s.model_load_timeout,
         # Events for Flower. No "sent" events: one more round trip per enqueued task.

@@ -23,3 +23,7 @@ class Transient(MoodqError):
 
 class GenerationTimeout(Transient):
     """Generation hit its deadline before producing anything usable."""
+
+
+class GaveUp(MoodqError):
+    """A message was redelivered too often after its worker died on it. Never retried."""

@@ -75,7 +75,9 @@ class Record(BaseModel):
     context_ids: list[str] = Field(default_factory=list, description="Earlier turns the reply saw.")
     error: str | None = None
     error_stage: str | None = None
-    attempts: dict[str, int] = Field(default_factory=dict)
+    attempts: dict[str, int] = Field(default_factory=dict, description="Deliveries per stage, retries and redeliveries included.")
+    requeued: int = Field(0, description="Times `moodq retry-failed` put this message back.")
+    worker: str | None = Field(None, description="The worker node that last processed the message.")
     timings: Timings = Field(default_factory=Timings)
     model: str | None = None
     prompt_version: str | None = None
@@ -92,7 +94,7 @@ class Record(BaseModel):
 
 EXPORT_COLUMNS = [
     "id", "text", "status", "label", "confidence", "reply", "error", "error_stage",
-    "attempts_sentiment", "attempts_reply", "queued_ms", "sentiment_ms", "reply_ms",
+    "attempts_sentiment", "attempts_reply", "requeued", "worker", "queued_ms", "sentiment_ms", "reply_ms",
     "model", "prompt_version", "lang", "conversation_id", "enqueued_at", "labeled_at",
     "finished_at", "metadata",
 ]

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     reply_soft_limit: float = Field(60, gt=0)
     reply_hard_limit: float = Field(90, gt=0)
     max_retries: int = Field(3, ge=0, description="Retries after the first attempt, for transient errors only.")
+    max_redeliveries: int = Field(2, ge=0, description="Times a message is redelivered after its worker died on it (killed, out of memory) before it is failed.")
     retry_backoff_max: float = Field(60, gt=0, description="Longest wait between retries (exponential backoff).")
     model_load_timeout: float = Field(600, gt=0, description="How long a worker process may take to load its model.")
 

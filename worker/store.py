@@ -17,12 +17,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 import redis
+from pydantic import ValidationError
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
+from worker.errors import BadMessage
 from worker.schemas import Message, Record
 from worker.settings import Settings
 
 STATUSES = ("pending", "labeled", "done", "failed")
 CONVERSATION_KEEP = 200  # ids kept per conversation; the reply reads only the last few
+RETRIES = 20  # per command, backing off up to 2 s: survives a Redis restart of ~30 s
 TODO_KEEP = 100_000  # batching hints kept per stage (with batching off nobody pops them)
 
 
@@ -30,8 +35,10 @@ class Store:
     def __init__(self, settings: Settings, client: redis.Redis | None = None):
         self.s = settings
         self.r = client or redis.Redis.from_url(
-            settings.redis_url, decode_responses=True, health_check_interval=30,
-            socket_connect_timeout=5, retry_on_timeout=True,
+            settings.redis_url, decode_responses=True, health_check_interval=30, socket_connect_timeout=5,
+            # Ride out a Redis restart or failover: every command retries for about half a minute.
+            retry=Retry(ExponentialBackoff(cap=2, base=0.1), RETRIES),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         self.ttl = int(settings.record_ttl_days * 86400) or None
 
@@ -100,7 +107,7 @@ class Store:
             raw = pipe.get(key)
             if raw is None:
                 return
-            rec = Record.model_validate_json(raw)
+            rec = parse(raw, mid)
             before = rec.status
             change(rec)
             rec.updated_at = time.time()
@@ -114,16 +121,42 @@ class Store:
         self.r.transaction(txn, key)
         return result[0] if result else None
 
+    def reset_failed(self, mid: str) -> tuple[Record, str] | None:
+        """Put a failed record back for another try; returns it and the stage to resume at.
+
+        A message that failed drafting its reply keeps its label and resumes at ``reply``;
+        any other failure starts again at ``sentiment``. None if the record is not failed.
+        """
+        resume: list[str] = []
+
+        def reset(rec: Record) -> None:
+            if rec.status != "failed":
+                return
+            stage = "reply" if rec.error_stage == "reply" and rec.label is not None else "sentiment"
+            keep = {"id", "text", "conversation_id", "lang", "metadata", "seq", "enqueued_at", "requeued"}
+            if stage == "reply":
+                keep |= {"label", "confidence", "probs", "scores", "model", "prompt_version", "labeled_at", "timings"}
+            fresh = Record(**{k: v for k, v in rec.model_dump().items() if k in keep})
+            fresh.status = "labeled" if stage == "reply" else "pending"
+            fresh.requeued += 1
+            fresh.attempts = {k: v for k, v in rec.attempts.items() if stage == "reply" and k == "sentiment"}
+            for name in Record.model_fields:
+                setattr(rec, name, getattr(fresh, name))
+            resume.append(stage)
+
+        rec = self.update(mid, reset)
+        return (rec, resume[0]) if rec is not None and resume else None
+
     # --- reads
     def get(self, mid: str) -> Record | None:
         raw = self.r.get(self._rec(mid))
-        return Record.model_validate_json(raw) if raw else None
+        return parse(raw, mid) if raw else None
 
     def get_many(self, ids: list[str]) -> list[Record]:
         if not ids:
             return []
         raws = self.r.mget([self._rec(i) for i in ids])
-        return [Record.model_validate_json(raw) for raw in raws if raw]
+        return [parse(raw, mid) for mid, raw in zip(ids, raws) if raw]
 
     def counts(self) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)
@@ -154,3 +187,11 @@ class Store:
         for start in range(0, len(keys), 1000):
             self.r.delete(*keys[start:start + 1000])
         return len(keys)
+
+
+def parse(raw: str, mid: str) -> Record:
+    try:
+        return Record.model_validate_json(raw)
+    except ValidationError as exc:
+        raise BadMessage(f"the stored record of {mid!r} is not a moodq record ({exc.error_count()} errors, "
+                         f"first: {exc.errors()[0]['msg']})") from None

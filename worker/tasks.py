@@ -13,10 +13,11 @@ import time
 
 import redis
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from celery.signals import task_failure
 
 from worker.app import app
-from worker.errors import BadMessage, Transient
+from worker.errors import BadMessage, GaveUp, MoodqError, Transient
 from worker.resident import engine
 from worker.schemas import FINAL, Record
 from worker.settings import get_settings
@@ -38,6 +39,9 @@ def describe(exc: BaseException, task: Task) -> str:
     """A reason a person can read."""
     if isinstance(exc, SoftTimeLimitExceeded):
         return f"{task.name} exceeded its time limit of {task.soft_time_limit:g} s"
+    if isinstance(exc, WorkerLostError):
+        return (f"{task.name}: the worker process died on this message {1 + task.max_retries} times "
+                f"({exc}); not retried again")
     if isinstance(exc, TimeLimitExceeded):
         return f"{task.name} was killed at its hard time limit of {task.time_limit:g} s"
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
@@ -50,19 +54,26 @@ class StageTask(Task):
     """Retries, limits and failure records shared by both stages."""
 
     autoretry_for = (Transient, SoftTimeLimitExceeded, redis.ConnectionError, redis.TimeoutError)
-    dont_autoretry_for = (BadMessage,)
+    dont_autoretry_for = (BadMessage, GaveUp)
     retry_backoff = 1
     retry_backoff_max = int(s.retry_backoff_max)
     retry_jitter = True
     max_retries = s.max_retries
-    throws = (BadMessage,)  # expected: logged in one line, no traceback
+    throws = (BadMessage, GaveUp)  # expected: logged in one line, no traceback
     acks_late = True
     reject_on_worker_lost = True
+    # A pool process that dies on a message (SIGKILL, out of memory) turns into a retry, so
+    # max_retries also caps a message that kills its worker every time (Celery >= 5.7).
+    retry_on_worker_lost = True
+    default_retry_delay = 1
     typing = False
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         mid = args[0] if args else kwargs.get("mid")
         reason = describe(exc, self)
+        if not isinstance(mid, str):
+            log.error("%s task without a usable message id (%.80r): %s", self.name, mid, reason)
+            return
 
         def fail(rec: Record) -> None:
             if rec.status in FINAL:
@@ -72,18 +83,52 @@ class StageTask(Task):
         try:
             if store().update(mid, fail) is None:
                 log.error("no record for message %s; failure not stored: %s", mid, reason)
-        except redis.RedisError as err:
+        except (redis.RedisError, MoodqError) as err:
             log.error("could not store failure of %s (%s): %s", mid, reason, err)
 
     def begin(self, mid: str) -> Record | None:
-        """Count this attempt; None when the record is already final (a repeated delivery)."""
+        """Count this delivery; None when the record is already final (a repeated delivery).
+
+        A pool process dying on a message becomes a retry (``retry_on_worker_lost``). When the
+        whole worker dies, Redis redelivers the message after the visibility timeout without
+        counting it: deliveries beyond ``1 + retries`` are those, and after ``max_redeliveries``
+        the message is failed instead of killing workers forever.
+        """
+        if not isinstance(mid, str) or not mid:
+            raise BadMessage(f"a {self.name} task needs a message id (a string), got {mid!r:.80}")
+        node = self.request.hostname
+
         def count(rec: Record) -> None:
             rec.attempts[self.name] = rec.attempts.get(self.name, 0) + 1
+            if rec.status not in FINAL:
+                rec.worker = node
 
         rec = store().update(mid, count)
         if rec is None:
             raise BadMessage(f"no record for message id {mid!r} (expired or purged?)")
-        return None if rec.status in FINAL else rec
+        if rec.status in FINAL:
+            return None
+        if self.redeliveries(rec) > s.max_redeliveries:
+            raise GaveUp(f"{self.name} was interrupted {self.redeliveries(rec)} times on this message "
+                         f"(worker killed, out of memory or crashed); not retried after "
+                         f"{s.max_redeliveries} redeliveries")
+        return rec
+
+    def redeliveries(self, rec: Record) -> int:
+        """Deliveries nobody counted as a retry: the whole worker died (Redis redelivered it)."""
+        return rec.attempts.get(self.name, 0) - 1 - (self.request.retries or 0)
+
+    def batch_size(self, rec: Record, configured: int) -> int:
+        """A message on its second try runs alone: if it is what kills workers, it takes no others down."""
+        return 1 if self.request.retries or self.redeliveries(rec) > 0 else configured
+
+
+@task_failure.connect
+def _record_worker_lost(sender=None, task_id=None, exception=None, args=None, kwargs=None, einfo=None, **_):
+    """When the pool process died on every try, Celery's main process gives up without calling
+    ``on_failure``; write the failed record here."""
+    if isinstance(exception, WorkerLostError) and isinstance(sender, StageTask):
+        sender.on_failure(exception, task_id, args or (), kwargs or {}, einfo)
 
 
 def _language(rec: Record) -> str:
@@ -132,21 +177,23 @@ def sentiment(self: StageTask, mid: str) -> str:
         return mid  # already labeled (by a batch, or an earlier delivery)
     lang = _language(rec)
     eng = engine()
-    batch = [rec] + _claim("sentiment", rec, s.batch_size - 1, _same_language(lang))
+    size = self.batch_size(rec, s.batch_size)
+    batch = [rec] + _claim("sentiment", rec, size - 1, _same_language(lang))
     started = time.time()
-    judgements = eng.judge([r.text for r in batch], lang, max_batch=s.batch_size)
+    judgements = eng.judge([r.text for r in batch], lang, max_batch=size)
     elapsed_ms = round((time.time() - started) * 1000, 1)
     for r, judgement in zip(batch, judgements):
-        store().update(r.id, _labeled(judgement, lang, eng, started, elapsed_ms, len(batch)))
+        store().update(r.id, _labeled(judgement, lang, eng, started, elapsed_ms, len(batch), self.request.hostname))
     store().offer("reply", [r.id for r in batch])
     return mid
 
 
-def _labeled(judgement, lang: str, eng, started: float, elapsed_ms: float, batch: int):
+def _labeled(judgement, lang: str, eng, started: float, elapsed_ms: float, batch: int, node: str | None):
     def change(r: Record) -> None:
         if r.status != "pending":
             return
         r.status, r.lang, r.label, r.confidence = "labeled", lang, judgement.label, judgement.confidence
+        r.worker = node
         r.probs, r.scores = judgement.probs, judgement.scores
         r.model, r.prompt_version, r.labeled_at = eng.model_id, eng.prompts.version, time.time()
         r.timings.queued_ms = round((started - r.enqueued_at) * 1000, 1)
@@ -164,25 +211,26 @@ def reply(self: StageTask, mid: str) -> str:
         raise BadMessage(f"reply for {mid!r} found status {rec.status!r}; it needs a label first")
     started = time.time()
     if not s.replies_for(rec.label):
-        store().update(mid, _done(None, [], started, 0))
+        store().update(mid, _done(None, [], started, 0, self.request.hostname))
         return mid
     # A conversation's reply needs the earlier turns done first: those go one at a time.
-    batch = [rec] if rec.conversation_id else [rec] + _claim("reply", rec, s.reply_batch_size - 1, _replyable)
+    size = 1 if rec.conversation_id else self.batch_size(rec, s.reply_batch_size)
+    batch = [rec] + _claim("reply", rec, size - 1, _replyable)
     earlier = store().history(rec, s.history_turns)
     histories = [[(h.text, h.reply) for h in earlier]] + [[] for _ in batch[1:]]
     drafts = engine().draft_many(
         [(r.text, r.label, r.lang, hist) for r, hist in zip(batch, histories)],
         max_new_tokens=s.max_reply_tokens, deadline_s=max(0.5, s.reply_soft_limit * 0.8), sampling=s.sampling())
     for r, draft in zip(batch, drafts):
-        store().update(r.id, _done(draft, earlier if r is rec else [], started, len(batch)))
+        store().update(r.id, _done(draft, earlier if r is rec else [], started, len(batch), self.request.hostname))
     return mid
 
 
-def _done(draft, earlier: list[Record], started: float, batch: int):
+def _done(draft, earlier: list[Record], started: float, batch: int, node: str | None):
     def change(r: Record) -> None:
         if r.status != "labeled":
             return
-        r.status, r.finished_at = "done", time.time()
+        r.status, r.finished_at, r.worker = "done", time.time(), node
         r.reply = draft.text if draft else None
         r.reply_truncated = draft.truncated if draft else None
         r.context_ids = [h.id for h in earlier]

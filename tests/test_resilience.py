@@ -1,0 +1,222 @@
+"""Nothing lost: killed workers, a message that kills its worker every time, SIGTERM, a Redis restart
+(with password and TLS), pickle payloads, dead letters and a small soak — all on real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from producer.enqueue import enqueue
+from producer.sources import to_message
+from tests.conftest import ROOT, RUN, _start_worker, start_fault_worker, wait_final, worker_log
+from worker import launch
+from worker.app import make_app
+from worker.settings import load_settings
+from worker.store import STATUSES, Store
+
+pytestmark = [pytest.mark.worker, pytest.mark.model]
+
+
+def _send(settings, *rows):
+    msgs = [to_message(r, 2000) for r in rows]
+    enqueue(msgs, settings, make_app(settings), replace=True)
+    return [m.id for m in msgs]
+
+
+def assert_one_final_record_each(store: Store, ids: list[str]) -> None:
+    """Every id has a record, in exactly one status set, and that status is final."""
+    for mid in ids:
+        rec = store.get(mid)
+        assert rec is not None, f"{mid} lost"
+        sets = [s for s in STATUSES if store.r.sismember(store.s.key("status", s), mid)]
+        assert sets == [rec.status] and rec.status in ("done", "failed"), (mid, sets, rec.status)
+
+
+def _holding_pid(store: Store, text: str, timeout: float = 300) -> int:
+    """The pid of the pool process that is inside the model call for ``text`` (tests/faults.py)."""
+    key = store.s.key("fault", "holding", text)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid := store.r.get(key):
+            return int(pid)
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never reached the model")
+
+
+def test_pool_process_killed_mid_task_is_retried_and_nothing_is_lost(fault_worker, store):
+    """SIGKILL the process holding the model while it scores: the message and the batch it carried complete."""
+    hold = "[hold:2] I love this phone"
+    ids = _send(fault_worker, {"id": "kill-1", "text": hold},
+                *[{"id": f"kill-other-{i}", "text": f"Great service, order {i}"} for i in range(5)])
+    os.kill(_holding_pid(store, hold), signal.SIGKILL)
+    recs = wait_final(store, ids)
+    assert_one_final_record_each(store, ids)
+    assert all(r.status == "done" for r in recs.values()), {i: r.error for i, r in recs.items()}
+    assert recs["kill-1"].attempts["sentiment"] == 2  # killed once, then done by the restarted process
+    assert recs["kill-1"].label == "positive"
+
+
+def test_message_that_kills_its_worker_every_time_ends_failed(fault_worker, store):
+    """A poison message is tried 1 + max_retries times, then failed with the reason; others still complete."""
+    ids = _send(fault_worker, {"id": "poison-1", "text": "[crash] boom"},
+                {"id": "after-poison", "text": "Lovely, thank you"})
+    recs = wait_final(store, ids)
+    assert_one_final_record_each(store, ids)
+    poison = recs["poison-1"]
+    assert poison.status == "failed" and poison.error_stage == "sentiment"
+    assert poison.error.startswith("sentiment: the worker process died on this message 3 times"), poison.error
+    assert "SIGKILL" in poison.error and poison.attempts["sentiment"] == 3
+    assert recs["after-poison"].status == "done"
+
+
+def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings, tmp_path):
+    """Warm shutdown: the task in progress completes, the queued ones are left for the next worker."""
+    env = {"MOODQ_QUEUE": f"{settings.queue}-graceful", "MOODQ_REPLY_LABELS": "none", "MOODQ_BATCH_SIZE": "1"}
+    s = load_settings(queue=env["MOODQ_QUEUE"], reply_labels="none")
+    first = start_fault_worker("graceful-1", env, tmp_path / "graceful-1.log")
+    hold = "[hold:4] Thanks, that was quick"
+    ids = _send(s, {"id": "grace-hold", "text": hold},
+                *[{"id": f"grace-{i}", "text": f"The app crashes again, attempt {i}"} for i in range(4)])
+    _holding_pid(store, hold)
+    os.kill(first.pid, signal.SIGTERM)  # to the main process only, as docker stop and kill do
+    first.wait(120)
+    held = store.get("grace-hold")
+    assert held.status in ("labeled", "done") and held.attempts["sentiment"] == 1, held
+    assert sum(store.get(i).status == "pending" for i in ids) >= 2  # still queued, not dropped
+    second = start_fault_worker("graceful-2", env, tmp_path / "graceful-2.log")
+    try:
+        recs = wait_final(store, ids)
+    finally:
+        launch.stop(second)
+    assert_one_final_record_each(store, ids)
+    assert all(r.status == "done" for r in recs.values())
+    assert recs["grace-hold"].attempts["sentiment"] == 1  # not run twice
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TlsRedis:
+    """A redis-server of our own: TLS only, password, AOF on, in a temp dir; can be restarted."""
+
+    def __init__(self, workdir: Path):
+        self.dir, self.port, self.password = workdir, _free_port(), f"pw-{RUN}-secret"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-keyout", str(workdir / "key.pem"), "-out", str(workdir / "cert.pem"),
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True)
+        self.url = (f"rediss://:{self.password}@127.0.0.1:{self.port}/0"
+                    f"?ssl_cert_reqs=required&ssl_ca_certs={workdir / 'cert.pem'}")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        c = str(self.dir / "cert.pem")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+             "--tls-cert-file", c, "--tls-key-file", str(self.dir / "key.pem"), "--tls-ca-cert-file", c,
+             "--tls-auth-clients", "no", "--requirepass", self.password, "--dir", str(self.dir),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=(self.dir / "redis.log").open("a"), stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError((self.dir / "redis.log").read_text()[-2000:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: redis fsyncs the AOF and exits
+            self.proc.wait(30)
+
+
+def test_redis_restart_mid_run_over_tls_with_password(tmp_path):
+    """Workers and producer ride out a restart of a TLS, password-protected Redis; each message has one record."""
+    server = TlsRedis(tmp_path)
+    server.start()
+    env = {"MOODQ_REDIS_URL": server.url, "MOODQ_REPLY_LABELS": "negative", "MOODQ_QUEUE": f"restart-{RUN}"}
+    s = load_settings(redis_url=server.url, reply_labels="negative", queue=env["MOODQ_QUEUE"])
+    store = Store(s)
+    log = tmp_path / "worker.log"
+    proc = _start_worker("restart", env, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"], log)
+    try:
+        first = _send(s, *[{"id": f"r1-{i}", "text": f"Delivery {i} was late and the box was damaged."}
+                           for i in range(30)])
+        deadline = time.monotonic() + 300
+        while store.counts()["done"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server.stop()
+        time.sleep(3)
+        server.start()
+        second = _send(s, *[{"id": f"r2-{i}", "text": f"Order {i} arrived early, thanks!"} for i in range(30)])
+        recs = wait_final(store, first + second, timeout=400)
+        assert_one_final_record_each(store, first + second)
+        assert all(r.status == "done" for r in recs.values()), {i: r.error for i, r in recs.items() if r.error}
+        assert store.r.zcard(s.key("index")) == 60
+    finally:
+        launch.stop(proc)
+        server.stop()
+    text = log.read_text()
+    assert "ready in" in text and server.password not in text  # the password never reaches the log
+    dump = (tmp_path / "appendonlydir").glob("*")
+    assert not any(server.password.encode() in p.read_bytes() for p in dump)  # nor a record
+
+
+def test_pickle_payload_is_refused_not_executed(fault_worker, store, tmp_path):
+    """JSON only: a pickled task is refused by the worker (its payload never runs) and the worker keeps serving."""
+    marker = tmp_path / "pickle-payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.makedirs, (str(marker),))
+
+    make_app(fault_worker).send_task("sentiment", args=(Payload(),), queue=fault_worker.queue, serializer="pickle")
+    ids = _send(fault_worker, {"id": "after-pickle", "text": "Works fine"})
+    assert wait_final(store, ids)["after-pickle"].status == "done"
+    assert not marker.exists()
+    assert "Refusing to deserialize untrusted content of type pickle" in worker_log("faults").read_text()
+
+
+def test_dead_letters_are_listed_and_requeued_from_their_records(fault_worker, worker, store):
+    """`moodq failed` lists the failed message; `moodq retry-failed` runs it again without the source file
+    (on the default queue, where the main worker picks it up)."""
+    from click.testing import CliRunner
+
+    from producer.cli import main
+
+    ids = _send(fault_worker, {"id": "dead-1", "text": "[transient:3] I want my money back"})
+    assert wait_final(store, ids)["dead-1"].status == "failed"  # 3 faults > max_retries 2
+    listed = CliRunner().invoke(main, ["failed", "--stage", "sentiment"])
+    line = next(ln for ln in listed.output.splitlines() if ln.startswith("dead-1\t"))
+    assert "attempts: sentiment 3" in line and "injected transient fault 3/3" in line
+    out = CliRunner().invoke(main, ["retry-failed", "dead-1", "done-is-not-failed"])
+    assert out.exit_code == 0 and "re-queued 1, not failed (skipped) 1" in out.output, out.output
+    rec = wait_final(store, ids)["dead-1"]
+    assert rec.status == "done" and rec.requeued == 1 and rec.error is None
+    assert rec.attempts["sentiment"] == 1 and rec.label in ("positive", "negative")
+
+
+def test_soak_a_few_hundred_messages_through_two_processes(settings, tmp_path):
+    """The soak script's check on a small run: exactly one final record per message, none lost or doubled."""
+    sys.path.insert(0, str(ROOT))
+    from bench.soak import corpus, run_soak
+
+    s = load_settings(key_prefix=f"moodqtest-{RUN}-soak", queue=f"moodqtest-{RUN}-soak")
+    report = run_soak(s, corpus(300, []), concurrency=2, log_path=tmp_path / "soak.log", timeout=600,
+                      worker_env={"MOODQ_REPLY_LABELS": "none", "MOODQ_BATCH_SIZE": "16"})
+    assert report["records"] == 300 and report["lost"] == 0 and report["duplicates"] == 0, report
+    assert report["status"]["done"] == 300 and report["bad_labels"] == 0, report
+    assert len(report["peak_rss_mb"]) == 3  # the Celery main process and two pool processes
