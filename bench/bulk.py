@@ -38,7 +38,7 @@ def main() -> None:
     from worker.launch import stop as stop_worker
     from producer.cli import wait_for
     from producer.enqueue import enqueue
-    from worker.app import make_app
+    from worker.app import make_app, queue_keys
     from worker.evaluate import read_labeled
     from worker.schemas import Message
     from worker.settings import get_settings
@@ -63,7 +63,7 @@ def main() -> None:
     finally:
         stop_worker(proc)
         store.delete_all()
-        store.r.delete(s.queue)
+        store.r.delete(*queue_keys(s.queue))
     status = {k: sum(r.status == k for r in records) for k in ("done", "failed", "pending", "labeled")}
     replies = [r for r in records if r.reply]
     print(f"{args.n} messages from {Path(args.data).name}; {args.concurrency} worker process(es); "

@@ -64,7 +64,7 @@ def run_soak(settings, texts: list[str], concurrency: int, worker_env: dict, log
     """Start a worker with ``concurrency`` processes, push ``texts`` through it, verify, clean up."""
     from producer.cli import wait_for
     from producer.enqueue import enqueue
-    from worker.app import make_app
+    from worker.app import make_app, queue_keys
     from worker.launch import start, stop
     from worker.procinfo import tree_peak_rss_mb
     from worker.schemas import Message
@@ -87,7 +87,7 @@ def run_soak(settings, texts: list[str], concurrency: int, worker_env: dict, log
     finally:
         stop(proc)
         store.delete_all()
-        store.r.delete(settings.queue, f"_kombu.binding.{settings.queue}")
+        store.r.delete(*queue_keys(settings.queue))
     report.update(accepted=len(res.accepted), enqueue_s=round(enqueue_s, 2), wall_s=round(wall, 1),
                   msg_per_s=round(len(ids) / wall, 2), peak_rss_mb={p: round(m) for p, m in rss.items()})
     return report

@@ -151,16 +151,21 @@ def flat(rec: Record) -> dict:
 @option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=True), default="-")
 @option("--status", type=click.Choice(["pending", "labeled", "done", "failed"]), default=None,
         help="Only records in this status.")
-def export(fmt, output, status):
-    """Write the labeled records, in enqueue order, as JSONL (full) or CSV (flat)."""
-    store = Store(get_settings())
+@option("--sort", type=click.Choice(["order", "negativity"]), default="order",
+        help="Enqueue order, or most likely MOODQ_TRIAGE_LABEL first (what a person should read first).")
+def export(fmt, output, status, sort):
+    """Write the labeled records as JSONL (full) or CSV (flat)."""
+    s = get_settings()
+    store = Store(s)
     ids = store.ids()
     if status:
         wanted = set(store.ids(status))
         ids = [i for i in ids if i in wanted]
+    records = store.iter_records(ids)
+    if sort == "negativity":
+        records = sorted(records, key=lambda r: -(r.probs or {}).get(s.triage_label, -1.0))
     writer = None
-    for rec in tqdm(store.iter_records(ids), total=len(ids), desc="export", unit="rec",
-                    disable=_quiet() or output.name == "<stdout>" or None):
+    for rec in tqdm(records, total=len(ids), desc="export", unit="rec", disable=_quiet() or None):
         if fmt == "jsonl":
             output.write(rec.model_dump_json() + "\n")
             continue
@@ -255,3 +260,7 @@ def wait_for(store: Store, ids: list[str], timeout: float, on_change=None) -> li
 from worker import cli as _worker_cli  # noqa: E402  (registers worker, ask, eval, demo)
 
 _worker_cli.register(main)
+
+from producer import operate as _operate  # noqa: E402  (registers follow, stats, report, flower, workers)
+
+_operate.register(main, option)

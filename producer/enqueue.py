@@ -24,7 +24,7 @@ class Enqueued:
     duplicates: list[str] = field(default_factory=list)
 
 
-def pipeline_for(app: Celery, mid: str, queue: str, **options) -> Signature:
+def pipeline_for(app: Celery, mid: str, queue: str, text: str = "", **options) -> Signature:
     """The chain every message runs: sentiment, then reply.
 
     Written as the first task carrying the rest in its ``chain`` option (what ``chain()``
@@ -32,7 +32,8 @@ def pipeline_for(app: Celery, mid: str, queue: str, **options) -> Signature:
     and with it the batched publish.
     """
     reply = app.signature("reply", queue=queue, **options)
-    return app.signature("sentiment", args=(mid,), queue=queue, **options).set(chain=[reply])
+    shown = repr((mid, text[:40] + ("…" if len(text) > 40 else "")))  # what Flower and logs show
+    return app.signature("sentiment", args=(mid,), queue=queue, argsrepr=shown, **options).set(chain=[reply])
 
 
 def retry_failed(ids: Iterable[str], settings: Settings, app: Celery, **task_options) -> Enqueued:
@@ -53,7 +54,7 @@ def retry_failed(ids: Iterable[str], settings: Settings, app: Celery, **task_opt
             if stage == "reply":
                 sig = app.signature("reply", args=(mid,), queue=settings.queue, **task_options)
             else:
-                sig = pipeline_for(app, mid, settings.queue, **task_options)
+                sig = pipeline_for(app, mid, settings.queue, rec.text, **task_options)
             sig.apply_async(producer=producer)
             result.accepted.append(mid)
     return result
@@ -74,7 +75,7 @@ def enqueue(messages: Iterable[Message], settings: Settings, app: Celery, *, rep
         accepted, dupes = store.add(chunk, replace=replace)
         with app.producer_or_acquire() as producer, producer.batch(max_size=2 * batch):
             for rec in accepted:
-                pipeline_for(app, rec.id, settings.queue, **task_options).apply_async(producer=producer)
+                pipeline_for(app, rec.id, settings.queue, rec.text, **task_options).apply_async(producer=producer)
         result.accepted += [r.id for r in accepted]
         result.duplicates += dupes
         if on_batch:

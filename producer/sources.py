@@ -68,24 +68,24 @@ def read(stream: IO[str], name: str, fmt: str, max_chars: int) -> Iterator[Messa
             if None in row:
                 yield LineError(name, line, "more columns than the header")
                 continue
-            yield _validated(row, name, line, max_chars)
+            yield validated(row, name, line, max_chars)
         return
     for line, raw in enumerate(stream, start=1):
         raw = raw.rstrip("\r\n")
         if not raw.strip():
             continue
         if fmt == "text":
-            yield _validated({"text": raw}, name, line, max_chars)
+            yield validated({"text": raw}, name, line, max_chars)
             continue
         try:
             row = json.loads(raw)
         except json.JSONDecodeError as exc:
             yield LineError(name, line, f"invalid JSON: {exc.msg} at column {exc.colno}")
             continue
-        yield _validated(row, name, line, max_chars)
+        yield validated(row, name, line, max_chars)
 
 
-def _validated(row, name: str, line: int, max_chars: int) -> Message | LineError:
+def validated(row, name: str, line: int, max_chars: int) -> Message | LineError:
     try:
         return to_message(row, max_chars)
     except (ValidationError, ValueError) as exc:

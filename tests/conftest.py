@@ -18,7 +18,7 @@ import pytest
 RUN = os.environ.setdefault("MOODQ_TEST_RUN", uuid.uuid4().hex[:8])
 REDIS_URL = os.environ.get("MOODQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 ROOT = Path(__file__).resolve().parent.parent
-EXTRA_QUEUES = ("faults", "graceful")  # queues of the tests' extra workers, removed at the end
+EXTRA_QUEUES = ("faults", "graceful", "triage")  # queues of the tests' extra workers, removed at the end
 LOG_DIR = Path(tempfile.gettempdir()) / f"moodq-test-{RUN}"  # worker logs, kept for a look after a failure
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -37,6 +37,7 @@ for key in [k for k in os.environ if k.startswith("MOODQ_") and k not in (
     del os.environ[key]  # an operator's own settings must not leak into the tests
 
 from worker import launch  # noqa: E402
+from worker.app import queue_keys  # noqa: E402
 from worker.settings import get_settings, load_settings  # noqa: E402
 from worker.store import Store  # noqa: E402
 
@@ -53,8 +54,7 @@ def store(settings):
     yield st
     st.delete_all()
     for queue in [settings.queue] + [f"{settings.queue}-{q}" for q in EXTRA_QUEUES]:
-        st.r.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}",
-                    *[f"{queue}\x06\x16{p}" for p in range(1, 10)])
+        st.r.delete(*queue_keys(queue))
 
 
 @pytest.fixture(scope="session")

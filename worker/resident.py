@@ -13,6 +13,7 @@ import os
 import threading
 
 from celery.signals import worker_process_init
+from celery.worker.control import inspect_command
 
 from worker.errors import ModelError
 from worker.settings import Settings, get_settings
@@ -59,9 +60,25 @@ def _load_at_process_start(**_):
 
         from worker.app import app
 
-        per_process = max(1, (os.cpu_count() or 1) // max(1, app.conf.worker_concurrency or 1))
-        torch.set_num_threads(per_process)
+        torch.set_num_threads(threads_per_process(app.conf.worker_concurrency or 1, s))
     try:
         engine(s)
     except ModelError as exc:  # the tasks will report it; do not crash-loop the pool
         log.critical("%s", exc)
+
+
+def threads_per_process(concurrency: int, settings: Settings) -> int:
+    return settings.threads or max(1, (os.cpu_count() or 1) // max(1, concurrency))
+
+
+@inspect_command()
+def moodq(state):
+    """What this worker runs: `celery inspect moodq`, `moodq workers`."""
+    from worker.prompts import load_prompts
+
+    s = get_settings()
+    concurrency = state.consumer.controller.concurrency
+    return {"model": s.model, "dtype": s.dtype, "prompt_version": load_prompts(s.prompts).version,
+            "queue": s.queue, "concurrency": concurrency, "threads_per_process": threads_per_process(concurrency, s),
+            "batch_size": s.batch_size, "reply_batch_size": s.reply_batch_size, "reply_labels": s.reply_labels,
+            "triage_label": s.triage_label, "pid": os.getpid()}

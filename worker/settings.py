@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_chars: int = Field(2000, ge=1, description="Longest accepted message, in characters.")
     max_reply_tokens: int = Field(96, ge=1, description="Longest drafted reply, in tokens.")
     reply_labels: str = Field("all", description="Labels that get a drafted reply: 'all', 'none', or a comma list such as 'negative'.")
+    triage_label: str = Field("negative", description="Replies are drafted first for messages most likely to carry this label ('' = first come, first served).")
     history_turns: int = Field(6, ge=0, description="Earlier turns of a conversation the reply sees.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for replies (0 = greedy).")
     top_p: float = Field(0.9, gt=0, le=1)
@@ -83,6 +84,12 @@ class Settings(BaseSettings):
         if wanted in ("none", ""):
             return False
         return label in {w.strip() for w in wanted.split(",")}
+
+    def reply_priority(self, probs: dict[str, float] | None) -> int | None:
+        """Broker priority of a message's reply: 1 (most likely ``triage_label``) to 9; sentiment tasks go at 0."""
+        if not self.triage_label or not probs or self.triage_label not in probs:
+            return None
+        return 1 + round((1 - probs[self.triage_label]) * 8)
 
     def sampling(self) -> dict:
         """Keyword arguments for ``generate`` when drafting replies."""

@@ -5,8 +5,10 @@ Keys (all under the settings' prefix):
   seq               counter giving each accepted message its order
   index             sorted set of every record id, by seq
   status:<status>   set of ids in that status (pending, labeled, done, failed)
+  events            sorted set of ids by the time they were labeled or failed (last day; rolling stats)
   conv:<cid>        sorted set of a conversation's message ids, by seq (bounded)
-  todo:<stage>      list of ids waiting for a stage; a running task claims some to batch them
+  todo:<stage>      sorted set of ids waiting for a stage (by order, replies by triage priority
+                    first); a running task claims the first few to batch them
 
 Every write is idempotent: a task that runs twice rewrites the same record.
 """
@@ -28,6 +30,7 @@ from worker.settings import Settings
 STATUSES = ("pending", "labeled", "done", "failed")
 CONVERSATION_KEEP = 200  # ids kept per conversation; the reply reads only the last few
 RETRIES = 20  # per command, backing off up to 2 s: survives a Redis restart of ~30 s
+EVENTS_KEEP_S = 86400  # the events index covers the last day
 TODO_KEEP = 100_000  # batching hints kept per stage (with batching off nobody pops them)
 
 
@@ -56,16 +59,22 @@ class Store:
         return self.s.key("todo", stage)
 
     # --- batching hints (losing one only costs batching: every message still has its own task)
-    def offer(self, stage: str, ids: list[str]) -> None:
-        if ids:
-            self.r.pipeline(transaction=False).rpush(self._todo(stage), *ids).ltrim(
-                self._todo(stage), -TODO_KEEP, -1).execute()
+    def offer(self, stage: str, ranked: dict[str, float]) -> None:
+        """Add ids waiting for ``stage``, ranked (lowest first): by seq, or triage priority then seq."""
+        if ranked:
+            self.r.pipeline(transaction=False).zadd(self._todo(stage), ranked).zremrangebyrank(
+                self._todo(stage), TODO_KEEP, -1).execute()
 
-    def claim(self, stage: str, n: int) -> list[str]:
-        """Take up to ``n`` waiting ids for ``stage`` (oldest first)."""
+    def claim(self, stage: str, n: int) -> dict[str, float]:
+        """Take up to ``n`` waiting ids for ``stage``, first-ranked first (id -> rank)."""
         if n <= 0:
-            return []
-        return self.r.lpop(self._todo(stage), n) or []
+            return {}
+        return dict(self.r.zpopmin(self._todo(stage), n))
+
+    def give_back(self, stage: str, ranked: dict[str, float]) -> None:
+        """Return claimed ids with their ranks."""
+        if ranked:
+            self.r.zadd(self._todo(stage), ranked)
 
     # --- writes
     def add(self, messages: list[Message], replace: bool = False) -> tuple[list[Record], list[str]]:
@@ -90,11 +99,11 @@ class Store:
             for status in STATUSES:
                 pipe.srem(self._status(status), rec.id)
             pipe.sadd(self._status("pending"), rec.id)
-            pipe.rpush(self._todo("sentiment"), rec.id)
+            pipe.zadd(self._todo("sentiment"), {rec.id: rec.seq})
             if rec.conversation_id:
                 pipe.zadd(self._conv(rec.conversation_id), {rec.id: rec.seq})
                 pipe.zremrangebyrank(self._conv(rec.conversation_id), 0, -CONVERSATION_KEEP - 1)
-        pipe.ltrim(self._todo("sentiment"), -TODO_KEEP, -1)
+        pipe.zremrangebyrank(self._todo("sentiment"), TODO_KEEP, -1)
         pipe.execute()
         return accepted, dupes
 
@@ -115,6 +124,9 @@ class Store:
             pipe.set(key, rec.model_dump_json(), ex=self.ttl)
             if rec.status != before:
                 pipe.srem(self._status(before), mid)
+                if rec.status in ("labeled", "failed"):
+                    pipe.zadd(self.s.key("events"), {mid: rec.updated_at})
+                    pipe.zremrangebyscore(self.s.key("events"), "-inf", rec.updated_at - EVENTS_KEEP_S)
             pipe.sadd(self._status(rec.status), mid)
             result.append(rec)
 
@@ -147,6 +159,13 @@ class Store:
         rec = self.update(mid, reset)
         return (rec, resume[0]) if rec is not None and resume else None
 
+    def add_alert(self, alert: dict) -> None:
+        """Keep an alert (the last 1000) under ``alerts``."""
+        import json
+
+        self.r.pipeline(transaction=False).lpush(self.s.key("alerts"), json.dumps(alert)).ltrim(
+            self.s.key("alerts"), 0, 999).execute()
+
     # --- reads
     def get(self, mid: str) -> Record | None:
         raw = self.r.get(self._rec(mid))
@@ -173,6 +192,11 @@ class Store:
         ids = list(self.ids() if ids is None else ids)
         for start in range(0, len(ids), chunk):
             yield from self.get_many(ids[start:start + chunk])
+
+    def since(self, seconds: float, now: float) -> list[Record]:
+        """Records labeled or failed in the last ``seconds`` (up to a day)."""
+        ids = self.r.zrangebyscore(self.s.key("events"), now - seconds, now)
+        return list(self.iter_records(ids))
 
     def history(self, rec: Record, turns: int) -> list[Record]:
         """The earlier messages of the record's conversation (oldest first), at most ``turns``."""

@@ -118,6 +118,12 @@ class StageTask(Task):
         """Deliveries nobody counted as a retry: the whole worker died (Redis redelivered it)."""
         return rec.attempts.get(self.name, 0) - 1 - (self.request.retries or 0)
 
+    def prioritise_reply(self, probs: dict[str, float] | None) -> None:
+        """Backlog triage: the chained reply of a more negative message is served sooner."""
+        chain, priority = self.request.chain, s.reply_priority(probs)
+        if chain and priority is not None:
+            chain[-1].setdefault("options", {})["priority"] = priority
+
     def batch_size(self, rec: Record, configured: int) -> int:
         """A message on its second try runs alone: if it is what kills workers, it takes no others down."""
         return 1 if self.request.retries or self.redeliveries(rec) > 0 else configured
@@ -147,11 +153,13 @@ def _language(rec: Record) -> str:
 def _claim(stage: str, own: Record, n: int, accept) -> list[Record]:
     """Waiting messages of ``stage`` to process with ``own`` in one pass.
 
-    Their own tasks still run and find the work done. A message not accepted here (other
-    language, bad input, part of a conversation) is simply left to its own task.
+    Their own tasks still run and find the work done. A waiting message not accepted here
+    (another language, bad input) goes back to the front of the list for another batch.
     """
-    ids = [i for i in store().claim(stage, n) if i != own.id]
-    return [rec for rec in store().get_many(ids) if accept(rec)]
+    ranked = store().claim(stage, n)
+    records = store().get_many([i for i in ranked if i != own.id])
+    store().give_back(stage, {r.id: ranked[r.id] for r in records if not accept(r) and r.status not in FINAL})
+    return [rec for rec in records if accept(rec)]
 
 
 def _same_language(lang: str):
@@ -174,6 +182,7 @@ def _replyable(rec: Record) -> bool:
 def sentiment(self: StageTask, mid: str) -> str:
     rec = self.begin(mid)
     if rec is None or rec.status != "pending":
+        self.prioritise_reply(rec.probs if rec else None)
         return mid  # already labeled (by a batch, or an earlier delivery)
     lang = _language(rec)
     eng = engine()
@@ -184,8 +193,14 @@ def sentiment(self: StageTask, mid: str) -> str:
     elapsed_ms = round((time.time() - started) * 1000, 1)
     for r, judgement in zip(batch, judgements):
         store().update(r.id, _labeled(judgement, lang, eng, started, elapsed_ms, len(batch), self.request.hostname))
-    store().offer("reply", [r.id for r in batch])
+    store().offer("reply", {r.id: reply_rank(r.seq, j.probs) for r, j in zip(batch, judgements)})
+    self.prioritise_reply(judgements[0].probs)
     return mid
+
+
+def reply_rank(seq: int, probs: dict[str, float] | None) -> float:
+    """Order of replies waiting to be batched: triage priority first, then arrival."""
+    return (s.reply_priority(probs) or 5) * 1e12 + seq
 
 
 def _labeled(judgement, lang: str, eng, started: float, elapsed_ms: float, batch: int, node: str | None):

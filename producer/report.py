@@ -1,0 +1,97 @@
+"""`moodq report`: one self-contained HTML page (and a PNG) about the stored records.
+
+Sentiment over time, label shares, a confidence histogram, failures by stage and reason,
+and the most negative messages. The PNG is embedded in the HTML as base64, so the page
+is a single file that can be mailed around.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from collections import Counter
+from pathlib import Path
+
+from worker.schemas import Record
+
+
+def figures(records: list[Record], negative: str) -> dict:
+    """The numbers the report shows (tests check these)."""
+    labeled = [r for r in records if r.label]
+    failed = [r for r in records if r.status == "failed"]
+    return {
+        "messages": len(records),
+        "status": dict(Counter(r.status for r in records)),
+        "labels": dict(Counter(r.label for r in labeled)),
+        "failures_by_stage": dict(Counter(r.error_stage or "?" for r in failed)),
+        "failure_reasons": Counter(r.error for r in failed).most_common(10),
+        "most_negative": sorted((r for r in labeled if r.probs and negative in r.probs),
+                                key=lambda r: -r.probs[negative])[:20],
+    }
+
+
+def picture(records: list[Record], negative: str) -> bytes:
+    """A 2x2 PNG: messages over time by label, label shares, confidence histogram, failures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labeled = [r for r in records if r.label and r.labeled_at]
+    fig, ax = plt.subplots(2, 2, figsize=(12, 8))
+    labels = sorted({r.label for r in labeled})
+    if labeled:
+        start, end = min(r.labeled_at for r in labeled), max(r.labeled_at for r in labeled)
+        width = max((end - start) / 30, 1.0)
+        bins = [start + i * width for i in range(32)]
+        ax[0][0].hist([[r.labeled_at - start for r in labeled if r.label == lab] for lab in labels],
+                      bins=[b - start for b in bins], stacked=True, label=labels)
+        ax[0][0].legend()
+        counts = Counter(r.label for r in labeled)
+        ax[0][1].pie([counts[lab] for lab in labels], labels=[f"{lab} ({counts[lab]})" for lab in labels],
+                     autopct="%1.0f%%")
+        ax[1][0].hist([r.confidence for r in labeled if r.confidence is not None], bins=20, range=(0, 1))
+    ax[0][0].set(title="messages labeled over time", xlabel="seconds since the first label", ylabel="messages")
+    ax[0][1].set(title="label shares")
+    ax[1][0].set(title="confidence of the label", xlabel="probability of the chosen label", ylabel="messages")
+    fails = Counter(r.error_stage or "?" for r in records if r.status == "failed")
+    status = Counter(r.status for r in records)
+    names = [f"{s}" for s in ("done", "labeled", "pending", "failed")] + [f"failed: {k}" for k in fails]
+    ax[1][1].barh(names, [status.get(s, 0) for s in ("done", "labeled", "pending", "failed")] + list(fails.values()),
+                  color=["tab:green", "tab:blue", "tab:gray", "tab:red"] + ["salmon"] * len(fails))
+    ax[1][1].set(title="records by status, failures by stage", xlabel="messages")
+    fig.suptitle(f"moodq: {len(records)} messages, negative = '{negative}'")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render(records: list[Record], negative: str, html_path: Path, png_path: Path | None = None) -> dict:
+    facts = figures(records, negative)
+    png = picture(records, negative)
+    if png_path:
+        png_path.write_bytes(png)
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{r.probs[negative]:.2f}</td><td>{esc(r.id)}</td><td>{esc(r.text[:300])}</td>"
+        f"<td>{esc(r.reply or '')}</td></tr>" for r in facts["most_negative"])
+    reasons = "".join(f"<tr><td>{n}</td><td>{esc(reason or '?')}</td></tr>" for reason, n in facts["failure_reasons"])
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(facts["status"].items()))
+    labels = ", ".join(f"{k}: {v}" for k, v in sorted(facts["labels"].items()))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>moodq report</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}</style></head><body>
+<h1>moodq report</h1><p>Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.
+<b id="messages">{facts['messages']}</b> messages &mdash; status: <span id="status">{esc(counts)}</span>;
+labels: <span id="labels">{esc(labels)}</span>.</p>
+<img alt="charts" src="data:image/png;base64,{base64.b64encode(png).decode()}">
+<h2>Most negative messages (read these first)</h2>
+<table><tr><th>P({esc(negative)})</th><th>id</th><th>text</th><th>drafted reply</th></tr>{rows}</table>
+<h2>Failures</h2><table><tr><th>count</th><th>reason</th></tr>{reasons}</table>
+</body></html>"""
+    html_path.write_text(page, encoding="utf-8")
+    return facts

@@ -1,0 +1,53 @@
+"""Rolling-window figures over the records (stream monitoring) and the negative-share alert.
+
+Each record counts in a window by the time it was labeled (or failed). Pure functions on
+records, so a hand-computed case can check them; ``Store.since`` reads the records.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+
+from worker.schemas import Record
+
+WINDOWS = {"1m": 60, "5m": 300, "60m": 3600}
+
+
+def event_time(rec: Record) -> float | None:
+    """When the record got its outcome: labeled, or failed."""
+    return rec.labeled_at or (rec.finished_at if rec.status == "failed" else None)
+
+
+def window(records: Iterable[Record], now: float, seconds: float, negative: str) -> dict:
+    inside = [r for r in records if (t := event_time(r)) is not None and now - seconds < t <= now]
+    labeled = [r for r in inside if r.label is not None]
+    return {
+        "messages": len(inside),
+        "labeled": len(labeled),
+        "negative_share": round(sum(r.label == negative for r in labeled) / len(labeled), 4) if labeled else None,
+        "mean_confidence": round(statistics.fmean(r.confidence for r in labeled), 4) if labeled else None,
+        "failures": sum(r.status == "failed" for r in inside),
+    }
+
+
+def rolling(records: list[Record], now: float, negative: str, windows: dict[str, float] = WINDOWS) -> dict:
+    return {name: window(records, now, seconds, negative) for name, seconds in windows.items()}
+
+
+class NegativeAlert:
+    """Fires once when a window's negative share reaches the threshold, again only after it fell below."""
+
+    def __init__(self, threshold: float, window_name: str, min_messages: int):
+        self.threshold, self.window_name, self.min_messages = threshold, window_name, min_messages
+        self.active = False
+
+    def check(self, stats: dict, now: float) -> dict | None:
+        w = stats[self.window_name]
+        high = w["labeled"] >= self.min_messages and (w["negative_share"] or 0) >= self.threshold
+        fired = high and not self.active
+        self.active = high
+        if not fired:
+            return None
+        return {"at": now, "window": self.window_name, "negative_share": w["negative_share"],
+                "labeled": w["labeled"], "threshold": self.threshold}

@@ -1,0 +1,249 @@
+"""Operators: rolling stats and alert, follow (growing file, Redis Stream, back-pressure), triage order,
+the report, and Flower reading back real tasks over its HTTP API."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from producer.cli import main
+from producer.follow import Follower
+from producer.stats import NegativeAlert, rolling
+from tests.conftest import RUN, _start_worker, wait_final, worker_log
+from tests.test_resilience import _free_port, _send
+from worker import launch
+from worker.app import make_app, queue_keys
+from worker.schemas import Message, Record
+from worker.settings import get_settings, load_settings
+from worker.store import Store
+
+
+def cli(args: list[str], **env):
+    """Run a moodq command in-process with extra MOODQ_* settings (the settings cache is reset around it)."""
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(main, args, env=env)
+    finally:
+        get_settings.cache_clear()
+
+
+def _rec(i: int, label: str | None, conf: float | None, at: float, status: str = "done") -> Record:
+    return Record(id=f"s{i}", text="x", status=status, label=label, confidence=conf,
+                  labeled_at=at if label else None, finished_at=at)
+
+
+def test_rolling_stats_match_a_hand_computed_case():
+    """UNIT (constructed records): windows count by label/failure time; shares and means by hand."""
+    now = 10_000.0
+    records = [
+        _rec(1, "negative", 0.9, now - 10), _rec(2, "positive", 0.7, now - 50),    # last minute
+        _rec(3, "negative", 0.8, now - 120), _rec(4, None, None, now - 200, "failed"),  # last 5 minutes
+        _rec(5, "positive", 0.6, now - 1000),                                        # last hour
+        _rec(6, "negative", 0.5, now - 7200),                                        # outside every window
+        Record(id="p", text="x"),                                                    # pending: no outcome yet
+    ]
+    got = rolling(records, now, "negative")
+    assert got["1m"] == {"messages": 2, "labeled": 2, "negative_share": 0.5, "mean_confidence": 0.8, "failures": 0}
+    assert got["5m"] == {"messages": 4, "labeled": 3, "negative_share": 0.6667, "mean_confidence": 0.8, "failures": 1}
+    assert got["60m"] == {"messages": 5, "labeled": 4, "negative_share": 0.5, "mean_confidence": 0.75, "failures": 1}
+
+
+def test_negative_alert_fires_once_per_crossing():
+    alert = NegativeAlert(0.5, "5m", min_messages=2)
+    high = {"5m": {"labeled": 3, "negative_share": 0.67}}
+    low = {"5m": {"labeled": 3, "negative_share": 0.33}}
+    assert alert.check({"5m": {"labeled": 1, "negative_share": 1.0}}, 1) is None  # too few messages
+    assert alert.check(high, 2)["negative_share"] == 0.67
+    assert alert.check(high, 3) is None and alert.check(low, 4) is None
+    assert alert.check(high, 5) is not None
+
+
+def test_stats_command_reads_live_records_and_stores_the_alert(settings):
+    s = load_settings(key_prefix=f"moodqtest-{RUN}-stats")
+    store = Store(s)
+    try:
+        store.add([Message(id=f"st-{i}", text="t") for i in range(4)])
+        for i, label in enumerate(["negative", "negative", "negative", "positive"]):
+            def labeled(r, label=label):
+                r.status, r.label, r.confidence, r.labeled_at = "labeled", label, 0.9, time.time()
+            store.update(f"st-{i}", labeled)
+        out = cli(["stats", "--json", "--alert-negative", "0.7", "--alert-min", "3"], MOODQ_KEY_PREFIX=s.key_prefix)
+        assert out.exit_code == 0, out.output
+        figures = json.loads(out.stdout.splitlines()[-1])["windows"]
+        assert figures["1m"]["labeled"] == 4 and figures["1m"]["negative_share"] == 0.75
+        assert "ALERT: negative share 75%" in out.stderr
+        assert json.loads(store.r.lindex(s.key("alerts"), 0))["negative_share"] == 0.75
+    finally:
+        store.delete_all()
+
+
+def _follower(tmp_settings, **kw) -> Follower:
+    return Follower(tmp_settings, make_app(tmp_settings), on_event=lambda m: None, **kw)
+
+
+@pytest.fixture
+def follow_settings():
+    s = load_settings(key_prefix=f"moodqtest-{RUN}-follow", queue=f"moodqtest-{RUN}-follow")  # no worker here
+    yield s
+    store = Store(s)
+    store.delete_all()
+    store.r.delete(*queue_keys(s.queue))
+
+
+def test_follow_growing_file_enqueues_each_new_line_exactly_once(follow_settings, tmp_path):
+    path = tmp_path / "stream.jsonl"
+    path.write_text('{"text": "first"}\n{"text": "second"}\n{"text": "half-wr', encoding="utf-8")
+    store = Store(follow_settings)
+
+    def run_until(n_records: int) -> None:
+        f = _follower(follow_settings)
+        f.follow_file(path, poll_s=0.05, until=lambda: len(store.ids()) >= n_records)
+
+    run_until(2)
+    with path.open("a", encoding="utf-8") as out:
+        out.write('itten"}\nnot json\n{"text": "fourth"}\n')
+    run_until(4)   # a new follower resumes from the saved offset
+    time.sleep(0.3)
+    with path.open("a", encoding="utf-8") as out:
+        out.write('{"text": "fifth", "id": "own-id"}\n')
+    run_until(5)
+    records = {r.id: r.text for r in store.iter_records()}
+    assert records == {"stream.jsonl:1": "first", "stream.jsonl:2": "second", "stream.jsonl:3": "half-written",
+                       "stream.jsonl:5": "fourth", "own-id": "fifth"}
+    assert store.r.llen(follow_settings.queue) == 5  # one task per line, none twice
+
+
+def test_follow_redis_stream_and_back_pressure(follow_settings):
+    store = Store(follow_settings)
+    stream = follow_settings.key("incoming")
+    for i in range(3):
+        store.r.xadd(stream, {"text": f"stream message {i}", "lang": "en"})
+    f = _follower(follow_settings, max_queue=2)
+    store.r.rpush(follow_settings.queue, *["placeholder"] * 5)  # a long queue: reading must pause
+    t = threading.Thread(target=f.follow_redis_stream, args=(stream,),
+                         kwargs={"until": lambda: len(store.ids()) >= 3})
+    t.start()
+    time.sleep(1.5)
+    assert store.ids() == []  # paused by back-pressure
+    store.r.delete(follow_settings.queue)
+    t.join(30)
+    assert sorted(r.text for r in store.iter_records()) == [f"stream message {i}" for i in range(3)]
+    assert store.r.xpending(stream, "moodq")["pending"] == 0  # acknowledged after enqueueing
+    assert f.totals["paused_s"] >= 1.0
+
+
+@pytest.mark.worker
+@pytest.mark.model
+def test_triage_drafts_replies_for_the_most_negative_first(store, settings):
+    """Replies of a mixed backlog run in order of P(negative), not arrival; export --sort agrees."""
+    env = {"MOODQ_QUEUE": f"{settings.queue}-triage", "MOODQ_REPLY_BATCH_SIZE": "1", "MOODQ_MAX_REPLY_TOKENS": "4"}
+    s = load_settings(queue=env["MOODQ_QUEUE"], reply_batch_size=1)
+    texts = ["Absolutely wonderful, thank you!", "This is the worst service ever, I am furious.",
+             "Great product, works perfectly.", "Broken on arrival and support ignores me. Terrible.",
+             "Love it, five stars.", "I want a refund, this is a scam.", "Fast delivery, very happy.",
+             "Awful. Crashes every time, total waste of money."]
+    ids = _send(s, *[{"id": f"tri-{i}", "text": t} for i, t in enumerate(texts)])
+    proc = _start_worker("triage", env, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"])
+    try:
+        recs = wait_final(store, ids)
+    finally:
+        launch.stop(proc)
+        store.r.delete(*queue_keys(s.queue))
+    done = sorted(recs.values(), key=lambda r: r.finished_at)
+    levels = [s.reply_priority(r.probs) for r in done]
+    assert levels == sorted(levels), [(r.id, round(r.probs["negative"], 2)) for r in done]
+    assert len(set(levels)) > 1  # the backlog really was mixed
+    out = cli(["export", "--sort", "negativity"])
+    exported = [json.loads(line) for line in out.stdout.splitlines()]
+    mine = [r for r in exported if r["id"].startswith("tri-")]
+    p = [r["probs"]["negative"] for r in mine]
+    assert p == sorted(p, reverse=True) and len(mine) == 8
+
+
+def test_report_renders_with_the_expected_counts(tmp_path):
+    s = load_settings(key_prefix=f"moodqtest-{RUN}-report")
+    store = Store(s)
+    try:
+        store.add([Message(id=f"rp-{i}", text=f"message {i}") for i in range(6)])
+        for i, (label, p) in enumerate([("negative", 0.95), ("negative", 0.7), ("positive", 0.1), ("positive", 0.2)]):
+            def done(r, label=label, p=p, i=i):
+                r.status, r.label, r.confidence = "done", label, max(p, 1 - p)
+                r.probs, r.labeled_at, r.finished_at = {"negative": p, "positive": 1 - p}, time.time() - 60 * i, time.time()
+            store.update(f"rp-{i}", done)
+        store.update("rp-4", lambda r: (setattr(r, "status", "failed"), setattr(r, "error", "text is empty"),
+                                        setattr(r, "error_stage", "sentiment")))
+        html = tmp_path / "r.html"
+        out = cli(["report", "-o", str(html)], MOODQ_KEY_PREFIX=s.key_prefix)
+        assert out.exit_code == 0, out.output
+        page = html.read_text(encoding="utf-8")
+        assert '<b id="messages">6</b>' in page
+        assert "done: 4, failed: 1, pending: 1" in page and "negative: 2, positive: 2" in page
+        assert page.index("rp-0") < page.index("rp-1") < page.index("rp-3")  # most negative first
+        assert "text is empty" in page
+        png = (tmp_path / "r.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and base64.b64encode(png).decode()[:100] in page
+    finally:
+        store.delete_all()
+
+
+def _get(url: str, auth: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except urllib.error.URLError:
+        return 0, b""  # not listening (yet)
+
+
+@pytest.mark.worker
+@pytest.mark.model
+def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
+    port, auth = _free_port(), f"ops:{RUN}-pw"
+    log = worker_log("flower")
+    flower = subprocess.Popen([sys.executable, "-m", "producer", "flower", "--port", str(port)],
+                              env={**__import__("os").environ, "FLOWER_BASIC_AUTH": auth},
+                              stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while _get(f"{base}/healthcheck")[0] != 200:
+            assert time.monotonic() < deadline and flower.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.5)
+        time.sleep(3)  # let Flower's event receiver attach before the tasks run
+        long_text = "The delivery was late again and nobody answered my emails for a week."
+        ids = _send(load_settings(), {"id": f"fl-{RUN}", "text": long_text})
+        assert wait_final(store, ids)[ids[0]].status == "done"
+        assert _get(f"{base}/api/tasks")[0] == 401  # auth required
+        tasks: dict = {}
+        while time.monotonic() < deadline + 60:
+            tasks = json.loads(_get(f"{base}/api/tasks?limit=1000", auth)[1])
+            names = {t["name"] for t in tasks.values() if ids[0] in (t.get("args") or "")}
+            if {"sentiment", "reply"} <= names:
+                break
+            time.sleep(1)
+        mine = [t for t in tasks.values() if ids[0] in (t.get("args") or "")]
+        assert {t["name"] for t in mine} == {"sentiment", "reply"} and all(t["state"] == "SUCCESS" for t in mine)
+        shown = next(t["args"] for t in mine if t["name"] == "sentiment")
+        assert long_text[:40] in shown and long_text not in shown  # truncated, not dumped
+        status, metrics = _get(f"{base}/metrics", auth)
+        assert status == 200 and re.search(rb'flower_events_total\{.*task="sentiment"', metrics)
+        out = cli(["workers"])
+        assert out.exit_code == 0 and "prompt_version=" in out.output and "model=embedded" in out.output
+    finally:
+        launch.stop(flower, grace=10)
+    assert auth.split(":")[1] not in log.read_text()
