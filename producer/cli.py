@@ -243,18 +243,22 @@ def purge(yes):
 
 
 def wait_for(store: Store, ids: list[str], timeout: float, on_change=None) -> list[Record]:
-    """Poll until every id's record is final (or the timeout passes); returns the records."""
+    """Poll until every id's record is final (or the timeout passes); returns the records.
+
+    Polls the status sets (cheap even for 10,000 ids); whole records are read only for
+    ``on_change`` (meant for a few ids) and at the end.
+    """
     deadline = time.monotonic() + timeout
     seen: dict[str, str] = {}
     while True:
-        records = store.get_many(ids)
-        for rec in records:
-            if on_change and seen.get(rec.id) != rec.status:
-                on_change(rec)
-            seen[rec.id] = rec.status
-        if all(r.status in FINAL for r in records) or time.monotonic() > deadline:
-            return records
-        time.sleep(0.2)
+        if on_change:
+            for rec in store.get_many(ids):
+                if seen.get(rec.id) != rec.status:
+                    on_change(rec)
+                seen[rec.id] = rec.status
+        if store.count_final(ids) == len(ids) or time.monotonic() > deadline:
+            return list(store.iter_records(ids))
+        time.sleep(0.2 if len(ids) <= 100 else 1.0)
 
 
 from worker import cli as _worker_cli  # noqa: E402  (registers worker, ask, eval, demo)

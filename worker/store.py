@@ -183,6 +183,16 @@ class Store:
             pipe.scard(self._status(status))
         return dict(zip(STATUSES, pipe.execute()))
 
+    def count_final(self, ids: list[str], chunk: int = 10_000) -> int:
+        """How many of ``ids`` are done or failed (status sets only, no records read)."""
+        final = 0
+        for start in range(0, len(ids), chunk):
+            part = ids[start:start + chunk]
+            done, failed = (self.r.pipeline(transaction=False).smismember(self._status("done"), part)
+                            .smismember(self._status("failed"), part).execute())
+            final += sum(a or b for a, b in zip(done, failed))
+        return final
+
     def ids(self, status: str | None = None) -> list[str]:
         if status:
             return sorted(self.r.smembers(self._status(status)))
