@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
 import sys
 import time
 
@@ -67,7 +68,7 @@ def _quiet() -> bool:
 
 
 @main.command()
-@click.argument("files", nargs=-1, type=click.Path(allow_dash=True))
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv", "text"]), default="auto", envvar="MOODQ_ENQUEUE_FORMAT",
         help="Input format; auto picks by file suffix (text = one message per line; stdin is text).")
 @option("--replace/--no-replace", default=False, help="Re-process ids that already have a record.")
@@ -85,7 +86,7 @@ def enqueue(files, fmt, replace, batch_size, watch):
     app = make_app(s)
     errors: list[sources.LineError] = []
     totals = {"accepted": 0, "duplicates": 0}
-    bar = tqdm(desc="enqueue", unit="msg", disable=_quiet() or None)
+    bar = tqdm(desc="enqueue", unit="line", total=_lines(files), disable=_quiet() or None)
 
     def messages(stream, name):
         for item in sources.read(stream, name, fmt, s.max_chars):
@@ -106,6 +107,17 @@ def enqueue(files, fmt, replace, batch_size, watch):
                f"(use --replace to redo them), rejected {len(errors)}")
     if watch:
         _watch(Store(s), timeout=0, interval=1.0)
+
+
+def _lines(files) -> int | None:
+    """Lines in the input files, for the progress bar's ETA (None for stdin or when quiet)."""
+    if _quiet() or not files or not all(os.path.isfile(f) for f in files):
+        return None
+    total = 0
+    for name in files:
+        with open(name, "rb") as f:
+            total += sum(1 for _ in f)
+    return total
 
 
 def _watch(store: Store, timeout: float, interval: float) -> dict[str, int]:
