@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init
 from celery.worker.control import inspect_command
 
 from worker.errors import ModelError
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engine = None
 _load_error: str | None = None
+_pool_size = 1  # processes of this worker, set in the main process before the pool forks
 
 
 def engine(settings: Settings | None = None):
@@ -52,15 +53,20 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+@celeryd_after_setup.connect
+def _note_pool_size(sender=None, instance=None, **_):
+    """The pool size given on the command line (-c), which app.conf does not carry."""
+    global _pool_size
+    _pool_size = int(getattr(instance, "concurrency", 0) or 1)
+
+
 @worker_process_init.connect
 def _load_at_process_start(**_):
     s = get_settings()
     if not s.threads:
         import torch
 
-        from worker.app import app
-
-        torch.set_num_threads(threads_per_process(app.conf.worker_concurrency or 1, s))
+        torch.set_num_threads(threads_per_process(_pool_size, s))
     try:
         engine(s)
     except ModelError as exc:  # the tasks will report it; do not crash-loop the pool
