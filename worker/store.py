@@ -7,7 +7,7 @@ Keys (all under the settings' prefix):
   status:<status>   set of ids in that status (pending, labeled, done, failed)
   events            sorted set of ids by the time they were labeled or failed (last day; rolling stats)
   conv:<cid>        sorted set of a conversation's message ids, by seq (bounded)
-  todo:<stage>      sorted set of ids waiting for a stage (by order, replies by triage priority
+  todo:<queue>:<stage>  sorted set of ids waiting for a stage (by order, replies by triage priority
                     first); a running task claims the first few to batch them
 
 Every write is idempotent: a task that runs twice rewrites the same record.
@@ -56,7 +56,7 @@ class Store:
         return self.s.key("conv", cid)
 
     def _todo(self, stage: str) -> str:
-        return self.s.key("todo", stage)
+        return self.s.key("todo", self.s.queue, stage)  # per queue: a worker batches only its own queue's messages
 
     # --- batching hints (losing one only costs batching: every message still has its own task)
     def offer(self, stage: str, ranked: dict[str, float]) -> None:
