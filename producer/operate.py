@@ -88,6 +88,8 @@ def register(main: click.Group, option) -> None:
         store = Store(s)
         records = list(store.iter_records())
         png = png or output.with_suffix(".png")
+        for path in (output, png):
+            path.parent.mkdir(parents=True, exist_ok=True)
         facts = render(records, s.triage_label, output, png)
         click.echo(f"wrote {output} and {png}: {facts['messages']} messages, "
                    + ", ".join(f"{k} {v}" for k, v in sorted(facts["status"].items())))

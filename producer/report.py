@@ -12,9 +12,13 @@ import html
 import io
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 from worker.schemas import Record
+
+
+COLORS = {"negative": "tab:red", "positive": "tab:green", "neutral": "tab:gray"}
 
 
 def figures(records: list[Record], negative: str) -> dict:
@@ -37,23 +41,24 @@ def picture(records: list[Record], negative: str) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     labeled = [r for r in records if r.label and r.labeled_at]
     fig, ax = plt.subplots(2, 2, figsize=(12, 8))
     labels = sorted({r.label for r in labeled})
+    colors = [COLORS.get(lab, f"C{i}") for i, lab in enumerate(labels)]
     if labeled:
-        start, end = min(r.labeled_at for r in labeled), max(r.labeled_at for r in labeled)
-        width = max((end - start) / 30, 1.0)
-        bins = [start + i * width for i in range(32)]
-        ax[0][0].hist([[r.labeled_at - start for r in labeled if r.label == lab] for lab in labels],
-                      bins=[b - start for b in bins], stacked=True, label=labels)
+        when = [[datetime.fromtimestamp(r.labeled_at) for r in labeled if r.label == lab] for lab in labels]
+        ax[0][0].hist(when, bins=30, stacked=True, label=labels, color=colors)
         ax[0][0].legend()
+        ax[0][0].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
+        ax[0][0].tick_params(axis="x", labelrotation=30)
         counts = Counter(r.label for r in labeled)
         ax[0][1].pie([counts[lab] for lab in labels], labels=[f"{lab} ({counts[lab]})" for lab in labels],
-                     autopct="%1.0f%%")
+                     autopct="%1.0f%%", colors=colors)
         ax[1][0].hist([r.confidence for r in labeled if r.confidence is not None], bins=20, range=(0, 1))
-    ax[0][0].set(title="messages labeled over time", xlabel="seconds since the first label", ylabel="messages")
+    ax[0][0].set(title="messages labeled over time (stacked by label)", xlabel="time labeled", ylabel="messages")
     ax[0][1].set(title="label shares")
     ax[1][0].set(title="confidence of the label", xlabel="probability of the chosen label", ylabel="messages")
     fails = Counter(r.error_stage or "?" for r in records if r.status == "failed")
