@@ -73,7 +73,10 @@ def register(main: click.Group, option) -> None:
                 click.echo(_table(figures, s.triage_label, now))
             if not live:
                 return
-            time.sleep(interval)
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                return
 
     @main.command()
     @option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("moodq-report.html"))
