@@ -15,6 +15,7 @@ Every write is idempotent: a task that runs twice rewrites the same record.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -151,7 +152,8 @@ class Store:
             fresh = Record(**{k: v for k, v in rec.model_dump().items() if k in keep})
             fresh.status = "labeled" if stage == "reply" else "pending"
             fresh.requeued += 1
-            fresh.attempts = {k: v for k, v in rec.attempts.items() if stage == "reply" and k == "sentiment"}
+            if stage == "reply":  # the label stays, and so does the count of how it was reached
+                fresh.attempts = {"sentiment": rec.attempts.get("sentiment", 0)}
             for name in Record.model_fields:
                 setattr(rec, name, getattr(fresh, name))
             resume.append(stage)
@@ -161,8 +163,6 @@ class Store:
 
     def add_alert(self, alert: dict) -> None:
         """Keep an alert (the last 1000) under ``alerts``."""
-        import json
-
         self.r.pipeline(transaction=False).lpush(self.s.key("alerts"), json.dumps(alert)).ltrim(
             self.s.key("alerts"), 0, 999).execute()
 
