@@ -153,3 +153,22 @@ def test_eval_command_prints_the_figures(engine):
     assert report["per_class"]["positive"] == {"precision": 1.0, "recall": 1.0, "support": 2}
     text = CliRunner().invoke(main, ["eval", str(DATA / "eval_small.jsonl")]).output
     assert "accuracy 1.000" in text and "invalid labels 0.000" in text and report["prompt_version"] in text
+
+
+def test_label_scores_are_not_rounded_to_bfloat16_steps(engine):
+    """bfloat16 logits come in steps of 1/8-1/16 at their size, so two labels used to tie.
+
+    The label tokens' logits are recomputed in float32: margins fall off that grid, and they
+    agree with a float32 head over the plain, uncached prompt (within the bf16 cache noise).
+    """
+    plan = engine.plans["en"]
+    texts = ["The room was fine, I guess.", "Meh.", "Not bad at all, but the food was cold.", "ok"]
+    for text, judged in zip(texts, engine.judge(texts, "en", calibrate=False)):
+        margin = judged.scores["positive"] - judged.scores["negative"]
+        assert abs(margin * 64 - round(margin * 64)) > 1e-3, margin
+        ids = plan.prefix_ids + engine._encode(text) + plan.suffix_ids
+        with torch.inference_mode():
+            state = engine.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1].float()
+            logits = state @ engine.model.get_output_embeddings().weight.float().T
+        pos, neg = (word[0] for word in plan.label_ids)  # single tokens in the Qwen vocabulary
+        assert margin == pytest.approx(float(logits[pos] - logits[neg]), abs=0.15)

@@ -45,6 +45,8 @@ class _Plan:
     label_ids: list[list[int]]
     groups: dict[tuple[int, ...], list[int]]  # label token prefix -> labels sharing it
     cache: object = None
+    head_tokens: list[int] = field(default_factory=list)  # every token of every label word
+    head_rows: torch.Tensor | None = None  # their output-matrix rows in float32
     bias: list[float] = field(default_factory=list)  # log p(label | content-free), subtracted
 
 
@@ -160,6 +162,11 @@ class Engine:
         for j, ids in enumerate(label_ids):
             groups.setdefault(tuple(ids[:-1]), []).append(j)
         plan = _Plan(self._encode(prefix), self._encode(suffix), label_ids, groups)
+        plan.head_tokens = sorted({t for ids in label_ids for t in ids})
+        head = self.model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise ValueError("output heads with a bias are not supported")
+        plan.head_rows = head.weight.detach()[plan.head_tokens].float()
         if self.use_cache:
             with torch.inference_mode():
                 out = self.model(torch.tensor([plan.prefix_ids]), use_cache=True)
@@ -193,18 +200,24 @@ class Engine:
         else:
             per_group = self._label_states_reference(plan, encoded)
         # One head matmul for all positions: the 152k-row output matrix is read once per batch.
+        # Its normaliser (logsumexp) is shared by every label at a position; the label tokens'
+        # own logits are recomputed in float32, because bfloat16 logits are rounded to steps
+        # of 1/8-1/16 and two labels would often tie.
         groups = list(plan.groups)
         stacked = torch.cat([per_group[pre].reshape(-1, per_group[pre].shape[-1]) for pre in groups])
+        head = self.model.get_output_embeddings()
         with torch.inference_mode():
-            logp = torch.log_softmax(self.model.get_output_embeddings()(stacked).float(), dim=-1)
+            norm = torch.logsumexp(head(stacked).float(), dim=-1)
+            exact = stacked.float() @ plan.head_rows.T - norm.unsqueeze(1)  # [positions, label tokens]
+        column = {tok: c for c, tok in enumerate(plan.head_tokens)}
         out = [[0.0] * len(self.labels) for _ in encoded]
         offset = 0
         for pre in groups:
             steps = len(pre) + 1
             for i in range(len(encoded)):
-                rows = logp[offset + i * steps: offset + (i + 1) * steps]
+                rows = exact[offset + i * steps: offset + (i + 1) * steps]
                 for j in plan.groups[pre]:
-                    out[i][j] = float(sum(rows[k, tok] for k, tok in enumerate(plan.label_ids[j])))
+                    out[i][j] = float(sum(rows[k, column[tok]] for k, tok in enumerate(plan.label_ids[j])))
             offset += steps * len(encoded)
         return out
 
