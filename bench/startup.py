@@ -1,15 +1,15 @@
-"""Cold vs warm start of a worker process's model, in fresh processes.
+"""Cold vs warm start of a real worker (`moodq worker -c N`), from launch to ready for tasks.
 
 Cold: an empty cache dir (assemble the GGUF from its parts, verify, de-quantise, save the
-converted weights). Warm: the same cache dir again. Each start is a new Python process that
-imports torch/transformers, loads the model and builds the prompt caches; the time printed
-is from process start to "ready". Usage:  python bench/startup.py [--keep-cache DIR]
+converted weights). Warm: the same cache dir again. "Ready" is the later of the worker's
+own "ready." line (consumer up) and every pool process's "model … ready" line; the log is
+polled every 20 ms. Peak RSS (VmHWM) per process is read at ready.
+Usage:  python bench/startup.py [--keep-cache DIR] [--concurrency N] [--warm-runs K]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -17,37 +17,50 @@ import tempfile
 import time
 from pathlib import Path
 
+from worker import launch
+from worker.procinfo import tree_peak_rss_mb
+
 ROOT = Path(__file__).resolve().parent.parent
-PROBE = """
-import json, os, resource, time
-t0 = time.perf_counter()
-from worker.resident import engine
-from worker.settings import load_settings
-e = engine(load_settings())
-print(json.dumps({"import_and_load_s": time.perf_counter() - t0,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
 
 
-def start(cache: str) -> dict:
-    env = {**os.environ, "MOODQ_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1", "MOODQ_THREADS": "2"}
+def start(cache: str, concurrency: int, log: Path) -> tuple[float, list[float]]:
+    env = {**os.environ, "MOODQ_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1",
+           "MOODQ_QUEUE": f"bench-startup-{os.getpid()}"}
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["process_s"] = time.perf_counter() - t0
-    return result
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "producer", "worker", "-c", str(concurrency),
+                                 "--hostname", f"startup-{os.getpid()}@%h"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while True:
+            text = log.read_text(errors="replace")
+            if " ready." in text and text.count("ready in") >= concurrency:
+                ready = time.perf_counter() - t0
+                return ready, sorted((mb / 1024 for mb in tree_peak_rss_mb(proc.pid).values()), reverse=True)
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{text[-2000:]}")
+            time.sleep(0.02)
+    finally:
+        launch.stop(proc)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--keep-cache", default=None, help="Use (and keep) this cache dir instead of a temp one.")
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--warm-runs", type=int, default=3)
     args = ap.parse_args()
     cache = args.keep_cache or tempfile.mkdtemp(prefix="moodq-cache-")
-    for name in ("cold (first) start", "warm start", "warm start again"):
-        r = start(cache)
-        print(f"{name:<20} {r['process_s']:6.1f} s to ready  (peak RSS {r['rss_mb']:.0f} MB)")
-    if not args.keep_cache:
-        subprocess.run(["rm", "-rf", cache], check=False)
+    log = Path(tempfile.mkdtemp(prefix="moodq-startup-")) / "worker.log"
+    first = "first start" + ("" if args.keep_cache else " (cold: empty cache)")
+    try:
+        for name in [first] + ["warm start"] * args.warm_runs:
+            seconds, rss = start(cache, args.concurrency, log)
+            print(f"{name:<30} -c {args.concurrency}: {seconds:5.1f} s to ready   peak RSS per process (GB): "
+                  + ", ".join(f"{r:.2f}" for r in rss), flush=True)
+    finally:
+        if not args.keep_cache:
+            subprocess.run(["rm", "-rf", cache], check=False)
 
 
 if __name__ == "__main__":

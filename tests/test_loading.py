@@ -56,3 +56,22 @@ def test_any_local_transformers_directory_works_by_configuration(tmp_path, engin
     assert all(j.label in ("positive", "negative") for j in tiny.judge(["hello", "你好"], "en"))
     assert isinstance(tiny.draft("hi", "positive", "en", [], max_new_tokens=4, deadline_s=10,
                                  sampling={"do_sample": False}).text, str)
+
+
+def test_warm_start_check_neither_hashes_nor_assembles_the_gguf(tmp_path, engine):
+    """With converted weights cached, the main process's check skips the 491 MB GGUF entirely
+    and loads the tokenizer once, so the forked pool processes inherit it."""
+    from worker import loading
+
+    real = load_settings()
+    converted = loading._converted_dir(real, embedded.SHA256)
+    assert loading._ready(converted)  # the session's engine fixture made it
+    (tmp_path / "converted").mkdir()
+    (tmp_path / "converted" / converted.name).symlink_to(converted)
+    settings = load_settings(cache_dir=str(tmp_path))
+    check_model(settings)
+    assert not (tmp_path / embedded.FILE_NAME).exists()
+    hits = loading._tokenizer.cache_info().hits
+    loaded = load(settings)
+    assert loading._tokenizer.cache_info().hits == hits + 1  # the tokenizer from the check, not parsed again
+    assert loaded.warm and not (tmp_path / embedded.FILE_NAME).exists()

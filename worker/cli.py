@@ -51,8 +51,10 @@ def register(main: click.Group) -> None:
         from worker.app import app
 
         s = get_settings()
+        # --without-mingle: the start-up sync with other workers (revoked ids, clocks) costs a
+        # full second before the worker takes tasks; moodq does not revoke tasks.
         app.worker_main(["worker", "-Q", s.queue, "-c", str(concurrency), "-P", "prefork",
-                         "-l", loglevel, "-E", *celery_args])
+                         "-l", loglevel, "-E", "--without-mingle", *celery_args])
 
     @main.command()
     @click.argument("text")

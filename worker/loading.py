@@ -5,6 +5,7 @@ The only module besides ``worker.model`` that imports torch/transformers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -55,7 +56,7 @@ def load(settings: Settings) -> Loaded:
             model_id = f"gguf:{path.name}"
         else:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(settings.dtype))
-            tok, warm, model_id = AutoTokenizer.from_pretrained(name), False, name
+            tok, warm, model_id = _tokenizer(name), False, name
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as exc:
@@ -67,10 +68,19 @@ def load(settings: Settings) -> Loaded:
 
 
 def check_model(settings: Settings) -> None:
-    """Cheap start-up check that the configured model exists (no weights are loaded)."""
+    """Cheap start-up check that the configured model exists (no weights are loaded).
+
+    Run in a worker's main process before the pool forks. It also loads the tokenizer when
+    that is cheap to find (converted cache or a model directory), so every pool process
+    inherits it instead of parsing it again (~0.8 s each).
+    """
     name = settings.model
     if name == EMBEDDED:
-        embedded.ensure_gguf(settings.cache_dir)
+        converted = _converted_dir(settings, embedded.SHA256)
+        if _ready(converted):  # made only from a verified file: no need to hash the GGUF again
+            _tokenizer(str(converted))
+        else:
+            embedded.ensure_gguf(settings.cache_dir)
     elif name.endswith(".gguf"):
         if not Path(name).expanduser().is_file():
             raise ModelError(f"GGUF file not found: {name}")
@@ -79,9 +89,24 @@ def check_model(settings: Settings) -> None:
 
         try:
             AutoConfig.from_pretrained(name)
+            _tokenizer(name)
         except (OSError, ValueError) as exc:
             raise ModelError(f"model {name!r} not found as a local directory or in the hub cache: "
                              f"{str(exc).splitlines()[0]}") from None
+
+
+@functools.cache
+def _tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """One tokenizer per source and process; loaded before fork, it is shared by the pool."""
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _converted_dir(settings: Settings, sha: str) -> Path:
+    return settings.cache_dir / "converted" / f"{sha[:16]}-{settings.dtype}"
+
+
+def _ready(converted: Path) -> bool:
+    return (converted / "READY").exists()
 
 
 def _sha256(path: Path) -> str:
@@ -97,9 +122,9 @@ def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings):
 
     The cache is keyed by the GGUF's SHA-256, so a warm start need not read the GGUF at all.
     """
-    converted = settings.cache_dir / "converted" / f"{sha[:16]}-{settings.dtype}"
-    if (converted / "READY").exists():
-        tok = AutoTokenizer.from_pretrained(converted)
+    converted = _converted_dir(settings, sha)
+    if _ready(converted):
+        tok = _tokenizer(str(converted))
         model = AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(settings.dtype))
         return model, tok, True
     path = locate()
