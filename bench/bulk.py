@@ -2,6 +2,7 @@
 
 Usage:
   python bench/bulk.py --n 200 --concurrency 1 --reply-tokens 48 [--data ../shared/data/zh_dev.jsonl]
+  python bench/bulk.py --n 256 --reply-labels none --batch 8 --claim 8   # sentiment only, the old claim
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--reply-tokens", type=int, default=48)
     ap.add_argument("--reply-labels", default="all")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=16, help="MOODQ_BATCH_SIZE (messages per forward pass)")
+    ap.add_argument("--claim", type=int, default=64, help="MOODQ_CLAIM_SIZE (messages one sentiment task takes on)")
+    ap.add_argument("--reply-batch", type=int, default=8, help="MOODQ_REPLY_BATCH_SIZE")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/zh_dev.jsonl"))
     args = ap.parse_args()
     run = uuid.uuid4().hex[:8]
     env = {"MOODQ_KEY_PREFIX": f"bulk-{run}", "MOODQ_QUEUE": f"bulk-{run}",
            "MOODQ_MAX_REPLY_TOKENS": str(args.reply_tokens), "MOODQ_REPLY_LABELS": args.reply_labels,
-           "MOODQ_BATCH_SIZE": str(args.batch), "MOODQ_REPLY_BATCH_SIZE": str(args.batch)}
+           "MOODQ_BATCH_SIZE": str(args.batch), "MOODQ_CLAIM_SIZE": str(args.claim),
+           "MOODQ_REPLY_BATCH_SIZE": str(args.reply_batch)}
     os.environ.update(env)
 
     from bench.common import worker_rss_mb
@@ -67,7 +71,7 @@ def main() -> None:
     status = {k: sum(r.status == k for r in records) for k in ("done", "failed", "pending", "labeled")}
     replies = [r for r in records if r.reply]
     print(f"{args.n} messages from {Path(args.data).name}; {args.concurrency} worker process(es); "
-          f"batch {args.batch}; replies up to {args.reply_tokens} tokens for labels '{args.reply_labels}'")
+          f"batch {args.batch}, claim {args.claim}, reply batch {args.reply_batch}; replies up to {args.reply_tokens} tokens for labels '{args.reply_labels}'")
     print(f"worker start to first record done (incl. model load): {ready:.1f} s")
     print(f"wall {wall:.1f} s  ->  {args.n / wall:.2f} messages/s end to end; status {status}")
     if records:

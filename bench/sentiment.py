@@ -3,10 +3,11 @@
   (a) seed: chat template with the "cold analyst" system prompt, greedy generate of up to
       10 tokens, parse the label word out of the text;
   (b) moodq: label scoring on the cached prefix, one message at a time;
-  (c) moodq: the same, batched (length-bucketed).
+  (c) moodq: the same, batched the way a worker does it: it takes a claim of messages
+      (MOODQ_CLAIM_SIZE, 64) and scores them in length-sorted passes of MOODQ_BATCH_SIZE (16).
 
 Same model object, same messages. Usage:
-  python bench/sentiment.py --data ../shared/data/zh_dev.jsonl --n 100
+  python bench/sentiment.py --data ../shared/data/zh_dev.jsonl --n 128
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/zh_dev.jsonl"))
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16, help="messages per forward pass")
+    ap.add_argument("--claim", type=int, default=64, help="messages taken together, sorted into passes")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
@@ -75,8 +77,8 @@ def main() -> None:
     results = [
         run("a seed: generate+parse", rows, lang, lambda ts: [seed_label(eng, t, lang) for t in ts]),
         run("b moodq: scoring, 1 at a time", rows, lang, lambda ts: [j.label for j in eng.judge(ts, lang)]),
-        run(f"c moodq: scoring, batches of {args.batch}", rows, lang,
-            lambda ts: [j.label for j in eng.judge(ts, lang, max_batch=args.batch)], batch=args.batch),
+        run(f"c moodq: {args.claim} in passes of {args.batch}", rows, lang,
+            lambda ts: [j.label for j in eng.judge(ts, lang, max_batch=args.batch)], batch=args.claim),
     ]
     print(f"{'method':<34}{'msg/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'valid':>8}{'acc':>7}")
     for r in results:

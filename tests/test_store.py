@@ -35,3 +35,24 @@ def test_history_is_the_earlier_turns_of_the_same_conversation(store):
     assert [r.id for r in store.history(third, turns=5)] == ["h-0", "h-1"]
     assert [r.id for r in store.history(store.get("h-3"), turns=2)] == ["h-1", "h-2"]
     assert store.history(store.get("h-0"), turns=5) == []
+
+
+def test_a_sentiment_claim_stays_within_its_character_budget(settings, monkeypatch):
+    """A task takes waiting messages in rank order while they fit its budget; the rest, and
+    what it does not accept, go back with their ranks (real Redis; the claim logic only)."""
+    from worker import tasks
+    from worker.settings import load_settings
+    from worker.store import Store
+
+    own = Store(load_settings(redis_url=settings.redis_url, key_prefix=f"{settings.key_prefix}-claim"))
+    monkeypatch.setattr(tasks, "_store", own)
+    texts = {"c-0": "a" * 10, "c-1": "b" * 50, "c-2": "c" * 30, "c-3": "d" * 5, "c-4": "skip me"}
+    own.add([Message(id=i, text=t) for i, t in texts.items()])
+    leader = own.get("c-0")
+    own.offer("sentiment", {i: n for n, i in enumerate(texts)})
+    try:
+        taken = tasks._claim("sentiment", leader, 10, lambda r: r.text != "skip me", chars=40)
+        assert [r.id for r in taken] == ["c-2", "c-3"]  # c-0 is the leader itself, c-1 (50) does not fit
+        assert own.claim("sentiment", 10) == {"c-1": 1.0, "c-4": 4.0}
+    finally:
+        own.delete_all()  # everything under its own prefix, todo list included

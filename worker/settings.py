@@ -41,8 +41,12 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled GGUF and converted weights.")
     prompts: Path = Field(PROMPTS_FILE, description="Prompt file (YAML).")
 
-    # --- batching (a running task also takes up to N-1 waiting messages of its stage)
-    batch_size: int = Field(8, ge=1, le=256, description="Messages scored together by one sentiment task (1 = no batching).")
+    # --- batching (a running task also takes waiting messages of its stage and does them in one go)
+    batch_size: int = Field(16, ge=1, le=256, description="Messages in one sentiment forward pass (1 = no batching).")
+    claim_size: int = Field(64, ge=1, le=1024, description="Messages one sentiment task takes from the waiting list, "
+                            "sorted by length into passes of batch_size: more to choose from, less padding.")
+    claim_chars: int = Field(8000, ge=1, description="Most characters one sentiment task takes on, so a claim of "
+                             "long messages stays well inside the soft time limit.")
     reply_batch_size: int = Field(8, ge=1, le=64, description="Replies drafted together by one reply task (1 = no batching).")
 
     # --- messages and replies

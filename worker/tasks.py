@@ -150,16 +150,23 @@ def _language(rec: Record) -> str:
         raise BadMessage(f"no prompts for language {rec.lang!r} (have {', '.join(prompts.languages)})") from None
 
 
-def _claim(stage: str, own: Record, n: int, accept) -> list[Record]:
-    """Waiting messages of ``stage`` to process with ``own`` in one pass.
+def _claim(stage: str, own: Record, n: int, accept, chars: int | None = None) -> list[Record]:
+    """Waiting messages of ``stage`` to process with ``own`` in one go.
 
     Their own tasks still run and find the work done. A waiting message not accepted here
-    (another language, bad input) goes back to the front of the list for another batch.
+    (another language, bad input, over the ``chars`` budget) goes back to the list, with its
+    rank, for another batch.
     """
     ranked = store().claim(stage, n)
-    records = store().get_many([i for i in ranked if i != own.id])
-    store().give_back(stage, {r.id: ranked[r.id] for r in records if not accept(r) and r.status not in FINAL})
-    return [rec for rec in records if accept(rec)]
+    taken, back = [], {}
+    for rec in store().get_many([i for i in ranked if i != own.id]):  # in rank order
+        if accept(rec) and (chars is None or len(rec.text) <= chars):
+            taken.append(rec)
+            chars = None if chars is None else chars - len(rec.text)
+        elif rec.status not in FINAL:
+            back[rec.id] = ranked[rec.id]
+    store().give_back(stage, back)
+    return taken
 
 
 def _same_language(lang: str):
@@ -187,7 +194,8 @@ def sentiment(self: StageTask, mid: str) -> str:
     lang = _language(rec)
     eng = engine()
     size = self.batch_size(rec, s.batch_size)
-    batch = [rec] + _claim("sentiment", rec, size - 1, _same_language(lang))
+    wanted = 1 if size == 1 else max(size, s.claim_size)
+    batch = [rec] + _claim("sentiment", rec, wanted - 1, _same_language(lang), chars=s.claim_chars - len(rec.text))
     started = time.time()
     judgements = eng.judge([r.text for r in batch], lang, max_batch=size)
     elapsed_ms = round((time.time() - started) * 1000, 1)
