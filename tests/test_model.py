@@ -172,3 +172,23 @@ def test_label_scores_are_not_rounded_to_bfloat16_steps(engine):
             logits = state @ engine.model.get_output_embeddings().weight.float().T
         pos, neg = (word[0] for word in plan.label_ids)  # single tokens in the Qwen vocabulary
         assert margin == pytest.approx(float(logits[pos] - logits[neg]), abs=0.15)
+
+
+def test_a_long_message_is_read_as_its_opening_and_its_ending(engine):
+    """With max_text_tokens, the middle of a long message is skipped: a long neutral middle does
+    not change the label, and the scores equal those of the clipped text read in full."""
+    from worker.model import _head_and_tail
+
+    assert _head_and_tail(list(range(10)), 4) == [0, 1, 8, 9]
+    assert _head_and_tail(list(range(10)), 5) == [0, 1, 2, 8, 9]
+    assert _head_and_tail(list(range(10)), 0) == list(range(10))
+    loaded = Loaded(engine.model, engine.tok, engine.model_id, 0, True)
+    clipped = Engine(loaded, engine.prompts, max_text_tokens=16)
+    middle = " The parcel went through the sorting centre on Tuesday." * 20
+    text = "Terrible. It broke the first day." + middle + " I want my money back."
+    ids = engine._encode(text)
+    assert len(ids) > 100
+    seen = engine.tok.decode(ids[:8] + ids[-8:])
+    a, b = clipped.judge([text], "en")[0], engine.judge([seen], "en")[0]
+    assert a.label == b.label == "negative"
+    assert a.scores["negative"] == pytest.approx(b.scores["negative"], abs=0.15)

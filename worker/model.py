@@ -51,8 +51,9 @@ class _Plan:
 
 
 class Engine:
-    def __init__(self, loaded: Loaded, prompts: PromptSet, use_cache: bool = True):
+    def __init__(self, loaded: Loaded, prompts: PromptSet, use_cache: bool = True, max_text_tokens: int = 0):
         self.model, self.tok = loaded.model, loaded.tokenizer
+        self.max_text_tokens = max_text_tokens  # sentiment reads at most this many (0 = all)
         self.model_id = loaded.model_id
         self.prompts = prompts
         self.labels = prompts.labels
@@ -71,12 +72,13 @@ class Engine:
 
         Texts are sorted by token length and scored in buckets of similar length, so a
         batch pays little padding (padding to the longest message made CPU batches slower).
+        A text longer than ``max_text_tokens`` is read as its first and last halves of that.
         """
         plan = self.plans[lang]
         if calibrate is None:
             calibrate = self.prompts.languages[lang].sentiment.calibration
         bias = self._calibration(lang) if calibrate else []
-        encoded = [self._encode(self.clean(t)) for t in texts]
+        encoded = [_head_and_tail(self._encode(self.clean(t)), self.max_text_tokens) for t in texts]
         results: list[Judgement | None] = [None] * len(texts)
         for bucket in _buckets(encoded, max_batch):
             raw = self._label_logprobs(plan, [encoded[i] for i in bucket])
@@ -270,6 +272,14 @@ class Engine:
             first = [len(r) - len(pre) - 1 for r in rows]
             out[pre] = torch.stack([states[i, f: f + len(pre) + 1] for i, f in enumerate(first)])
         return out
+
+
+def _head_and_tail(ids: list[int], limit: int) -> list[int]:
+    """At most ``limit`` tokens (0 = no limit): the opening and the ending of a long message."""
+    if not limit or len(ids) <= limit:
+        return ids
+    head = (limit + 1) // 2
+    return ids[:head] + ids[len(ids) - (limit - head):]
 
 
 def _buckets(encoded: list[list[int]], max_batch: int, slack: float = 1.25) -> list[list[int]]:

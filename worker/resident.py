@@ -38,7 +38,7 @@ def engine(settings: Settings | None = None):
                 s = settings or get_settings()
                 try:
                     loaded = load(s)
-                    _engine = Engine(loaded, load_prompts(s.prompts))
+                    _engine = Engine(loaded, load_prompts(s.prompts), max_text_tokens=s.sentiment_max_tokens)
                 except Exception as exc:
                     _load_error = str(exc)
                     raise ModelError(f"model could not be loaded in this worker process: {exc}") from exc
@@ -86,5 +86,6 @@ def moodq(state):
     concurrency = state.consumer.controller.concurrency
     return {"model": s.model, "dtype": s.dtype, "prompt_version": load_prompts(s.prompts).version,
             "queue": s.queue, "concurrency": concurrency, "threads_per_process": threads_per_process(concurrency, s),
-            "batch_size": s.batch_size, "reply_batch_size": s.reply_batch_size, "reply_labels": s.reply_labels,
+            "batch_size": s.batch_size, "claim_size": s.claim_size, "sentiment_max_tokens": s.sentiment_max_tokens,
+            "reply_batch_size": s.reply_batch_size, "reply_labels": s.reply_labels,
             "triage_label": s.triage_label, "pid": os.getpid()}

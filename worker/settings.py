@@ -51,6 +51,9 @@ class Settings(BaseSettings):
 
     # --- messages and replies
     max_chars: int = Field(2000, ge=1, description="Longest accepted message, in characters.")
+    sentiment_max_tokens: int = Field(160, ge=0, description="Tokens of a message the sentiment pass reads: a longer "
+                                      "one is read as its opening and its ending, half each (0 = all). Bounds the "
+                                      "cost of long messages; replies still see the whole text.")
     max_reply_tokens: int = Field(96, ge=1, description="Longest drafted reply, in tokens.")
     reply_labels: str = Field("all", description="Labels that get a drafted reply: 'all', 'none', or a comma list such as 'negative'.")
     triage_label: str = Field("negative", description="Replies are drafted first for messages most likely to carry this label ('' = first come, first served).")
