@@ -192,3 +192,23 @@ def test_a_long_message_is_read_as_its_opening_and_its_ending(engine):
     a, b = clipped.judge([text], "en")[0], engine.judge([seen], "en")[0]
     assert a.label == b.label == "negative"
     assert a.scores["negative"] == pytest.approx(b.scores["negative"], abs=0.15)
+
+
+def test_an_output_head_with_a_bias_is_scored_exactly(engine):
+    """Some causal LMs (Phi-2, GPT-J) have a bias on the output head; the label scores must
+    include it. Exact check on a float32 tiny Qwen2 whose head is given a random bias."""
+    tiny = _tiny(engine.tok)
+    old = tiny.model.lm_head
+    tiny.model.lm_head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        tiny.model.lm_head.weight.copy_(old.weight)
+        tiny.model.lm_head.bias.normal_(0, 3)
+    eng = Engine(tiny, load_prompts(PROMPTS_FILE))
+    plan, text = eng.plans["en"], "a message"
+    judged = eng.judge([text], "en", calibrate=False)[0]
+    ids = plan.prefix_ids + eng._encode(text) + plan.suffix_ids
+    with torch.inference_mode():
+        logp = torch.log_softmax(tiny.model(torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+    for lab, word in zip(eng.labels, plan.label_ids):
+        assert len(word) == 1  # "Positive" / "Negative" are single tokens in the Qwen vocabulary
+        assert judged.scores[lab] == pytest.approx(float(logp[word[0]]), abs=1e-3)

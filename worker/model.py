@@ -47,6 +47,7 @@ class _Plan:
     cache: object = None
     head_tokens: list[int] = field(default_factory=list)  # every token of every label word
     head_rows: torch.Tensor | None = None  # their output-matrix rows in float32
+    head_bias: torch.Tensor | float = 0.0  # and the head's bias for them, if it has one
     bias: list[float] = field(default_factory=list)  # log p(label | content-free), subtracted
 
 
@@ -166,9 +167,9 @@ class Engine:
         plan = _Plan(self._encode(prefix), self._encode(suffix), label_ids, groups)
         plan.head_tokens = sorted({t for ids in label_ids for t in ids})
         head = self.model.get_output_embeddings()
-        if getattr(head, "bias", None) is not None:
-            raise ValueError("output heads with a bias are not supported")
         plan.head_rows = head.weight.detach()[plan.head_tokens].float()
+        if getattr(head, "bias", None) is not None:  # e.g. Phi-2, GPT-J
+            plan.head_bias = head.bias.detach()[plan.head_tokens].float()
         if self.use_cache:
             with torch.inference_mode():
                 out = self.model(torch.tensor([plan.prefix_ids]), use_cache=True)
@@ -210,7 +211,7 @@ class Engine:
         head = self.model.get_output_embeddings()
         with torch.inference_mode():
             norm = torch.logsumexp(head(stacked).float(), dim=-1)
-            exact = stacked.float() @ plan.head_rows.T - norm.unsqueeze(1)  # [positions, label tokens]
+            exact = stacked.float() @ plan.head_rows.T + plan.head_bias - norm.unsqueeze(1)  # [positions, label tokens]
         column = {tok: c for c, tok in enumerate(plan.head_tokens)}
         out = [[0.0] * len(self.labels) for _ in encoded]
         offset = 0
