@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from worker import embedded
+from worker import cpu, embedded
 from worker.errors import ModelError
 from worker.settings import EMBEDDED, Settings
 
@@ -32,6 +32,7 @@ class Loaded:
     model_id: str
     seconds: float
     warm: bool
+    path: cpu.ComputePath | None = None  # CPU class, dtype and quantisation it runs with
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -43,19 +44,20 @@ def load(settings: Settings) -> Loaded:
     started = time.perf_counter()
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    name = settings.model
+    name, path = settings.model, cpu.pick(settings.dtype, settings.quant)
     try:
         if name == EMBEDDED:
-            model, tok, warm = _load_gguf(lambda: embedded.ensure_gguf(settings.cache_dir), embedded.SHA256, settings)
+            model, tok, warm = _load_gguf(lambda: embedded.ensure_gguf(settings.cache_dir), embedded.SHA256,
+                                          settings, path.dtype)
             model_id = embedded.MODEL_ID
         elif name.endswith(".gguf"):
-            path = Path(name).expanduser()
-            if not path.is_file():
-                raise ModelError(f"GGUF file not found: {path}")
-            model, tok, warm = _load_gguf(lambda: path, _sha256(path), settings)
-            model_id = f"gguf:{path.name}"
+            file = Path(name).expanduser()
+            if not file.is_file():
+                raise ModelError(f"GGUF file not found: {file}")
+            model, tok, warm = _load_gguf(lambda: file, _sha256(file), settings, path.dtype)
+            model_id = f"gguf:{file.name}"
         else:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(settings.dtype))
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(path.dtype))
             tok, warm, model_id = _tokenizer(name), False, name
     except ModelError:
         raise
@@ -64,7 +66,11 @@ def load(settings: Settings) -> Loaded:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.eval()
-    return Loaded(model, tok, model_id, time.perf_counter() - started, warm)
+    if path.quant != "none":
+        from worker.quant import quantize
+
+        quantize(model, path.quant)
+    return Loaded(model, tok, model_id, time.perf_counter() - started, warm, path)
 
 
 def check_model(settings: Settings) -> None:
@@ -76,7 +82,7 @@ def check_model(settings: Settings) -> None:
     """
     name = settings.model
     if name == EMBEDDED:
-        converted = _converted_dir(settings, embedded.SHA256)
+        converted = _converted_dir(settings, embedded.SHA256, cpu.pick(settings.dtype, settings.quant).dtype)
         if _ready(converted):  # made only from a verified file: no need to hash the GGUF again
             _tokenizer(str(converted))
         else:
@@ -101,8 +107,9 @@ def _tokenizer(source: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(source)
 
 
-def _converted_dir(settings: Settings, sha: str) -> Path:
-    return settings.cache_dir / "converted" / f"{sha[:16]}-{settings.dtype}"
+def _converted_dir(settings: Settings, sha: str, dtype: str) -> Path:
+    """Keyed by the GGUF's hash and the dtype it holds; int8 copies are made at load, never cached."""
+    return settings.cache_dir / "converted" / f"{sha[:16]}-{dtype}"
 
 
 def _ready(converted: Path) -> bool:
@@ -117,21 +124,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings):
+def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings, dtype: str):
     """De-quantise a GGUF once; later starts load the converted weights from the cache.
 
     The cache is keyed by the GGUF's SHA-256, so a warm start need not read the GGUF at all.
     """
-    converted = _converted_dir(settings, sha)
+    converted = _converted_dir(settings, sha, dtype)
     if _ready(converted):
         tok = _tokenizer(str(converted))
-        model = AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(settings.dtype))
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype))
         return model, tok, True
     path = locate()
     log.info("de-quantising %s (first start only; converted weights go to %s)", path.name, converted)
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    model = model.to(_dtype(settings.dtype))
+    model = model.to(_dtype(dtype))
     _save_converted(model, tok, converted)
     return model, tok, False
 

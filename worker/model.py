@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn import functional as F
 
 from worker.loading import Loaded
 from worker.prompts import Language, PromptSet
+from worker.quant import decoding
 
 SENTINEL = "\u2063MOODQ_TEXT\u2063"
 
@@ -32,8 +35,9 @@ class Judgement:
 @dataclass
 class Draft:
     text: str
-    truncated: bool
+    truncated: bool  # cut by the token cap or the deadline, not ended by the model
     tokens: int
+    stop: str = "end"  # "end" (the model's end of turn), "cap" (max_new_tokens) or "deadline"
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Engine:
         self.model, self.tok = loaded.model, loaded.tokenizer
         self.max_text_tokens = max_text_tokens  # sentiment reads at most this many (0 = all)
         self.model_id = loaded.model_id
+        self.path = str(loaded.path) if loaded.path else None  # e.g. avx2/float32+int8-decode
         self.prompts = prompts
         self.labels = prompts.labels
         self.use_cache = use_cache
@@ -95,28 +100,41 @@ class Engine:
 
     def draft_many(self, items: list[tuple[str, str, str, list[tuple[str, str | None]]]], *,
                    max_new_tokens: int, deadline_s: float, sampling: dict) -> list[Draft]:
-        """Draft several replies in one left-padded ``generate``; each stops at its own end of turn.
+        """Draft several replies; each stops at its own end of turn.
 
-        ``deadline_s`` bounds the whole call (transformers' ``max_time``), so generation
-        returns in time by itself; a reply cut by the deadline or the token cap is ``truncated``.
+        Replies run in buckets of similar prompt length, shortest first, so a long message
+        never pads a short one's batch nor uses up its time; each bucket may use what is left of
+        ``deadline_s`` (transformers' ``max_time``). A reply cut by the deadline or the token
+        cap is ``truncated``, and ``stop`` says which.
         """
         prompts = [self._encode(self._render(self._reply_chat(*item), generation=True)) for item in items]
+        drafts: list[Draft | None] = [None] * len(items)
+        end = time.monotonic() + deadline_s
+        for bucket in _buckets(prompts, len(prompts), slack=1.5, extra=32):
+            made = self._generate([prompts[i] for i in bucket], max_new_tokens, end, sampling)
+            for i, draft in zip(bucket, made):
+                drafts[i] = draft
+        return drafts
+
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, end: float, sampling: dict) -> list[Draft]:
+        """One left-padded ``generate`` over prompts of similar length, stopping at ``end`` (monotonic)."""
         width = max(len(p) for p in prompts)
         pad = self.tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         stops = self._stop_ids()
-        with torch.inference_mode():
+        with torch.inference_mode(), decoding():
             out = self.model.generate(
-                input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, max_time=deadline_s,
-                eos_token_id=stops, pad_token_id=pad, **sampling,
+                input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                max_time=max(0.5, end - time.monotonic()), eos_token_id=stops, pad_token_id=pad, **sampling,
             )
         drafts = []
         for row in out[:, width:].tolist():
             ended = next((k for k, t in enumerate(row) if t in stops), None)
             new = row[:ended] if ended is not None else row
             text = self.tok.decode(new, skip_special_tokens=True).strip()
-            drafts.append(Draft(text, truncated=ended is None, tokens=len(new)))  # cut by cap or deadline
+            stop = "end" if ended is not None else "cap" if len(new) >= max_new_tokens else "deadline"
+            drafts.append(Draft(text, truncated=ended is None, tokens=len(new), stop=stop))
         return drafts
 
     def _reply_chat(self, text: str, label: str, lang: str, history: list[tuple[str, str | None]]) -> list[dict]:
@@ -209,8 +227,8 @@ class Engine:
         groups = list(plan.groups)
         stacked = torch.cat([per_group[pre].reshape(-1, per_group[pre].shape[-1]) for pre in groups])
         head = self.model.get_output_embeddings()
-        with torch.inference_mode():
-            norm = torch.logsumexp(head(stacked).float(), dim=-1)
+        with torch.inference_mode():  # the float head, even where decoding reads an int8 copy
+            norm = torch.logsumexp(F.linear(stacked, head.weight, getattr(head, "bias", None)).float(), dim=-1)
             exact = stacked.float() @ plan.head_rows.T + plan.head_bias - norm.unsqueeze(1)  # [positions, label tokens]
         column = {tok: c for c, tok in enumerate(plan.head_tokens)}
         out = [[0.0] * len(self.labels) for _ in encoded]
@@ -283,12 +301,12 @@ def _head_and_tail(ids: list[int], limit: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (limit - head):]
 
 
-def _buckets(encoded: list[list[int]], max_batch: int, slack: float = 1.25) -> list[list[int]]:
-    """Indices grouped by similar token length: a bucket's longest is at most ``slack`` x its shortest (+8)."""
+def _buckets(encoded: list[list[int]], max_batch: int, slack: float = 1.25, extra: int = 8) -> list[list[int]]:
+    """Indices grouped by similar token length: a bucket's longest is at most ``slack`` x its shortest + ``extra``."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     buckets: list[list[int]] = []
     for i in order:
-        if buckets and len(buckets[-1]) < max_batch and len(encoded[i]) <= slack * len(encoded[buckets[-1][0]]) + 8:
+        if buckets and len(buckets[-1]) < max_batch and len(encoded[i]) <= slack * len(encoded[buckets[-1][0]]) + extra:
             buckets[-1].append(i)
         else:
             buckets.append([i])

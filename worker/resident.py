@@ -42,8 +42,8 @@ def engine(settings: Settings | None = None):
                 except Exception as exc:
                     _load_error = str(exc)
                     raise ModelError(f"model could not be loaded in this worker process: {exc}") from exc
-                log.info("model %s ready in %.1f s (%s start, pid %s, %d threads)", loaded.model_id,
-                         loaded.seconds, "warm" if loaded.warm else "cold", os.getpid(), _threads())
+                log.info("model %s ready in %.1f s (%s start, pid %s, %d threads, path %s)", loaded.model_id,
+                         loaded.seconds, "warm" if loaded.warm else "cold", os.getpid(), _threads(), loaded.path)
     return _engine
 
 
@@ -58,6 +58,11 @@ def _note_pool_size(sender=None, instance=None, **_):
     """The pool size given on the command line (-c), which app.conf does not carry."""
     global _pool_size
     _pool_size = int(getattr(instance, "concurrency", 0) or 1)
+    from worker import cpu
+
+    s = get_settings()
+    log.info("%s; compute path %s (MOODQ_DTYPE=%s, MOODQ_QUANT=%s)", cpu.describe(), cpu.pick(s.dtype, s.quant),
+             s.dtype, s.quant)
 
 
 @worker_process_init.connect
@@ -82,9 +87,12 @@ def moodq(state):
     """What this worker runs: `celery inspect moodq`, `moodq workers`."""
     from worker.prompts import load_prompts
 
+    from worker import cpu
+
     s = get_settings()
     concurrency = state.consumer.controller.concurrency
-    return {"model": s.model, "dtype": s.dtype, "prompt_version": load_prompts(s.prompts).version,
+    return {"model": s.model, "cpu": cpu.cpu_class(), "path": str(cpu.pick(s.dtype, s.quant)),
+            "prompt_version": load_prompts(s.prompts).version,
             "queue": s.queue, "concurrency": concurrency, "threads_per_process": threads_per_process(concurrency, s),
             "batch_size": s.batch_size, "claim_size": s.claim_size, "sentiment_max_tokens": s.sentiment_max_tokens,
             "reply_batch_size": s.reply_batch_size, "reply_labels": s.reply_labels,

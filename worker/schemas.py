@@ -80,6 +80,7 @@ class Record(BaseModel):
     worker: str | None = Field(None, description="The worker node that last processed the message.")
     timings: Timings = Field(default_factory=Timings)
     model: str | None = None
+    path: str | None = Field(None, description="Compute path that labeled it: CPU class/dtype+quantisation.")
     prompt_version: str | None = None
     seq: int = 0
     enqueued_at: float = Field(default_factory=time.time)
@@ -93,8 +94,8 @@ class Record(BaseModel):
 
 
 EXPORT_COLUMNS = [
-    "id", "text", "status", "label", "confidence", "reply", "error", "error_stage",
+    "id", "text", "status", "label", "confidence", "reply", "reply_truncated", "error", "error_stage",
     "attempts_sentiment", "attempts_reply", "requeued", "worker", "queued_ms", "sentiment_ms", "reply_ms",
-    "model", "prompt_version", "lang", "conversation_id", "enqueued_at", "labeled_at",
+    "model", "path", "prompt_version", "lang", "conversation_id", "enqueued_at", "labeled_at",
     "finished_at", "metadata",
 ]

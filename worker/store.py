@@ -148,7 +148,7 @@ class Store:
             stage = "reply" if rec.error_stage == "reply" and rec.label is not None else "sentiment"
             keep = {"id", "text", "conversation_id", "lang", "metadata", "seq", "enqueued_at", "requeued"}
             if stage == "reply":
-                keep |= {"label", "confidence", "probs", "scores", "model", "prompt_version", "labeled_at", "timings"}
+                keep |= {"label", "confidence", "probs", "scores", "model", "path", "prompt_version", "labeled_at", "timings"}
             fresh = Record(**{k: v for k, v in rec.model_dump().items() if k in keep})
             fresh.status = "labeled" if stage == "reply" else "pending"
             fresh.requeued += 1

@@ -218,7 +218,7 @@ def _labeled(judgement, lang: str, eng, started: float, elapsed_ms: float, batch
         r.status, r.lang, r.label, r.confidence = "labeled", lang, judgement.label, judgement.confidence
         r.worker = node
         r.probs, r.scores = judgement.probs, judgement.scores
-        r.model, r.prompt_version, r.labeled_at = eng.model_id, eng.prompts.version, time.time()
+        r.model, r.path, r.prompt_version, r.labeled_at = eng.model_id, eng.path, eng.prompts.version, time.time()
         r.timings.queued_ms = round((started - r.enqueued_at) * 1000, 1)
         r.timings.sentiment_ms, r.timings.sentiment_batch = elapsed_ms, batch
     return change
@@ -241,9 +241,8 @@ def reply(self: StageTask, mid: str) -> str:
     batch = [rec] + _claim("reply", rec, size - 1, _replyable)
     earlier = store().history(rec, s.history_turns)
     histories = [[(h.text, h.reply) for h in earlier]] + [[] for _ in batch[1:]]
-    drafts = engine().draft_many(
-        [(r.text, r.label, r.lang, hist) for r, hist in zip(batch, histories)],
-        max_new_tokens=s.max_reply_tokens, deadline_s=max(0.5, s.reply_soft_limit * 0.8), sampling=s.sampling())
+    drafts = engine().draft_many([(r.text, r.label, r.lang, hist) for r, hist in zip(batch, histories)],
+                                 **s.draft_options())
     for r, draft in zip(batch, drafts):
         store().update(r.id, _done(draft, earlier if r is rec else [], started, len(batch), self.request.hostname))
     return mid
