@@ -5,6 +5,7 @@ torch is imported inside the commands, so ``moodq enqueue`` stays light.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -105,7 +106,12 @@ def register(main: click.Group) -> None:
     @option("--batch-size", type=click.IntRange(1, 256), default=8)
     @option("--lang", default=None, help="Force a prompt language (default: per line, detected).")
     @option("--limit", type=click.IntRange(0), default=0, help="Only the first N lines (0 = all).")
-    def evaluate(file, as_json, calibrate, batch_size, lang, limit):
+    @option("--replies", is_flag=True,
+            help="Also draft replies as a worker does and report their quality per language "
+                 "(refusals, wrong language, echo, not addressing the customer, loops, end of turn, tok/s).")
+    @option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+            help="With --replies: write one JSON line per message (text, lang, label, gold, reply, stop, flags).")
+    def evaluate(file, as_json, calibrate, batch_size, lang, limit, replies, out):
         """Accuracy of the sentiment path on a JSONL file with `text` and `label` fields."""
         from tqdm import tqdm
 
@@ -113,13 +119,29 @@ def register(main: click.Group) -> None:
         from worker.evaluate import read_labeled
         from worker.resident import engine
 
+        if out and not replies:
+            raise click.UsageError("--out needs --replies")
         rows = read_labeled(file)
         rows = rows[:limit] if limit else rows
         eng = engine()
         with tqdm(total=len(rows), desc="eval", unit="msg", disable=not sys.stderr.isatty() or None) as bar:
             report = run_eval(eng, rows, batch_size=batch_size, calibrate=calibrate, lang=lang,
                               progress=bar.update)
-        click.echo(report.as_json() if as_json else report.as_text())
+        if not replies:
+            click.echo(report.as_json() if as_json else report.as_text())
+            return
+        from worker.reply_eval import evaluate_replies
+
+        with tqdm(desc="replies", unit="reply", disable=not sys.stderr.isatty() or None) as bar:
+            replies_report, lines = evaluate_replies(eng, rows, get_settings(), lang=lang, progress=bar.update)
+        if as_json:  # one document: {"sentiment": ..., "replies": ...}
+            click.echo(f'{{"sentiment": {report.as_json()},\n"replies": {replies_report.as_json()}}}')
+        else:
+            click.echo(report.as_text() + "\n\n" + replies_report.as_text())
+        if out:
+            with open(out, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+            click.echo(f"wrote {len(lines)} lines to {out}", err=True)
 
     @main.command()
     @option("--timeout", type=float, default=900)
@@ -172,7 +194,6 @@ def _ask_local(msg, s) -> None:
     j = eng.judge([msg.text], lang)[0]
     click.echo(f"label: {j.label} ({j.confidence:.2f})")
     if s.replies_for(j.label):
-        d = eng.draft(msg.text, j.label, lang, [], max_new_tokens=s.max_reply_tokens,
-                      deadline_s=s.reply_soft_limit * 0.8, sampling=s.sampling())
-        click.echo(f"reply: {d.text}")
+        d = eng.draft(msg.text, j.label, lang, [], **s.draft_options())
+        click.echo(f"reply: {d.text}" + (f"  [cut: {d.stop}]" if d.truncated else ""))
 

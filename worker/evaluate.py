@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from worker.errors import BadMessage
-from worker.model import Engine
+from worker.model import Engine, Judgement
 
 
 @dataclass
@@ -61,6 +61,30 @@ def read_labeled(path: Path) -> list[dict]:
     return rows
 
 
+def languages(engine: Engine, rows: list[dict], lang: str | None = None) -> list[str]:
+    """The prompt language of every row: forced, the row's own ``lang``, or detected."""
+    try:
+        return [engine.prompts.language_of(r["text"], lang or r.get("lang")) for r in rows]
+    except KeyError as exc:
+        raise BadMessage(f"no prompts for language {exc.args[0]!r}") from None
+
+
+def judge_all(engine: Engine, rows: list[dict], langs: list[str], *, batch_size: int, calibrate: bool | None = None,
+              progress: Callable[[int], None] | None = None) -> list[Judgement]:
+    """Label every row as a worker would: per language, claims of 64 scored in length buckets."""
+    out: list[Judgement | None] = [None] * len(rows)
+    chunk = 64  # the engine buckets by length inside each chunk
+    for code in dict.fromkeys(langs):
+        idx = [i for i in range(len(rows)) if langs[i] == code]
+        for start in range(0, len(idx), chunk):
+            part = idx[start:start + chunk]
+            for i, j in zip(part, engine.judge([rows[i]["text"] for i in part], code, calibrate, batch_size)):
+                out[i] = j
+            if progress:
+                progress(len(part))
+    return out
+
+
 def evaluate(engine: Engine, rows: list[dict], *, batch_size: int = 8, calibrate: bool | None = None,
              lang: str | None = None, progress: Callable[[int], None] | None = None) -> Report:
     labels = engine.labels
@@ -68,17 +92,9 @@ def evaluate(engine: Engine, rows: list[dict], *, batch_size: int = 8, calibrate
     if unknown:
         raise BadMessage(f"gold labels {sorted(unknown)} are not in the prompt's label set {labels}")
     started = time.perf_counter()
-    langs = [engine.prompts.language_of(r["text"], lang or r.get("lang")) for r in rows]
-    predicted: list[str] = [""] * len(rows)
-    chunk = 64  # the engine buckets by length inside each chunk
-    for code in dict.fromkeys(langs):
-        idx = [i for i in range(len(rows)) if langs[i] == code]
-        for start in range(0, len(idx), chunk):
-            part = idx[start:start + chunk]
-            for i, j in zip(part, engine.judge([rows[i]["text"] for i in part], code, calibrate, batch_size)):
-                predicted[i] = j.label
-            if progress:
-                progress(len(part))
+    langs = languages(engine, rows, lang)
+    predicted = [j.label for j in judge_all(engine, rows, langs, batch_size=batch_size, calibrate=calibrate,
+                                            progress=progress)]
     seconds = time.perf_counter() - started
     gold = [r["label"] for r in rows]
     pairs = Counter(zip(gold, predicted))

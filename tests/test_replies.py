@@ -1,0 +1,67 @@
+"""Drafting replies: batches never cut a neighbour, greedy batches equal one at a time, eval --replies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import DATA
+from tests.test_model import _tiny
+from worker.model import Engine
+
+pytestmark = pytest.mark.model
+
+GREEDY = {"do_sample": False}
+SHORT = ["Where is my order? It has been a week.", "The charger stopped working after two days.",
+         "Can I change the delivery address?", "Thanks, the refund arrived!", "My parcel came open and wet."]
+
+
+def test_batched_greedy_replies_equal_one_at_a_time_on_a_tiny_float32_model(engine):
+    """Exact check: left padding and length buckets change nothing in a float32 greedy draft."""
+    tiny = Engine(_tiny(engine.tok), engine.prompts)
+    items = [(t, "negative", "en", []) for t in SHORT] + [("很好", "positive", "zh", [])]
+    alone = [tiny.draft_many([it], max_new_tokens=12, deadline_s=60, sampling=GREEDY)[0].text for it in items]
+    together = [d.text for d in tiny.draft_many(items, max_new_tokens=12, deadline_s=60, sampling=GREEDY)]
+    assert together == alone
+
+
+def test_a_long_message_never_cuts_its_short_batch_mates(engine):
+    """One 1,900-character message and five short ones in one call: the short ones end at their own
+    end of turn, as they do alone; the long one runs in its own bucket."""
+    long = ("I ordered a sofa in March and it is now June. " * 45)[:1900]
+    items = [(long, "negative", "en", [])] + [(t, "negative", "en", []) for t in SHORT]
+    opts = {"max_new_tokens": 96, "deadline_s": 120, "sampling": GREEDY}
+    alone = [engine.draft_many([it], **opts)[0] for it in items[1:]]
+    together = engine.draft_many(items, **opts)
+    assert all(d.stop == "end" for d in alone), [d.text for d in alone]
+    for a, t in zip(alone, together[1:]):
+        assert t.stop == "end" and not t.truncated and t.text, t.text
+        assert t.tokens >= 0.5 * a.tokens  # not shortened by the long neighbour
+
+
+def test_a_cut_reply_says_why(engine):
+    capped = engine.draft_many([("Tell me a long story about the sea.", "positive", "en", [])],
+                               max_new_tokens=3, deadline_s=60, sampling=GREEDY)[0]
+    assert capped.truncated and capped.stop == "cap" and capped.tokens == 3
+
+
+def test_eval_replies_writes_one_line_per_message(engine, tmp_path):
+    from producer.cli import main
+
+    out = tmp_path / "replies.jsonl"
+    result = CliRunner().invoke(main, ["eval", str(DATA / "eval_small.jsonl"), "--replies", "--out", str(out),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[: result.output.rindex("}") + 1])
+    assert report["sentiment"]["n"] == 4
+    figures = report["replies"]["languages"]
+    assert set(figures) == {"zh", "en"} and all(f["replies"] == 2 for f in figures.values())
+    assert {"refusal", "wrong_language", "echo", "not_addressing", "loop", "empty", "end_of_turn"} <= set(
+        figures["en"]["rates"])
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 4
+    for line in lines:
+        assert {"text", "label", "reply", "stop", "flags", "lang", "gold"} <= set(line)
+        assert line["reply"] and line["stop"] in ("end", "cap", "deadline")

@@ -1,0 +1,41 @@
+"""The reply-quality rules on constructed replies (pure functions, no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.reply_checks import flags
+
+CASES = [
+    # (reply, message, lang, expected flags)
+    ("很抱歉给您带来不便，我们会尽快为您更换。", "收到的杯子是碎的。", "zh", []),
+    ("抱歉，我不能为您服务。", "你们的客服太差了", "zh", ["refusal"]),
+    ("对不起，我无法协助完成这个请求。", "东西坏了", "zh", ["refusal", "not_addressing"]),
+    ("作为一个AI，我没有感情，但我理解您的心情。", "太失望了", "zh", ["refusal"]),
+    ("I'm sorry, but I can't assist with that.", "My order never arrived.", "en", ["refusal", "not_addressing"]),
+    ("As an AI, I understand your frustration with the delay.", "Late again!", "en", ["refusal"]),
+    ("Thanks so much for the kind words, we are glad you love it!", "Love it!", "en", []),
+    ("Thank you for your message, we will look into it.", "包装破了，很不满意。", "zh", ["wrong_language"]),
+    ("非常感谢您的反馈！", "Great service, thank you!", "en", ["wrong_language"]),
+    ("您说房间有一股霉味，空调也是坏的，前台态度冷淡，我们很抱歉。", "房间有一股霉味，空调也是坏的，前台态度冷淡。",
+     "zh", ["echo"]),
+    ("The user is unhappy about the late delivery.", "Delivery was late.", "en", ["not_addressing"]),
+    ("这条评论表达了对产品质量的不满。", "质量太差了", "zh", ["not_addressing"]),
+    ("用户表示对服务不满意，建议改进。", "服务太差", "zh", ["not_addressing"]),
+    ("请稍后再试，或者咨询专业的医生。", "我感觉很累", "zh", ["not_addressing"]),
+    ("I'm sorry to hear that. Here is what you can do:\n1. Restart it\n2. Check the cable\n3. Call us",
+     "It stopped working.", "en", ["loop"]),
+    ("您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好", "你好", "zh", ["loop"]),
+    ("   ", "anything", "en", ["empty"]),
+]
+
+
+@pytest.mark.parametrize("reply, text, lang, expected", CASES)
+def test_rules_flag_exactly_what_they_say(reply, text, lang, expected):
+    assert sorted(flags(reply, text, lang)) == sorted(expected)
+
+
+def test_a_short_quote_is_not_an_echo():
+    """Naming the product the customer named is not copying the message back."""
+    assert "echo" not in flags("Sorry the blender broke, you will get a new one.", "The blender broke after a week "
+                               "of light use and the shop will not answer.", "en")
