@@ -54,7 +54,8 @@ def register(main: click.Group, option) -> None:
     @option("--alert-window", type=click.Choice(list(WINDOWS)), default="5m")
     @option("--alert-min", type=click.IntRange(1), default=20, help="Labeled messages the window needs first.")
     def stats(as_json, live, interval, alert_negative, alert_window, alert_min):
-        """Rolling figures over the last 1/5/60 minutes: messages, negative share, mean confidence, failures."""
+        """Rolling figures over the last 1/5/60 minutes: messages, negative share, mean confidence, failures,
+        replies cut before their end."""
         s = get_settings()
         store = Store(s)
         alert = NegativeAlert(alert_negative, alert_window, alert_min) if alert_negative is not None else None
@@ -127,9 +128,11 @@ def register(main: click.Group, option) -> None:
 
 def _table(figures: dict, negative: str, now: float) -> str:
     lines = [f"moodq stats at {time.strftime('%H:%M:%S', time.localtime(now))}",
-             f"{'window':>7} {'messages':>9} {'labeled':>8} {negative + ' share':>15} {'mean conf':>10} {'failures':>9}"]
+             f"{'window':>7} {'messages':>9} {'labeled':>8} {negative + ' share':>15} {'mean conf':>10} {'failures':>9}"
+             f" {'replies cut':>12}"]
     for name, w in figures.items():
         share = "-" if w["negative_share"] is None else f"{w['negative_share']:.1%}"
         conf = "-" if w["mean_confidence"] is None else f"{w['mean_confidence']:.3f}"
-        lines.append(f"{name:>7} {w['messages']:>9} {w['labeled']:>8} {share:>15} {conf:>10} {w['failures']:>9}")
+        lines.append(f"{name:>7} {w['messages']:>9} {w['labeled']:>8} {share:>15} {conf:>10} {w['failures']:>9}"
+                     f" {w['replies_cut']:>12}")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ def figures(records: list[Record], negative: str) -> dict:
         "labels": dict(Counter(r.label for r in labeled)),
         "failures_by_stage": dict(Counter(r.error_stage or "?" for r in failed)),
         "failure_reasons": Counter(r.error for r in failed).most_common(10),
+        "replies_cut": sum(bool(r.reply_truncated) for r in records),
         "most_negative": sorted((r for r in labeled if r.probs and negative in r.probs),
                                 key=lambda r: -r.probs[negative])[:20],
     }
@@ -75,6 +76,12 @@ def picture(records: list[Record], negative: str) -> bytes:
     return buf.getvalue()
 
 
+def _reply_cell(r: Record) -> str:
+    """The drafted reply; one cut by the token cap or the deadline says so first, in red."""
+    text = html.escape(r.reply or "")
+    return f'<b class="cut" style="color:#b00">[CUT, not a finished draft]</b> {text}' if r.reply_truncated else text
+
+
 def render(records: list[Record], negative: str, html_path: Path, png_path: Path | None = None) -> dict:
     facts = figures(records, negative)
     png = picture(records, negative)
@@ -83,7 +90,7 @@ def render(records: list[Record], negative: str, html_path: Path, png_path: Path
     esc = html.escape
     rows = "".join(
         f"<tr><td>{r.probs[negative]:.2f}</td><td>{esc(r.id)}</td><td>{esc(r.text[:300])}</td>"
-        f"<td>{esc(r.reply or '')}</td></tr>" for r in facts["most_negative"])
+        f"<td>{_reply_cell(r)}</td></tr>" for r in facts["most_negative"])
     reasons = "".join(f"<tr><td>{n}</td><td>{esc(reason or '?')}</td></tr>" for reason, n in facts["failure_reasons"])
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(facts["status"].items()))
     labels = ", ".join(f"{k}: {v}" for k, v in sorted(facts["labels"].items()))
@@ -92,7 +99,8 @@ def render(records: list[Record], negative: str, html_path: Path, png_path: Path
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}</style></head><body>
 <h1>moodq report</h1><p>Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.
 <b id="messages">{facts['messages']}</b> messages &mdash; status: <span id="status">{esc(counts)}</span>;
-labels: <span id="labels">{esc(labels)}</span>.</p>
+labels: <span id="labels">{esc(labels)}</span>;
+replies cut before their end (not finished drafts): <b id="replies-cut">{facts['replies_cut']}</b>.</p>
 <img alt="charts" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <h2>Most negative messages (read these first)</h2>
 <table><tr><th>P({esc(negative)})</th><th>id</th><th>text</th><th>drafted reply</th></tr>{rows}</table>

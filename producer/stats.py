@@ -28,6 +28,7 @@ def window(records: Iterable[Record], now: float, seconds: float, negative: str)
         "negative_share": round(sum(r.label == negative for r in labeled) / len(labeled), 4) if labeled else None,
         "mean_confidence": round(statistics.fmean(r.confidence for r in labeled), 4) if labeled else None,
         "failures": sum(r.status == "failed" for r in inside),
+        "replies_cut": sum(bool(r.reply_truncated) for r in inside),  # cut by the token cap or deadline
     }
 
 

@@ -4,6 +4,8 @@ the report, and Flower reading back real tasks over its HTTP API."""
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import re
 import subprocess
@@ -53,10 +55,14 @@ def test_rolling_stats_match_a_hand_computed_case():
         _rec(6, "negative", 0.5, now - 7200),                                        # outside every window
         Record(id="p", text="x"),                                                    # pending: no outcome yet
     ]
+    records[2].reply_truncated = True  # its reply was cut by the token cap
     got = rolling(records, now, "negative")
-    assert got["1m"] == {"messages": 2, "labeled": 2, "negative_share": 0.5, "mean_confidence": 0.8, "failures": 0}
-    assert got["5m"] == {"messages": 4, "labeled": 3, "negative_share": 0.6667, "mean_confidence": 0.8, "failures": 1}
-    assert got["60m"] == {"messages": 5, "labeled": 4, "negative_share": 0.5, "mean_confidence": 0.75, "failures": 1}
+    assert got["1m"] == {"messages": 2, "labeled": 2, "negative_share": 0.5, "mean_confidence": 0.8, "failures": 0,
+                         "replies_cut": 0}
+    assert got["5m"] == {"messages": 4, "labeled": 3, "negative_share": 0.6667, "mean_confidence": 0.8, "failures": 1,
+                         "replies_cut": 1}
+    assert got["60m"] == {"messages": 5, "labeled": 4, "negative_share": 0.5, "mean_confidence": 0.75, "failures": 1,
+                          "replies_cut": 1}
 
 
 def test_negative_alert_fires_once_per_crossing():
@@ -180,6 +186,7 @@ def test_report_renders_with_the_expected_counts(tmp_path):
             def done(r, label=label, p=p, i=i):
                 r.status, r.label, r.confidence = "done", label, max(p, 1 - p)
                 r.probs, r.labeled_at, r.finished_at = {"negative": p, "positive": 1 - p}, time.time() - 60 * i, time.time()
+                r.reply, r.reply_truncated = f"reply {i}", i == 1  # rp-1's reply was cut
             store.update(f"rp-{i}", done)
         store.update("rp-4", lambda r: (setattr(r, "status", "failed"), setattr(r, "error", "text is empty"),
                                         setattr(r, "error_stage", "sentiment")))
@@ -191,6 +198,13 @@ def test_report_renders_with_the_expected_counts(tmp_path):
         assert "done: 4, failed: 1, pending: 1" in page and "negative: 2, positive: 2" in page
         assert page.index("rp-0") < page.index("rp-1") < page.index("rp-3")  # most negative first
         assert "text is empty" in page
+        assert '<b id="replies-cut">1</b>' in page and page.count("[CUT, not a finished draft]") == 1
+        assert page.index("[CUT, not a finished draft]") < page.index("reply 1") < page.index("rp-3")
+        csv_out = cli(["export", "--format", "csv"], MOODQ_KEY_PREFIX=s.key_prefix)
+        rows = list(csv.DictReader(io.StringIO(csv_out.output)))
+        assert "path" in rows[0]
+        assert {r["id"]: r["reply_truncated"] for r in rows} == {
+            "rp-0": "False", "rp-1": "True", "rp-2": "False", "rp-3": "False", "rp-4": "", "rp-5": ""}
         png = (tmp_path / "r.png").read_bytes()
         assert png.startswith(b"\x89PNG") and base64.b64encode(png).decode()[:100] in page
     finally:
@@ -244,6 +258,10 @@ def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
         assert status == 200 and re.search(rb'flower_events_total\{.*task="sentiment"', metrics)
         out = cli(["workers"])
         assert out.exit_code == 0 and "prompt_version=" in out.output and "model=embedded" in out.output
+        from worker import cpu
+
+        assert f"cpu={cpu.cpu_class()}" in out.output and f"path={cpu.pick('auto', 'auto')}" in out.output
+        assert store.get(ids[0]).path == str(cpu.pick("auto", "auto"))  # the record names its path too
     finally:
         launch.stop(flower, grace=10)
     assert auth.split(":")[1] not in log.read_text()
