@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--reply-batch", type=int, default=8, help="MOODQ_REPLY_BATCH_SIZE")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/zh_dev.jsonl"))
     args = ap.parse_args()
+    from bench.common import header
+
+    print(header())
     run = uuid.uuid4().hex[:8]
     env = {"MOODQ_KEY_PREFIX": f"bulk-{run}", "MOODQ_QUEUE": f"bulk-{run}",
            "MOODQ_MAX_REPLY_TOKENS": str(args.reply_tokens), "MOODQ_REPLY_LABELS": args.reply_labels,

@@ -1,9 +1,33 @@
-"""Helpers shared by the bench scripts: timing stats and peak memory."""
+"""Helpers shared by the bench scripts: the CPU-class header, timing stats and peak memory."""
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
+import time
+from pathlib import Path
+
+# The dev sets sit beside the checkout (../shared/data); MOODQ_DEV_DATA points elsewhere.
+DEV = Path(os.environ.get("MOODQ_DEV_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def header() -> str:
+    """The first line of every bench script: no figure is read without its hardware."""
+    from worker import cpu
+
+    return cpu.describe()
+
+
+def best_of(fn, repeat: int = 5) -> float:
+    """Seconds of the fastest of ``repeat`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def peak_rss_mb() -> float:

@@ -21,6 +21,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=8, help="MOODQ_BATCH_SIZE / MOODQ_REPLY_BATCH_SIZE of the worker")
     args = ap.parse_args()
+    from bench.common import header
+
+    print(header())
     run = uuid.uuid4().hex[:8]
     env = {"MOODQ_KEY_PREFIX": f"bench-{run}", "MOODQ_QUEUE": f"bench-{run}",
            "MOODQ_BATCH_SIZE": str(args.batch), "MOODQ_REPLY_BATCH_SIZE": str(args.batch)}

@@ -1,11 +1,16 @@
-"""Reply drafting throughput: one at a time vs batched (left-padded generate), same run, same model.
+"""Reply drafting throughput per compute path: one at a time vs batched, same run, same messages.
 
-Usage:  python bench/replies.py --n 16 --batch 8 --tokens 48
+For each MOODQ_QUANT value in --quant the model is loaded once (dtype from --dtype, default
+auto) and the same replies are drafted one at a time and in batches of each --batch size.
+The last line gives every path's tokens/s at the largest batch as a ratio to the first path's.
+
+Usage:  python bench/replies.py --n 16 --batch 1,8 --tokens 48 [--dtype float32] [--quant none,int8-decode]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -14,42 +19,52 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import peak_rss_mb  # noqa: E402
+from bench.common import DEV, header, peak_rss_mb  # noqa: E402
 from worker.evaluate import read_labeled  # noqa: E402
-from worker.resident import engine as resident  # noqa: E402
+from worker.loading import load  # noqa: E402
+from worker.model import Engine  # noqa: E402
+from worker.prompts import load_prompts  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/zh_dev.jsonl"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEV / "zh_dev.jsonl"))
     ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", default="1,8", help="comma list of batch sizes")
     ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--quant", default="none,int8-decode", help="comma list of MOODQ_QUANT values")
+    ap.add_argument("--greedy", action="store_true", help="greedy instead of the configured sampling")
     args = ap.parse_args()
-    settings = load_settings(threads=2)
-    eng = resident(settings)
-    rows = read_labeled(Path(args.data))[: args.n]
-    items = [(r["text"][:300], r["label"], eng.prompts.language_of(r["text"]), []) for r in rows]
-    common = {"max_new_tokens": args.tokens, "deadline_s": 600, "sampling": settings.sampling()}
-
-    def timed(batch: int):
-        t0, drafts = time.perf_counter(), []
-        for start in range(0, len(items), batch):
-            drafts += eng.draft_many(items[start:start + batch], **common)
-        return time.perf_counter() - t0, drafts
-
-    one_s, one = timed(1)
-    many_s, many = timed(args.batch)
-    tok1, tokb = sum(d.tokens for d in one), sum(d.tokens for d in many)
-    print(f"{args.n} replies (up to {args.tokens} tokens, sampling {settings.sampling()}) on {eng.model_id}")
-    print(f"one at a time : {tok1} tokens in {one_s:.1f} s = {tok1 / one_s:.1f} tok/s, {args.n / one_s:.2f} replies/s")
-    print(f"batches of {args.batch:<3}: {tokb} tokens in {many_s:.1f} s = {tokb / many_s:.1f} tok/s, "
-          f"{args.n / many_s:.2f} replies/s")
-    print(f"ratio batched/one: {(tokb / many_s) / (tok1 / one_s):.1f}x tokens/s; "
-          f"stopped at end of turn: {sum(not d.truncated for d in many)}/{args.n}; peak RSS {peak_rss_mb():.0f} MB")
-    for d in many[:3]:
-        print("  e.g.", d.text.replace("\n", " ")[:120])
+    print(header())
+    batches = [int(b) for b in args.batch.split(",")]
+    at_max: dict[str, float] = {}
+    for quant in args.quant.split(","):
+        settings = load_settings(threads=2, dtype=args.dtype, quant=quant)
+        loaded = load(settings)
+        eng = Engine(loaded, load_prompts(settings.prompts), max_text_tokens=settings.sentiment_max_tokens)
+        rows = read_labeled(Path(args.data))[: args.n]
+        items = [(r["text"][:300], r["label"], eng.prompts.language_of(r["text"]), []) for r in rows]
+        sampling = {"do_sample": False} if args.greedy else settings.sampling()
+        common = {"max_new_tokens": args.tokens, "deadline_s": 600, "sampling": sampling}
+        eng.draft_many(items[:2], **{**common, "max_new_tokens": 4})  # warm-up
+        print(f"\n{args.n} replies, up to {args.tokens} tokens, {sampling}, path {eng.path}")
+        for b in batches:
+            t0, drafts = time.perf_counter(), []
+            for start in range(0, len(items), b):
+                drafts += eng.draft_many(items[start:start + b], **common)
+            secs = time.perf_counter() - t0
+            made = sum(d.tokens for d in drafts)
+            print(f"  batch {b:>3}: {made} tokens in {secs:.1f} s = {made / secs:.1f} tok/s, {args.n / secs:.2f} "
+                  f"replies/s; ended at end of turn {sum(not d.truncated for d in drafts)}/{args.n}", flush=True)
+            at_max[str(eng.path)] = made / secs
+        print("  e.g.", drafts[0].text.replace("\n", " ")[:120])
+        del eng, loaded
+        gc.collect()
+    first = next(iter(at_max.values()))
+    print(f"\nbatch {batches[-1]} tok/s vs {next(iter(at_max))}: "
+          + ", ".join(f"{p} {v / first:.2f}x" for p, v in at_max.items()) + f"; peak RSS {peak_rss_mb():.0f} MB")
 
 
 if __name__ == "__main__":

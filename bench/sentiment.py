@@ -64,11 +64,14 @@ def main() -> None:
     ap.add_argument("--claim", type=int, default=64, help="messages taken together, sorted into passes")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    from bench.common import header
+
+    print(header())
 
     settings = load_settings(threads=args.threads)
     t0 = time.perf_counter()
     eng = resident(settings)
-    print(f"model {eng.model_id} ({settings.dtype}, {torch.get_num_threads()} threads) ready in "
+    print(f"model {eng.model_id} ({eng.path}, {torch.get_num_threads()} threads) ready in "
           f"{time.perf_counter() - t0:.1f} s; prompts {eng.prompts.version}")
     rows = read_labeled(Path(args.data))[: args.n]
     lang = eng.prompts.language_of(rows[0]["text"])

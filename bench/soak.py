@@ -103,6 +103,9 @@ def main() -> None:
     ap.add_argument("--data", nargs="*", type=Path,
                     default=[ROOT.parent / "shared/data/en_dev.jsonl", ROOT.parent / "shared/data/zh_dev.jsonl"])
     args = ap.parse_args()
+    from bench.common import header
+
+    print(header())
     run = uuid.uuid4().hex[:8]
     os.environ.update({"MOODQ_KEY_PREFIX": f"soak-{run}", "MOODQ_QUEUE": f"soak-{run}"})
 

@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--warm-runs", type=int, default=3)
     args = ap.parse_args()
+    from bench.common import header
+
+    print(header())
     cache = args.keep_cache or tempfile.mkdtemp(prefix="moodq-cache-")
     log = Path(tempfile.mkdtemp(prefix="moodq-startup-")) / "worker.log"
     first = "first start" + ("" if args.keep_cache else " (cold: empty cache)")
