@@ -10,6 +10,7 @@ CASES = [
     # (reply, message, lang, expected flags)
     ("很抱歉给您带来不便，我们会尽快为您更换。", "收到的杯子是碎的。", "zh", []),
     ("抱歉，我不能为您服务。", "你们的客服太差了", "zh", ["refusal"]),
+    ("您好，我不能为您提供任何关于您的评论或看法。", "没什么实在的方法", "zh", ["refusal"]),
     ("对不起，我无法协助完成这个请求。", "东西坏了", "zh", ["refusal", "not_addressing"]),
     ("作为一个AI，我没有感情，但我理解您的心情。", "太失望了", "zh", ["refusal"]),
     ("I'm sorry, but I can't assist with that.", "My order never arrived.", "en", ["refusal", "not_addressing"]),
@@ -33,6 +34,11 @@ CASES = [
 @pytest.mark.parametrize("reply, text, lang, expected", CASES)
 def test_rules_flag_exactly_what_they_say(reply, text, lang, expected):
     assert sorted(flags(reply, text, lang)) == sorted(expected)
+
+
+def test_a_primed_opening_does_not_count_as_addressing_the_customer():
+    assert flags("您好，这本书的质量确实一般。", "质量一般", "zh", opening="您好，") == ["not_addressing"]
+    assert flags("您好，给您带来不便很抱歉。", "质量一般", "zh", opening="您好，") == []
 
 
 def test_a_short_quote_is_not_an_echo():

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from worker import cpu, embedded
 from worker.errors import ModelError
 from worker.settings import EMBEDDED, Settings
 
 log = logging.getLogger(__name__)
+hf_logging.disable_progress_bar()  # "Loading weights" bars would land in every worker's log
 
 
 @dataclass

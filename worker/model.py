@@ -10,6 +10,7 @@ Contextual calibration divides out the label prior measured on content-free inpu
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -107,14 +108,31 @@ class Engine:
         ``deadline_s`` (transformers' ``max_time``). A reply cut by the deadline or the token
         cap is ``truncated``, and ``stop`` says which.
         """
-        prompts = [self._encode(self._render(self._reply_chat(*item), generation=True)) for item in items]
+        openings = [self.opening(label, lang) for _, label, lang, _ in items]
+        prompts = [self._encode(self._render(self._reply_chat(*item), generation=True) + opening)
+                   for item, opening in zip(items, openings)]
         drafts: list[Draft | None] = [None] * len(items)
         end = time.monotonic() + deadline_s
         for bucket in _buckets(prompts, len(prompts), slack=1.5, extra=32):
             made = self._generate([prompts[i] for i in bucket], max_new_tokens, end, sampling)
             for i, draft in zip(bucket, made):
+                draft.text = (openings[i] + draft.text).strip()
                 drafts[i] = draft
         return drafts
+
+    def opening(self, label: str, lang: str) -> str:
+        return self.prompts.languages[lang].reply.openings.get(label, "")
+
+    @functools.cached_property
+    def _bad_words(self) -> list[list[int]] | None:
+        """Token sequences no reply may produce: the prompt files' banned phrases (as they tokenize
+        alone and after a space) and, where a language asks for one paragraph, every line break."""
+        replies = [lang.reply for lang in self.prompts.languages.values()]
+        seqs = {tuple(self._encode(v)) for r in replies for p in r.banned for v in (p, " " + p)}
+        if any(r.one_paragraph for r in replies):
+            vocab = self.tok.convert_ids_to_tokens(list(range(len(self.tok))))
+            seqs |= {(i,) for i, t in enumerate(vocab) if t and ("\u010a" in t or "\n" in t)}  # byte-level "\n" is U+010A
+        return [list(s) for s in sorted(seqs) if s] or None
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int, end: float, sampling: dict) -> list[Draft]:
         """One left-padded ``generate`` over prompts of similar length, stopping at ``end`` (monotonic)."""
@@ -126,13 +144,14 @@ class Engine:
         with torch.inference_mode(), decoding():
             out = self.model.generate(
                 input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                max_time=max(0.5, end - time.monotonic()), eos_token_id=stops, pad_token_id=pad, **sampling,
+                max_time=max(0.5, end - time.monotonic()), eos_token_id=stops, pad_token_id=pad,
+                bad_words_ids=self._bad_words, **sampling,
             )
         drafts = []
         for row in out[:, width:].tolist():
             ended = next((k for k, t in enumerate(row) if t in stops), None)
             new = row[:ended] if ended is not None else row
-            text = self.tok.decode(new, skip_special_tokens=True).strip()
+            text = self.tok.decode(new, skip_special_tokens=True)  # stripped by the caller, after the opening
             stop = "end" if ended is not None else "cap" if len(new) >= max_new_tokens else "deadline"
             drafts.append(Draft(text, truncated=ended is None, tokens=len(new), stop=stop))
         return drafts

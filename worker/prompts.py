@@ -44,6 +44,11 @@ class SentimentPrompt(Strict):
 class ReplyPrompt(Strict):
     system: str = Field(description="May use $label and $hint.")
     hints: dict[str, str] = Field(default_factory=dict, description="Per-label advice put into $hint.")
+    openings: dict[str, str] = Field(default_factory=dict, description="Per label: the words the reply starts "
+                                     "with (response priming), written into the assistant turn; part of the reply.")
+    banned: list[str] = Field(default_factory=list, description="Phrases the reply may never contain "
+                              "(refusals, 'as an AI'); generation cannot produce their tokens in that order.")
+    one_paragraph: bool = Field(False, description="No line breaks in a reply, so it cannot turn into a list.")
 
     def render_system(self, label: str, label_word: str) -> str:
         return Template(self.system).substitute(label=label_word, hint=self.hints.get(label, ""))
@@ -77,9 +82,10 @@ class PromptSet(Strict):
                     raise ValueError(f"{where}.examples[{i}]: unknown label {ex.label!r} (labels: {sorted(labels)})")
             _check_template(s.user, {"text"}, f"{where}.user")
             _check_template(lang.reply.system, {"label", "hint"}, f"languages.{code}.reply.system")
-            unknown = set(lang.reply.hints) - labels
-            if unknown:
-                raise ValueError(f"languages.{code}.reply.hints: unknown labels {sorted(unknown)}")
+            for part in ("hints", "openings"):
+                unknown = set(getattr(lang.reply, part)) - labels
+                if unknown:
+                    raise ValueError(f"languages.{code}.reply.{part}: unknown labels {sorted(unknown)}")
         return self
 
     def language_of(self, text: str, requested: str | None = None) -> str:

@@ -26,6 +26,7 @@ from worker.prompts import _CJK, _LETTER
 
 _REFUSAL = re.compile(
     r"(抱歉|对不起|很遗憾)[，,]?\s*(我|我们)?(不能|无法|没办法)(为您|为你|协助|提供|回答|帮助|帮您|帮你|完成|处理这个请求)"
+    r"|我(们)?(不能|无法)(为您|为你|帮您|帮你)?(提供任何|回答这个|协助完成|继续这个)"
     r"|作为(一个|一名)?(AI|人工智能|语言模型|AI助手)|我(只)?是(一个)?(AI|人工智能|语言模型)"
     r"|I('m| am) sorry,? but I (can('|’)?t|cannot|am unable to|won('|’)?t)"
     r"|I (can('|’)?t|cannot|am unable to) (assist|help) with (that|this)"
@@ -91,8 +92,14 @@ def empty(reply: str) -> bool:
     return not reply.strip()
 
 
-def flags(reply: str, text: str, lang: str) -> list[str]:
-    """The names of the rules this reply breaks (empty list: nothing flagged)."""
+def flags(reply: str, text: str, lang: str, opening: str = "") -> list[str]:
+    """The names of the rules this reply breaks (empty list: nothing flagged).
+
+    ``opening`` is the prompt file's response priming; it is not the model's doing, so the
+    rules read the reply without it (a primed "您好，" does not count as addressing anyone).
+    """
+    if opening and reply.startswith(opening.strip()):
+        reply = reply[len(opening.strip()):]
     if empty(reply):
         return ["empty"]
     found = {"refusal": refusal(reply), "wrong_language": wrong_language(reply, lang), "echo": echo(reply, text),

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     sentiment_max_tokens: int = Field(160, ge=0, description="Tokens of a message the sentiment pass reads: a longer "
                                       "one is read as its opening and its ending, half each (0 = all). Bounds the "
                                       "cost of long messages; replies still see the whole text.")
-    max_reply_tokens: int = Field(96, ge=1, description="Longest drafted reply, in tokens.")
+    max_reply_tokens: int = Field(128, ge=1, description="Longest drafted reply, in tokens (128: ~90 % of replies end on their own).")
     reply_labels: str = Field("all", description="Labels that get a drafted reply: 'all', 'none', or a comma list such as 'negative'.")
     triage_label: str = Field("negative", description="Replies are drafted first for messages most likely to carry this label ('' = first come, first served).")
     history_turns: int = Field(6, ge=0, description="Earlier turns of a conversation the reply sees.")
