@@ -16,6 +16,7 @@ Two modes, named by ``MOODQ_QUANT``:
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -36,6 +37,21 @@ def decoding():
         _decoding.reset(token)
 
 
+@functools.cache
+def weight_levels() -> int:
+    """127 where ``torch._int_mm`` is exact for full-range int8, else 63 (probed once per process).
+
+    On AVX2 without VNNI, oneDNN multiplies u8 x s8 pairs and sums each pair in int16
+    (``vpmaddubsw``), which saturates for full-range operands: a GEMM came out wrong by up to
+    ~190,000 in int32. Weights within +-63 keep every pair sum in range, so there the weights
+    get 7 bits (and the activations keep 8).
+    """
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (8, 512), dtype=torch.int8, generator=g)
+    b = torch.randint(-127, 128, (256, 512), dtype=torch.int8, generator=g)
+    return 127 if torch.equal(torch._int_mm(a, b.t()), a.int() @ b.t().int()) else 63
+
+
 class Int8Linear(nn.Module):
     """A Linear with an int8 copy of its weight: used ``always``, or for decode steps only."""
 
@@ -44,7 +60,7 @@ class Int8Linear(nn.Module):
         self.bias, self.always = linear.bias, always
         self.in_features, self.out_features = linear.in_features, linear.out_features
         w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127
+        scale = w.abs().amax(dim=1).clamp(min=1e-8) / weight_levels()
         self.register_buffer("qweight_t", torch.round(w / scale[:, None]).to(torch.int8).t(), persistent=False)
         self.register_buffer("wscale", scale, persistent=False)
         self.weight = linear.weight  # still used by large calls, and shared with a tied embedding
