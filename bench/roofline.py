@@ -110,8 +110,10 @@ def worker_path(args, peaks: dict[str, float], bandwidth: float) -> None:
     settings = load_settings(threads=args.threads)
     eng = resident(settings)
     model = eng.model
-    params = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
-    print(f"\n== the worker's path: {eng.path} ({eng.model_id}, {params / 1e6:.0f} M parameters outside the embedding)")
+    head = model.get_output_embeddings()
+    layers = sum(m.weight.numel() for m in model.modules()
+                 if isinstance(m, (nn.Linear, Int8Linear)) and m is not head)  # 2 FLOP each per token
+    print(f"\n== the worker's path: {eng.path} ({eng.model_id}, {layers / 1e6:.0f} M weights in the decoder layers)")
     rows = read_labeled(DEV / "zh_dev.jsonl")[: args.n]
     texts = [r["text"] for r in rows]
     plan = eng.plans["zh"]
@@ -119,7 +121,7 @@ def worker_path(args, peaks: dict[str, float], bandwidth: float) -> None:
     eng.judge(texts[:8], "zh", max_batch=settings.batch_size)  # warm-up
     seconds = best_of(lambda: eng.judge(texts, "zh", max_batch=settings.batch_size), repeat=2)
     # Per token: 2 FLOP per weight of the layers (the head runs only at the label positions).
-    gflops = 2 * (params - model.get_output_embeddings().weight.numel()) * tokens / seconds / 1e9
+    gflops = 2 * layers * tokens / seconds / 1e9
     peak = peaks[eng.path.split("/")[1].split("+")[0]]
     print(f"sentiment: {len(texts)} messages ({tokens} tokens beyond the cached prefix) in {seconds:.2f} s = "
           f"{len(texts) / seconds:.1f} msg/s, {gflops:.0f} GFLOP/s = {gflops / peak:.0%} of the "

@@ -1,8 +1,10 @@
 """Sentiment throughput and accuracy: the seed documents' method vs moodq's scoring path, one run.
 
   (a) seed: chat template with the "cold analyst" system prompt, greedy generate of up to
-      10 tokens, parse the label word out of the text;
-  (b) moodq: label scoring on the cached prefix, one message at a time;
+      10 tokens, parse the label word out of the text; on its own float32 copy of the model
+      (--seed-dtype), as the seed documents ran it;
+  (b) moodq: label scoring on the cached prefix, one message at a time, on the worker's path
+      (MOODQ_DTYPE / MOODQ_QUANT, default auto);
   (c) moodq: the same, batched the way a worker does it: it takes a claim of messages
       (MOODQ_CLAIM_SIZE, 64) and scores them in length-sorted passes of MOODQ_BATCH_SIZE (16).
 
@@ -26,6 +28,8 @@ import torch  # noqa: E402
 from bench.common import peak_rss_mb, percentiles  # noqa: E402
 from worker.evaluate import read_labeled  # noqa: E402
 from worker.resident import engine as resident  # noqa: E402
+from worker.loading import load  # noqa: E402
+from worker.model import Engine  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
 
 
@@ -63,6 +67,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="messages per forward pass")
     ap.add_argument("--claim", type=int, default=64, help="messages taken together, sorted into passes")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed-dtype", default="float32", help="weights of the seed method's model (default float32, as "
+                    "the seed documents ran it)")
     args = ap.parse_args()
     from bench.common import header
 
@@ -77,8 +83,12 @@ def main() -> None:
     lang = eng.prompts.language_of(rows[0]["text"])
     print(f"{len(rows)} messages from {args.data} (lang {lang})\n")
 
+    # The seed documents ran the model as loaded, in float32, with no int8 anywhere.
+    seed_settings = load_settings(threads=args.threads, dtype=args.seed_dtype, quant="none")
+    seed_eng = Engine(load(seed_settings), eng.prompts)
     results = [
-        run("a seed: generate+parse", rows, lang, lambda ts: [seed_label(eng, t, lang) for t in ts]),
+        run(f"a seed: generate+parse ({args.seed_dtype})", rows, lang,
+            lambda ts: [seed_label(seed_eng, t, lang) for t in ts]),
         run("b moodq: scoring, 1 at a time", rows, lang, lambda ts: [j.label for j in eng.judge(ts, lang)]),
         run(f"c moodq: {args.claim} in passes of {args.batch}", rows, lang,
             lambda ts: [j.label for j in eng.judge(ts, lang, max_batch=args.batch)], batch=args.claim),
@@ -88,7 +98,7 @@ def main() -> None:
         print(f"{r['name']:<34}{r['msg_s']:>8.2f}{r['p50']:>9.0f}{r['p95']:>9.0f}{r['valid']:>8.1%}{r['acc']:>7.3f}")
     seed = results[0]["msg_s"]
     print(f"\nratio b/a {results[1]['msg_s'] / seed:.1f}x   ratio c/a {results[2]['msg_s'] / seed:.1f}x   "
-          f"peak RSS {peak_rss_mb():.0f} MB (one model copy in this process)")
+          f"peak RSS {peak_rss_mb():.0f} MB (two model copies in this process: moodq's and the seed's)")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,14 @@ from worker.model import Engine
 from worker.quant import Int8Linear, decoding, quantize
 
 
-@pytest.mark.parametrize("cls, dtype", [(cpu.AVX2, "float32"), (cpu.AVX512_BF16, "bfloat16"), (cpu.AMX, "bfloat16")])
-def test_auto_picks_bfloat16_only_where_the_cpu_has_it(cls, dtype):
+@pytest.mark.parametrize("cls, dtype, quant", [(cpu.AVX2, "float32", "int8"), (cpu.AVX512_BF16, "bfloat16", "int8-decode"),
+                                              (cpu.AMX, "bfloat16", "int8-decode")])
+def test_auto_picks_bfloat16_only_where_the_cpu_has_it(cls, dtype, quant):
     """Unit test of the choice alone: the capability probe is replaced by each class."""
     path = cpu.pick("auto", "auto", cls)
-    assert (path.cpu, path.dtype, path.quant) == (cls, dtype, "int8-decode")
-    assert str(path) == f"{cls}/{dtype}+int8-decode"
+    assert (path.cpu, path.dtype, path.quant) == (cls, dtype, quant)
+    assert str(path) == f"{cls}/{dtype}+{quant}"
+    assert cpu.pick("float32", "auto", cpu.AMX).quant == "int8-decode"  # int8 scoring only where it was measured
 
 
 def test_an_explicit_setting_wins_over_auto():
@@ -66,7 +68,8 @@ def test_int8_matmul_is_exact_on_this_cpu_with_the_levels_it_uses():
 @pytest.mark.model
 def test_int8_decode_keeps_labels_exact_and_int8_everywhere_agrees_on_97_percent(engine):
     """On 64 fixed dev lines (32 zh, 32 en): int8-decode scores exactly as the float path (scoring
-    never enters ``decoding``); int8 everywhere gives the same label on at least 97 %."""
+    never enters ``decoding``); int8 scoring (first and last layer float) gives the same label on
+    at least 97 % of them."""
     rows = read_labeled(DATA / "agreement.jsonl")
     int8 = copy.deepcopy(engine.model)
     quantize(int8, "int8")
@@ -80,5 +83,10 @@ def test_int8_decode_keeps_labels_exact_and_int8_everywhere_agrees_on_97_percent
         total += len(texts)
     assert total == 64
     assert same / total >= 0.97, f"int8 agrees with the float path on {same}/{total}"
-    if "int8-decode" in (engine.path or ""):
-        assert any(isinstance(m, Int8Linear) for m in engine.model.modules())
+    assert any(isinstance(m, Int8Linear) for m in engine.model.modules())  # the default path has int8 layers
+    if "int8-decode" in (engine.path or ""):  # and they leave scoring alone
+        plain = Engine(Loaded(engine.model, engine.tok, engine.model_id, 0, True), engine.prompts,
+                       max_text_tokens=engine.max_text_tokens)
+        with decoding():  # forces the int8 copies: the scores must differ, or the check above proves nothing
+            forced = plain.judge(texts[:4], lang)
+        assert [j.scores for j in engine.judge(texts[:4], lang)] != [j.scores for j in forced]

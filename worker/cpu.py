@@ -72,13 +72,14 @@ def _model_name() -> str:
 def pick(dtype: str, quant: str, cls: str | None = None) -> ComputePath:
     """The path for settings ``dtype`` and ``quant`` (each ``auto`` or explicit) on class ``cls``.
 
-    bfloat16 only where the CPU has it natively; float32 elsewhere. Weight-only int8 for the
-    decode steps wherever ``auto``: measured faster on every class (bench/roofline.py), and
-    prefill/scoring keep the float weights, so labels are unchanged.
+    bfloat16 only where the CPU has it natively; float32 elsewhere. Replies are drafted in int8
+    everywhere (faster than float at every decode shape measured, bench/roofline.py). Label
+    scoring goes int8 too only where that kept both dev sets within 1 point of float32 and was
+    >= 1.3x faster (bench/paths.py): float32 on AVX2 (1.6x); not bfloat16 (1.2x on en).
     """
     cls = cls or cpu_class()
     if dtype == "auto":
         dtype = "float32" if cls == AVX2 else "bfloat16"
     if quant == "auto":
-        quant = "int8-decode"
+        quant = "int8" if dtype == "float32" and cls == AVX2 else "int8-decode"
     return ComputePath(cls, dtype, quant)

@@ -40,9 +40,10 @@ class Settings(BaseSettings):
         "auto", description="Weights dtype: 'auto' = bfloat16 where the CPU has it natively (AVX512-BF16, AMX), "
         "float32 elsewhere (on AVX2 a bfloat16 GEMM is emulated, ~150x slower).")
     quant: Literal["auto", "none", "int8-decode", "int8"] = Field(
-        "auto", description="'int8-decode' (= auto): reply decoding runs int8 copies of the weights (dynamic "
-        "W8A8); prefill and label scoring keep the float weights, so labels are those of the float path. "
-        "'int8': prefill and scoring in int8 too. 'none': float only.")
+        "auto", description="'int8-decode': reply drafting runs int8 copies of the weights (dynamic W8A8); "
+        "label scoring keeps the float weights, so labels are those of the float path. 'int8': scoring in "
+        "int8 too, but for the first and last layer. 'none': float only. 'auto': int8 on AVX2 hosts "
+        "(float32 weights), int8-decode elsewhere.")
     threads: int = Field(0, ge=0, description="torch threads per worker process (0 = cores / concurrency).")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled GGUF and converted weights.")
     prompts: Path = Field(PROMPTS_FILE, description="Prompt file (YAML).")
