@@ -244,6 +244,8 @@ def reply(self: StageTask, mid: str) -> str:
     drafts = engine().draft_many([(r.text, r.label, r.lang, hist) for r, hist in zip(batch, histories)],
                                  **s.draft_options())
     for r, draft in zip(batch, drafts):
+        if r is not rec and draft.stop == "deadline":
+            continue  # a batch-mate the deadline cut: its own reply task, still queued, drafts it afresh
         store().update(r.id, _done(draft, earlier if r is rec else [], started, len(batch), self.request.hostname))
     return mid
 
