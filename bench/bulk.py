@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--reply-tokens", type=int, default=48)
     ap.add_argument("--reply-labels", default="all")
-    ap.add_argument("--batch", type=int, default=16, help="MOODQ_BATCH_SIZE (messages per forward pass)")
+    ap.add_argument("--batch", type=int, default=16, help="MOODQ_SENTIMENT_BATCH_SIZE (messages per forward pass)")
     ap.add_argument("--claim", type=int, default=64, help="MOODQ_CLAIM_SIZE (messages one sentiment task takes on)")
     ap.add_argument("--reply-batch", type=int, default=8, help="MOODQ_REPLY_BATCH_SIZE")
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/zh_dev.jsonl"))
@@ -36,16 +36,17 @@ def main() -> None:
     run = uuid.uuid4().hex[:8]
     env = {"MOODQ_KEY_PREFIX": f"bulk-{run}", "MOODQ_QUEUE": f"bulk-{run}",
            "MOODQ_MAX_REPLY_TOKENS": str(args.reply_tokens), "MOODQ_REPLY_LABELS": args.reply_labels,
-           "MOODQ_BATCH_SIZE": str(args.batch), "MOODQ_CLAIM_SIZE": str(args.claim),
+           "MOODQ_SENTIMENT_BATCH_SIZE": str(args.batch), "MOODQ_CLAIM_SIZE": str(args.claim),
            "MOODQ_REPLY_BATCH_SIZE": str(args.reply_batch)}
     os.environ.update(env)
 
     from bench.common import worker_rss_mb
     from worker.launch import start as start_worker
     from worker.launch import stop as stop_worker
-    from producer.cli import wait_for
+    from producer.progress import wait_for
     from producer.enqueue import enqueue
-    from worker.app import make_app, queue_keys
+    from worker import queue as task_queue
+    from worker.app import make_app
     from worker.evaluate import read_labeled
     from worker.schemas import Message
     from worker.settings import get_settings
@@ -70,7 +71,7 @@ def main() -> None:
     finally:
         stop_worker(proc)
         store.delete_all()
-        store.r.delete(*queue_keys(s.queue))
+        task_queue.remove(app, s.queue)
     status = {k: sum(r.status == k for r in records) for k in ("done", "failed", "pending", "labeled")}
     replies = [r for r in records if r.reply]
     print(f"{args.n} messages from {Path(args.data).name}; {args.concurrency} worker process(es); "

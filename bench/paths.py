@@ -1,7 +1,7 @@
 """Compute paths side by side, one run: sentiment accuracy, label agreement with float32, msg/s.
 
 For each path (MOODQ_DTYPE x MOODQ_QUANT) the embedded model is loaded once and both dev sets
-are labeled as `moodq eval` labels them (claims of 64, length buckets of MOODQ_BATCH_SIZE).
+are labeled as `moodq eval` labels them (claims of 64, length buckets of MOODQ_SENTIMENT_BATCH_SIZE).
 A path may become a default only if it stays within 1 point of float32 on both sets.
 
 Usage:  python bench/paths.py [--n 400] [--paths float32/none,float32/int8,bfloat16/none,...]
@@ -53,9 +53,9 @@ def main() -> None:
         eng = Engine(loaded, load_prompts(settings.prompts), max_text_tokens=settings.sentiment_max_tokens)
         for name, rows in sets.items():
             langs = languages(eng, rows)
-            judge_all(eng, rows[:16], langs[:16], batch_size=settings.batch_size)  # warm-up
+            judge_all(eng, rows[:16], langs[:16], batch_size=settings.sentiment_batch_size)  # warm-up
             t0 = time.perf_counter()
-            labels = [j.label for j in judge_all(eng, rows, langs, batch_size=settings.batch_size)]
+            labels = [j.label for j in judge_all(eng, rows, langs, batch_size=settings.sentiment_batch_size)]
             rate = len(rows) / (time.perf_counter() - t0)
             acc = sum(lab == r["label"] for lab, r in zip(labels, rows)) / len(rows)
             if spec == "float32/none":

@@ -125,8 +125,8 @@ def main() -> None:
     eng.judge([r["text"] for r in rows[:8]], "zh")  # warm-up
     t0 = time.perf_counter()
     got = [eng.labels.index(j.label) for j in eng.judge([r["text"] for r in rows], "zh", calibrate=False,
-                                                        max_batch=settings.batch_size)]
-    moodq_rate = row(f"scoring, claim of {len(rows)} in passes of {settings.batch_size}", len(rows),
+                                                        max_batch=settings.sentiment_batch_size)]
+    moodq_rate = row(f"scoring, claim of {len(rows)} in passes of {settings.sentiment_batch_size}", len(rows),
                      time.perf_counter() - t0, got, gold)
     t0 = time.perf_counter()
     got = [eng.labels.index(eng.judge([r["text"]], "zh", calibrate=False)[0].label) for r in rows]

@@ -19,19 +19,19 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--batch", type=int, default=8, help="MOODQ_BATCH_SIZE / MOODQ_REPLY_BATCH_SIZE of the worker")
+    ap.add_argument("--batch", type=int, default=8, help="MOODQ_SENTIMENT_BATCH_SIZE / MOODQ_REPLY_BATCH_SIZE of the worker")
     args = ap.parse_args()
     from bench.common import header
 
     print(header())
     run = uuid.uuid4().hex[:8]
     env = {"MOODQ_KEY_PREFIX": f"bench-{run}", "MOODQ_QUEUE": f"bench-{run}",
-           "MOODQ_BATCH_SIZE": str(args.batch), "MOODQ_REPLY_BATCH_SIZE": str(args.batch)}
+           "MOODQ_SENTIMENT_BATCH_SIZE": str(args.batch), "MOODQ_REPLY_BATCH_SIZE": str(args.batch)}
     os.environ.update(env)
 
     from worker.launch import start as start_worker
     from worker.launch import stop as stop_worker
-    from producer.cli import wait_for
+    from producer.progress import wait_for
     from producer.enqueue import enqueue
     from worker.app import make_app
     from worker.schemas import Message

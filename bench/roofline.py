@@ -118,8 +118,8 @@ def worker_path(args, peaks: dict[str, float], bandwidth: float) -> None:
     texts = [r["text"] for r in rows]
     plan = eng.plans["zh"]
     tokens = sum(len(eng._encode(eng.clean(t))) + len(plan.suffix_ids) for t in texts)
-    eng.judge(texts[:8], "zh", max_batch=settings.batch_size)  # warm-up
-    seconds = best_of(lambda: eng.judge(texts, "zh", max_batch=settings.batch_size), repeat=2)
+    eng.judge(texts[:8], "zh", max_batch=settings.sentiment_batch_size)  # warm-up
+    seconds = best_of(lambda: eng.judge(texts, "zh", max_batch=settings.sentiment_batch_size), repeat=2)
     # Per token: 2 FLOP per weight of the layers (the head runs only at the label positions).
     gflops = 2 * layers * tokens / seconds / 1e9
     peak = peaks[eng.path.split("/")[1].split("+")[0]]

@@ -6,7 +6,7 @@
   (b) moodq: label scoring on the cached prefix, one message at a time, on the worker's path
       (MOODQ_DTYPE / MOODQ_QUANT, default auto);
   (c) moodq: the same, batched the way a worker does it: it takes a claim of messages
-      (MOODQ_CLAIM_SIZE, 64) and scores them in length-sorted passes of MOODQ_BATCH_SIZE (16).
+      (MOODQ_CLAIM_SIZE, 64) and scores them in length-sorted passes of MOODQ_SENTIMENT_BATCH_SIZE (16).
 
 Same model object, same messages. Usage:
   python bench/sentiment.py --data ../shared/data/zh_dev.jsonl --n 128

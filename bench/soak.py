@@ -44,10 +44,10 @@ def verify(store, ids: list[str]) -> dict:
     records = {r.id: r for r in store.iter_records(ids)}
     pipe = store.r.pipeline(transaction=False)
     for status in STATUSES:
-        pipe.smismember(store.s.key("status", status), ids)
+        pipe.smismember(store.k.status(status), ids)
     member = pipe.execute()
     in_sets = [sum(col[i] for col in member) for i in range(len(ids))]
-    indexed = store.r.zcard(store.s.key("index"))
+    indexed = store.r.zcard(store.k.index)
     return {
         "messages": len(ids),
         "records": len(records),
@@ -62,9 +62,10 @@ def verify(store, ids: list[str]) -> dict:
 def run_soak(settings, texts: list[str], concurrency: int, worker_env: dict, log_path: Path,
              timeout: float = 7200) -> dict:
     """Start a worker with ``concurrency`` processes, push ``texts`` through it, verify, clean up."""
-    from producer.cli import wait_for
+    from producer.progress import wait_for
     from producer.enqueue import enqueue
-    from worker.app import make_app, queue_keys
+    from worker import queue as task_queue
+    from worker.app import make_app
     from worker.launch import start, stop
     from worker.procinfo import tree_peak_rss_mb
     from worker.schemas import Message
@@ -87,7 +88,7 @@ def run_soak(settings, texts: list[str], concurrency: int, worker_env: dict, log
     finally:
         stop(proc)
         store.delete_all()
-        store.r.delete(*queue_keys(settings.queue))
+        task_queue.remove(app, settings.queue)
     report.update(accepted=len(res.accepted), enqueue_s=round(enqueue_s, 2), wall_s=round(wall, 1),
                   msg_per_s=round(len(ids) / wall, 2), peak_rss_mb={p: round(m) for p, m in rss.items()})
     return report
@@ -112,7 +113,7 @@ def main() -> None:
     from worker.settings import get_settings
 
     env = {"MOODQ_REPLY_LABELS": args.replies, "MOODQ_MAX_REPLY_TOKENS": str(args.reply_tokens),
-           "MOODQ_BATCH_SIZE": str(args.batch), "MOODQ_REPLY_BATCH_SIZE": str(min(args.batch, 8))}
+           "MOODQ_SENTIMENT_BATCH_SIZE": str(args.batch), "MOODQ_REPLY_BATCH_SIZE": str(min(args.batch, 8))}
     report = run_soak(get_settings(), corpus(args.n, args.data), args.concurrency, env, Path(f"/tmp/soak-{run}.log"))
     print(f"{args.n} messages, {args.concurrency} worker processes, batch {args.batch}, replies for '{args.replies}'")
     for key, value in report.items():

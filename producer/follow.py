@@ -1,8 +1,10 @@
 """`moodq follow`: enqueue messages from a source that never ends, as they arrive.
 
 Sources: stdin, a growing file (like ``tail -f``; the byte offset is kept in Redis, so a
-restart goes on where it stopped, and a line's default id is ``<file>:<line>``, so a line
-enqueued twice is a duplicate, not a second message), or a Redis Stream (a consumer group;
+restart goes on where it stopped, and a line's default id is ``<absolute path>:<line>``, so a
+line enqueued twice is a duplicate, not a second message; after the file is truncated
+(logrotate's copytruncate) or replaced, ids become ``<absolute path>~<n>:<line>``, so new lines
+never collide with the old ones), or a Redis Stream (a consumer group;
 an entry is acknowledged after its message is enqueued). Back-pressure: while the queue
 holds more than ``max_queue`` tasks, reading pauses.
 """
@@ -13,7 +15,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from celery import Celery
 
 from producer import sources
 from producer.enqueue import enqueue
-from worker.app import queue_keys
+from worker import queue as task_queue
 from worker.schemas import Message
 from worker.settings import Settings
 from worker.store import Store
@@ -38,16 +40,14 @@ class Follower:
     max_queue: int = 1000
     on_event: Callable[[str], None] = print
     totals: dict = field(default_factory=lambda: {"accepted": 0, "duplicates": 0, "rejected": 0, "paused_s": 0.0})
+    languages: Collection[str] | None = None  # the prompt file's; another lang is refused here
 
     def __post_init__(self):
         self.store = Store(self.settings)
 
     def depth(self) -> int:
         """Tasks waiting in the queue (all priority levels)."""
-        pipe = self.store.r.pipeline(transaction=False)
-        for key in queue_keys(self.settings.queue)[:10]:
-            pipe.llen(key)
-        return sum(pipe.execute())
+        return task_queue.depth(self.app, self.settings.queue)
 
     def wait_for_room(self) -> None:
         started = time.monotonic()
@@ -68,11 +68,13 @@ class Follower:
         if not messages:
             return
         self.wait_for_room()
-        res = enqueue(messages, self.settings, self.app)
+        res = enqueue(messages, self.settings, self.app, store=self.store)
         self.totals["accepted"] += len(res.accepted)
         self.totals["duplicates"] += len(res.duplicates)
 
     def _message(self, name: str, line: int, raw: str, default_ids: bool):
+        if line == 1:
+            raw = raw.removeprefix("\ufeff")  # a byte-order mark
         if self.fmt == "text":
             row = {"text": raw}
         else:
@@ -81,8 +83,8 @@ class Follower:
             except json.JSONDecodeError as exc:
                 return sources.LineError(name, line, f"invalid JSON: {exc.msg} at column {exc.colno}")
         if default_ids and isinstance(row, dict) and row.get("id") in (None, ""):
-            row["id"] = f"{Path(name).name}:{line}"
-        return sources.validated(row, name, line, self.settings.max_chars)
+            row["id"] = f"{name}:{line}"
+        return sources.validated(row, name, line, self.settings.max_chars, self.languages)
 
     # --- sources
     def follow_stream(self, stream, name: str = "-") -> None:
@@ -93,19 +95,28 @@ class Follower:
 
     def follow_file(self, path: Path, poll_s: float = 0.5, until: Callable[[], bool] = lambda: False,
                     batch: int = 500) -> None:
-        """Tail a growing file from where the last run stopped; survives truncation (starts over)."""
-        key = self.settings.key("follow", str(path.resolve()))
+        """Tail a growing file from where the last run stopped; after truncation or replacement it
+        starts over under a new generation of ids."""
+        path = path.resolve()
+        key = self.settings.keys.follow(str(path))
         saved = self.store.r.hgetall(key)
-        offset, line = int(saved.get("offset", 0)), int(saved.get("line", 0))
+        offset, line, gen = (int(saved.get(k, 0)) for k in ("offset", "line", "generation"))
+        inode = int(saved.get("inode", 0))
         while not until():
-            if path.exists() and path.stat().st_size < offset:
-                self.on_event(f"{path} was truncated; reading it from the start")
-                offset, line = 0, 0
+            if path.exists():
+                st = path.stat()
+                if st.st_size < offset or (inode and st.st_ino != inode):
+                    gen += 1
+                    self.on_event(f"{path} was truncated or replaced; reading it from the start "
+                                  f"(ids {path}~{gen}:<line>)")
+                    offset, line = 0, 0
+                inode = st.st_ino
             rows, offset_after = self._complete_lines(path, offset, line, batch)
             if rows:
-                self.push(str(path), [(n, raw) for n, raw in rows if raw.strip()], default_ids=True)
+                name = f"{path}~{gen}" if gen else str(path)
+                self.push(name, [(n, raw) for n, raw in rows if raw.strip()], default_ids=True)
                 offset, line = offset_after, rows[-1][0]
-                self.store.r.hset(key, mapping={"offset": offset, "line": line})
+                self.store.r.hset(key, mapping={"offset": offset, "line": line, "generation": gen, "inode": inode})
             else:
                 time.sleep(poll_s)
 

@@ -52,3 +52,18 @@ class NegativeAlert:
             return None
         return {"at": now, "window": self.window_name, "negative_share": w["negative_share"],
                 "labeled": w["labeled"], "threshold": self.threshold}
+
+
+def table(figures: dict, negative: str, now: float) -> str:
+    """The windows as a text table, for `moodq stats`."""
+    import time
+
+    lines = [f"moodq stats at {time.strftime('%H:%M:%S', time.localtime(now))}",
+             f"{'window':>7} {'messages':>9} {'labeled':>8} {negative + ' share':>15} {'mean conf':>10} {'failures':>9}"
+             f" {'replies cut':>12}"]
+    for name, w in figures.items():
+        share = "-" if w["negative_share"] is None else f"{w['negative_share']:.1%}"
+        conf = "-" if w["mean_confidence"] is None else f"{w['mean_confidence']:.3f}"
+        lines.append(f"{name:>7} {w['messages']:>9} {w['labeled']:>8} {share:>15} {conf:>10} {w['failures']:>9}"
+                     f" {w['replies_cut']:>12}")
+    return "\n".join(lines)

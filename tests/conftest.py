@@ -37,7 +37,8 @@ for key in [k for k in os.environ if k.startswith("MOODQ_") and k not in (
     del os.environ[key]  # an operator's own settings must not leak into the tests
 
 from worker import launch  # noqa: E402
-from worker.app import queue_keys  # noqa: E402
+from worker import queue as task_queue  # noqa: E402
+from worker.app import make_app  # noqa: E402
 from worker.settings import get_settings, load_settings  # noqa: E402
 from worker.store import Store  # noqa: E402
 
@@ -53,8 +54,9 @@ def store(settings):
     st.r.ping()
     yield st
     st.delete_all()
+    app = make_app(settings)
     for queue in [settings.queue] + [f"{settings.queue}-{q}" for q in EXTRA_QUEUES]:
-        st.r.delete(*queue_keys(queue))
+        task_queue.remove(app, queue)
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +106,7 @@ def start_fault_worker(name: str, env: dict, log: Path | None = None):
 
 
 def wait_final(store, ids, timeout=300):
-    from producer.cli import wait_for
+    from producer.progress import wait_for
 
     records = wait_for(store, list(ids), timeout)
     assert len(records) == len(ids), "a record went missing"

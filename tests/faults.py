@@ -26,13 +26,13 @@ _real_judge = model.Engine.judge
 def _judge(self, texts, lang, *args, **kwargs):
     for text in texts:
         if m := re.match(r"\[transient:(\d+)\]", text):
-            tries = tasks.store().r.incr(tasks.s.key("fault", text))
+            tries = tasks.store().r.incr(tasks.s.keys.test("fault", text))
             if tries <= int(m.group(1)):
                 raise Transient(f"injected transient fault {tries}/{m.group(1)}")
         if text.startswith("[slow]"):
             time.sleep(60)
         if m := re.match(r"\[hold:(\d+(?:\.\d+)?)\]", text):
-            tasks.store().r.set(tasks.s.key("fault", "holding", text), os.getpid(), ex=600)
+            tasks.store().r.set(tasks.s.keys.test("fault", "holding", text), os.getpid(), ex=600)
             time.sleep(float(m.group(1)))
         if text.startswith("[crash]"):
             os.kill(os.getpid(), signal.SIGKILL)

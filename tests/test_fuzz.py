@@ -95,7 +95,7 @@ def test_tasks_with_wrong_arguments_or_garbage_do_not_kill_the_worker(fault_work
     log line; the same worker then still labels a message. (Not covered: a non-JSON item pushed straight
     into the queue's Redis list stops kombu's consumer; whoever can write to Redis is trusted.)"""
     app = make_app(fault_worker)
-    store.r.set(fault_worker.key("rec", "corrupt-1"), json.dumps({"id": 5, "status": "weird"}))
+    store.r.set(fault_worker.keys.rec("corrupt-1"), json.dumps({"id": 5, "status": "weird"}))
     for args in [(123,), (None,), ([1, 2],), ({"text": "x"},), ("no-such-id",), (), ("a", "b"), ("corrupt-1",)]:
         for task in ("sentiment", "reply"):
             app.send_task(task, args=args, queue=fault_worker.queue)
@@ -103,4 +103,4 @@ def test_tasks_with_wrong_arguments_or_garbage_do_not_kill_the_worker(fault_work
     rec = wait_final(store, ["after-garbage"])["after-garbage"]
     assert rec.status == "done" and rec.label in LABELS
     assert any(name.startswith(f"faults-{RUN}@") for reply in app.control.ping(timeout=2) for name in reply)
-    store.r.delete(fault_worker.key("rec", "corrupt-1"))
+    store.r.delete(fault_worker.keys.rec("corrupt-1"))

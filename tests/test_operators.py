@@ -25,7 +25,8 @@ from producer.stats import NegativeAlert, rolling
 from tests.conftest import RUN, _start_worker, wait_final, worker_log
 from tests.test_resilience import _free_port, _send
 from worker import launch
-from worker.app import make_app, queue_keys
+from worker import queue as task_queue
+from worker.app import make_app
 from worker.schemas import Message, Record
 from worker.settings import get_settings, load_settings
 from worker.store import Store
@@ -89,7 +90,7 @@ def test_stats_command_reads_live_records_and_stores_the_alert(settings):
         figures = json.loads(out.stdout.splitlines()[-1])["windows"]
         assert figures["1m"]["labeled"] == 4 and figures["1m"]["negative_share"] == 0.75
         assert "ALERT: negative share 75%" in out.stderr
-        assert json.loads(store.r.lindex(s.key("alerts"), 0))["negative_share"] == 0.75
+        assert json.loads(store.r.lindex(s.keys.alerts, 0))["negative_share"] == 0.75
     finally:
         store.delete_all()
 
@@ -104,7 +105,7 @@ def follow_settings():
     yield s
     store = Store(s)
     store.delete_all()
-    store.r.delete(*queue_keys(s.queue))
+    task_queue.remove(make_app(s), s.queue)
 
 
 def test_follow_growing_file_enqueues_each_new_line_exactly_once(follow_settings, tmp_path):
@@ -125,24 +126,50 @@ def test_follow_growing_file_enqueues_each_new_line_exactly_once(follow_settings
         out.write('{"text": "fifth", "id": "own-id"}\n')
     run_until(5)
     records = {r.id: r.text for r in store.iter_records()}
-    assert records == {"stream.jsonl:1": "first", "stream.jsonl:2": "second", "stream.jsonl:3": "half-written",
-                       "stream.jsonl:5": "fourth", "own-id": "fifth"}
-    assert store.r.llen(follow_settings.queue) == 5  # one task per line, none twice
+    assert records == {f"{path}:1": "first", f"{path}:2": "second", f"{path}:3": "half-written",
+                       f"{path}:5": "fourth", "own-id": "fifth"}
+    assert task_queue.depth(make_app(follow_settings), follow_settings.queue) == 5  # one task per line, none twice
+
+
+def test_follow_survives_copytruncate_rotation_without_losing_a_line(follow_settings, tmp_path):
+    """logrotate's copytruncate empties the file in place: the new lines sit where old ones did,
+    and must still go in (under new ids), as must a file that replaces the old one."""
+    path = tmp_path / "grow.jsonl"
+    path.write_text('\ufeff{"text": "old one"}\n{"text": "old two"}\n', encoding="utf-8")  # with a BOM
+    store = Store(follow_settings)
+
+    def run_until(n_records: int) -> None:
+        _follower(follow_settings).follow_file(path, poll_s=0.05, until=lambda: len(store.ids()) >= n_records)
+
+    run_until(2)
+    with path.open("r+", encoding="utf-8") as f:
+        f.truncate(0)
+    path.write_text('{"text": "new one"}\n', encoding="utf-8")
+    run_until(3)
+    replacement = tmp_path / "grow.jsonl.new"
+    replacement.write_text('{"text": "replaced one"}\n{"text": "replaced two"}\n', encoding="utf-8")
+    replacement.replace(path)  # a new inode, larger than the saved offset
+    run_until(5)
+    records = {r.id: r.text for r in store.iter_records()}
+    assert records == {f"{path}:1": "old one", f"{path}:2": "old two", f"{path}~1:1": "new one",
+                       f"{path}~2:1": "replaced one", f"{path}~2:2": "replaced two"}
 
 
 def test_follow_redis_stream_and_back_pressure(follow_settings):
     store = Store(follow_settings)
-    stream = follow_settings.key("incoming")
+    stream = follow_settings.keys.test("incoming")
     for i in range(3):
         store.r.xadd(stream, {"text": f"stream message {i}", "lang": "en"})
     f = _follower(follow_settings, max_queue=2)
-    store.r.rpush(follow_settings.queue, *["placeholder"] * 5)  # a long queue: reading must pause
+    app = make_app(follow_settings)
+    for _ in range(5):  # a long queue: reading must pause
+        app.send_task("sentiment", args=("placeholder",), queue=follow_settings.queue)
     t = threading.Thread(target=f.follow_redis_stream, args=(stream,),
                          kwargs={"until": lambda: len(store.ids()) >= 3})
     t.start()
     time.sleep(1.5)
     assert store.ids() == []  # paused by back-pressure
-    store.r.delete(follow_settings.queue)
+    task_queue.remove(app, follow_settings.queue)
     t.join(30)
     assert sorted(r.text for r in store.iter_records()) == [f"stream message {i}" for i in range(3)]
     assert store.r.xpending(stream, "moodq")["pending"] == 0  # acknowledged after enqueueing
@@ -165,7 +192,7 @@ def test_triage_drafts_replies_for_the_most_negative_first(store, settings):
         recs = wait_final(store, ids)
     finally:
         launch.stop(proc)
-        store.r.delete(*queue_keys(s.queue))
+        task_queue.remove(make_app(s), s.queue)
     done = sorted(recs.values(), key=lambda r: r.finished_at)
     levels = [s.reply_priority(r.probs) for r in done]
     assert levels == sorted(levels), [(r.id, round(r.probs["negative"], 2)) for r in done]

@@ -80,7 +80,7 @@ def test_reenqueueing_an_id_does_not_duplicate_its_record(worker, store, setting
     rec = wait_final(store, ["dup-1"])["dup-1"]
     assert rec.status == "done" and rec.attempts == {"sentiment": 1, "reply": 1}
     assert store.ids().count("dup-1") == 1
-    assert len(store.r.keys(settings.key("rec", "dup-1"))) == 1
+    assert len(store.r.keys(settings.keys.rec("dup-1"))) == 1
 
 
 def test_history_reaches_the_reply_but_never_the_sentiment(worker, store, settings, engine):

@@ -36,13 +36,13 @@ def assert_one_final_record_each(store: Store, ids: list[str]) -> None:
     for mid in ids:
         rec = store.get(mid)
         assert rec is not None, f"{mid} lost"
-        sets = [s for s in STATUSES if store.r.sismember(store.s.key("status", s), mid)]
+        sets = [s for s in STATUSES if store.r.sismember(store.k.status(s), mid)]
         assert sets == [rec.status] and rec.status in ("done", "failed"), (mid, sets, rec.status)
 
 
 def _holding_pid(store: Store, text: str, timeout: float = 300) -> int:
     """The pid of the pool process that is inside the model call for ``text`` (tests/faults.py)."""
-    key = store.s.key("fault", "holding", text)
+    key = store.k.test("fault", "holding", text)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pid := store.r.get(key):
@@ -79,7 +79,7 @@ def test_message_that_kills_its_worker_every_time_ends_failed(fault_worker, stor
 
 def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings, tmp_path):
     """Warm shutdown: the task in progress completes, the queued ones are left for the next worker."""
-    env = {"MOODQ_QUEUE": f"{settings.queue}-graceful", "MOODQ_REPLY_LABELS": "none", "MOODQ_BATCH_SIZE": "1"}
+    env = {"MOODQ_QUEUE": f"{settings.queue}-graceful", "MOODQ_REPLY_LABELS": "none", "MOODQ_SENTIMENT_BATCH_SIZE": "1"}
     s = load_settings(queue=env["MOODQ_QUEUE"], reply_labels="none")
     first = start_fault_worker("graceful-1", env, tmp_path / "graceful-1.log")
     hold = "[hold:4] Thanks, that was quick"
@@ -165,7 +165,7 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path):
         recs = wait_final(store, first + second, timeout=400)
         assert_one_final_record_each(store, first + second)
         assert all(r.status == "done" for r in recs.values()), {i: r.error for i, r in recs.items() if r.error}
-        assert store.r.zcard(s.key("index")) == 60
+        assert store.r.zcard(s.keys.index) == 60
     finally:
         launch.stop(proc)
         server.stop()
@@ -216,7 +216,7 @@ def test_soak_a_few_hundred_messages_through_two_processes(settings, tmp_path):
 
     s = load_settings(key_prefix=f"moodqtest-{RUN}-soak", queue=f"moodqtest-{RUN}-soak")
     report = run_soak(s, corpus(300, []), concurrency=2, log_path=tmp_path / "soak.log", timeout=600,
-                      worker_env={"MOODQ_REPLY_LABELS": "none", "MOODQ_BATCH_SIZE": "16"})
+                      worker_env={"MOODQ_REPLY_LABELS": "none", "MOODQ_SENTIMENT_BATCH_SIZE": "16"})
     assert report["records"] == 300 and report["lost"] == 0 and report["duplicates"] == 0, report
     assert report["status"]["done"] == 300 and report["bad_labels"] == 0, report
     assert len(report["peak_rss_mb"]) == 3  # the Celery main process and two pool processes

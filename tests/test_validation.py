@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -43,7 +44,18 @@ def test_settings_errors_name_the_variable(monkeypatch):
 
 def test_visibility_timeout_outlasts_limits_and_backoff():
     s = load_settings(reply_hard_limit=300, reply_soft_limit=200, retry_backoff_max=100)
-    assert s.visibility_timeout > 300 + 100
+    assert s.broker_visibility_timeout() == 2 * (300 + 100) + 60
+    assert load_settings(retry_backoff_max=60).broker_visibility_timeout() == 360  # the README's figure
+    assert load_settings(visibility_timeout=75, reply_hard_limit=30, reply_soft_limit=20, sentiment_hard_limit=30,
+                         sentiment_soft_limit=20, retry_backoff_max=5).broker_visibility_timeout() == 75
+    with pytest.raises(ConfigError, match="visibility_timeout \\(100\\) must be at least .* \\(150 s\\)"):
+        load_settings(visibility_timeout=100, retry_backoff_max=60)  # 90 s hard limit + 60 s backoff
+
+
+def test_a_renamed_setting_is_refused_with_its_new_name(monkeypatch):
+    monkeypatch.setenv("MOODQ_BATCH_SIZE", "8")
+    with pytest.raises(ConfigError, match="MOODQ_BATCH_SIZE was renamed MOODQ_SENTIMENT_BATCH_SIZE"):
+        load_settings()
 
 
 def test_default_prompts_are_valid():
@@ -112,12 +124,14 @@ def test_csv_source_with_line_numbers():
 
 
 def test_unreachable_redis_is_one_clear_error():
-    """No traceback, a non-zero exit and the URL (without password) in the message."""
+    """Said at once, no traceback, exit 2 within seconds, and the URL (without password) in the message."""
     env = {**os.environ, "MOODQ_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0"}
+    started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "producer", "watch"], capture_output=True, text=True,
                          env=env, cwd=ROOT, timeout=60)
-    assert run.returncode == 2
-    assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in run.stderr
+    assert run.returncode == 2 and time.monotonic() - started < 30  # the worker-side retries last ~35 s
+    assert run.stderr.startswith("connecting to Redis at redis://:**@127.0.0.1:1/0 (retrying")
+    assert "error: cannot reach Redis at redis://:**@127.0.0.1:1/0" in run.stderr
     assert "Traceback" not in run.stderr and "s3cret" not in run.stderr
 
 

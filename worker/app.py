@@ -11,6 +11,7 @@ import ssl
 from celery import Celery
 
 from worker.settings import Settings, get_settings
+from worker.upkeep import Upkeep
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -25,7 +26,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         task_default_queue=s.queue, task_create_missing_queues=True,
         # Ten priority levels, 0 served first: sentiment tasks at 0, replies 1-9 by negativity (triage).
-        broker_transport_options={"visibility_timeout": s.visibility_timeout, "priority_steps": list(range(10))},
+        broker_transport_options={"visibility_timeout": s.broker_visibility_timeout(), "priority_steps": list(range(10))},
         broker_connection_retry_on_startup=True,
         # Publishing (enqueue, the chained reply, retries) rides out a Redis restart of ~30 s.
         task_publish_retry_policy={"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2},
@@ -34,16 +35,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         # Events for Flower. No "sent" events: one more round trip per enqueued task.
         worker_send_task_events=True, task_send_sent_event=False,
     )
+    app.steps["worker"].add(Upkeep)  # heartbeat, sweep, stop on a model that does not load
     if s.redis_url.startswith("rediss://") and "ssl_cert_reqs" not in s.redis_url:
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    app.conf.moodq_settings = s
     return app
-
-
-def queue_keys(queue: str) -> list[str]:
-    """The Redis keys kombu uses for a queue (its priority lists and bindings), e.g. to delete them."""
-    return [queue, *[f"{queue}\x06\x16{p}" for p in range(1, 10)], f"_kombu.binding.{queue}",
-            f"_kombu.binding_permanent.{queue}"]
 
 
 app = make_app()

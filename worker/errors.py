@@ -27,3 +27,9 @@ class GenerationTimeout(Transient):
 
 class GaveUp(MoodqError):
     """A message was redelivered too often after its worker died on it. Never retried."""
+
+
+def readable(exc, prefix: str = "", root: str = "row") -> list[str]:
+    """A pydantic ValidationError as one line per error: ``<prefix><field.path>: <message>``."""
+    return [f"{prefix}{'.'.join(map(str, e['loc'])) or root}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()]

@@ -6,7 +6,6 @@ The only module besides ``worker.model`` that imports torch/transformers.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import shutil
@@ -56,7 +55,7 @@ def load(settings: Settings) -> Loaded:
             file = Path(name).expanduser()
             if not file.is_file():
                 raise ModelError(f"GGUF file not found: {file}")
-            model, tok, warm = _load_gguf(lambda: file, _sha256(file), settings, path.dtype)
+            model, tok, warm = _load_gguf(lambda: file, embedded.sha256_of(file), settings, path.dtype)
             model_id = f"gguf:{file.name}"
         else:
             model = AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(path.dtype))
@@ -92,6 +91,7 @@ def check_model(settings: Settings) -> None:
     elif name.endswith(".gguf"):
         if not Path(name).expanduser().is_file():
             raise ModelError(f"GGUF file not found: {name}")
+        _check_gguf(Path(name).expanduser())
     else:
         from transformers import AutoConfig
 
@@ -101,6 +101,20 @@ def check_model(settings: Settings) -> None:
         except (OSError, ValueError) as exc:
             raise ModelError(f"model {name!r} not found as a local directory or in the hub cache: "
                              f"{str(exc).splitlines()[0]}") from None
+
+
+def _check_gguf(path: Path) -> None:
+    """Read the GGUF's header and tensor table (memory-mapped, no weights decoded): a truncated or
+    corrupt file fails here, in the worker's main process, before it takes any message."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    except Exception as exc:  # the reader raises ValueError, KeyError, struct errors ... on bad bytes
+        raise ModelError(f"GGUF file {path} is not a readable GGUF ({type(exc).__name__}: {exc})") from None
+    if not reader.tensors or end > path.stat().st_size:
+        raise ModelError(f"GGUF file {path} is truncated or holds no tensors")
 
 
 @functools.cache
@@ -116,14 +130,6 @@ def _converted_dir(settings: Settings, sha: str, dtype: str) -> Path:
 
 def _ready(converted: Path) -> bool:
     return (converted / "READY").exists()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings, dtype: str):

@@ -13,7 +13,7 @@ from string import Template
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, readable
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LETTER = re.compile(r"[^\W\d_]")
@@ -119,6 +119,4 @@ def load_prompts(path: Path) -> PromptSet:
     try:
         return PromptSet.model_validate(data)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc'])) or 'file'}: {e['msg'].removeprefix('Value error, ')}"
-                 for e in exc.errors()]
-        raise ConfigError(f"prompt file {path} is invalid:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"prompt file {path} is invalid:\n" + "\n".join(readable(exc, "  ", "file"))) from None

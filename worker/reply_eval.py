@@ -59,7 +59,7 @@ def evaluate_replies(engine: Engine, rows: list[dict], settings: Settings, *, la
                      progress: Callable[[int], None] | None = None) -> tuple[ReplyReport, list[dict]]:
     """The report, and one dict per message: text, lang, label, gold, reply, stop, tokens, flags."""
     langs = languages(engine, rows, lang)
-    judged = judge_all(engine, rows, langs, batch_size=settings.batch_size)
+    judged = judge_all(engine, rows, langs, batch_size=settings.sentiment_batch_size)
     out = [{"text": r["text"], "lang": code, "label": j.label, "gold": r.get("label"), "reply": None,
             "stop": None, "tokens": 0, "flags": []} for r, code, j in zip(rows, langs, judged)]
     figures = {}

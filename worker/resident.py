@@ -23,6 +23,7 @@ _lock = threading.Lock()
 _engine = None
 _load_error: str | None = None
 _pool_size = 1  # processes of this worker, set in the main process before the pool forks
+_node: str | None = None  # this worker's node name, likewise
 
 
 def engine(settings: Settings | None = None):
@@ -56,8 +57,9 @@ def _threads() -> int:
 @celeryd_after_setup.connect
 def _note_pool_size(sender=None, instance=None, **_):
     """The pool size given on the command line (-c), which app.conf does not carry."""
-    global _pool_size
+    global _pool_size, _node
     _pool_size = int(getattr(instance, "concurrency", 0) or 1)
+    _node = sender
     from worker import cpu
 
     s = get_settings()
@@ -72,10 +74,15 @@ def _load_at_process_start(**_):
         import torch
 
         torch.set_num_threads(threads_per_process(_pool_size, s))
+    from worker.upkeep import report_model
+
     try:
         engine(s)
-    except ModelError as exc:  # the tasks will report it; do not crash-loop the pool
+    except ModelError as exc:  # stop the worker: its messages wait for one that can run them
         log.critical("%s", exc)
+        report_model(_node, False, str(exc))
+        return
+    report_model(_node, True)
 
 
 def threads_per_process(concurrency: int, settings: Settings) -> int:
@@ -94,6 +101,6 @@ def moodq(state):
     return {"model": s.model, "cpu": cpu.cpu_class(), "path": str(cpu.pick(s.dtype, s.quant)),
             "prompt_version": load_prompts(s.prompts).version,
             "queue": s.queue, "concurrency": concurrency, "threads_per_process": threads_per_process(concurrency, s),
-            "batch_size": s.batch_size, "claim_size": s.claim_size, "sentiment_max_tokens": s.sentiment_max_tokens,
+            "sentiment_batch_size": s.sentiment_batch_size, "claim_size": s.claim_size, "sentiment_max_tokens": s.sentiment_max_tokens,
             "reply_batch_size": s.reply_batch_size, "reply_labels": s.reply_labels,
             "triage_label": s.triage_label, "pid": os.getpid()}

@@ -77,6 +77,8 @@ class Record(BaseModel):
     error_stage: str | None = None
     attempts: dict[str, int] = Field(default_factory=dict, description="Deliveries per stage, retries and redeliveries included.")
     requeued: int = Field(0, description="Times `moodq retry-failed` put this message back.")
+    republished: int = Field(0, description="Times the sweep published this message's task again, because the "
+                             "producer that wrote the record died before publishing it.")
     worker: str | None = Field(None, description="The worker node that last processed the message.")
     timings: Timings = Field(default_factory=Timings)
     model: str | None = None
@@ -95,7 +97,7 @@ class Record(BaseModel):
 
 EXPORT_COLUMNS = [
     "id", "text", "status", "label", "confidence", "reply", "reply_truncated", "error", "error_stage",
-    "attempts_sentiment", "attempts_reply", "requeued", "worker", "queued_ms", "sentiment_ms", "reply_ms",
+    "attempts_sentiment", "attempts_reply", "requeued", "republished", "worker", "queued_ms", "sentiment_ms", "reply_ms",
     "model", "path", "prompt_version", "lang", "conversation_id", "enqueued_at", "labeled_at",
     "finished_at", "metadata",
 ]

@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, readable
+from worker.keys import Keys
 
 EMBEDDED = "embedded"
 PROMPTS_FILE = Path(__file__).resolve().parent.parent / "prompts" / "default.yaml"
@@ -49,9 +50,9 @@ class Settings(BaseSettings):
     prompts: Path = Field(PROMPTS_FILE, description="Prompt file (YAML).")
 
     # --- batching (a running task also takes waiting messages of its stage and does them in one go)
-    batch_size: int = Field(16, ge=1, le=256, description="Messages in one sentiment forward pass (1 = no batching).")
+    sentiment_batch_size: int = Field(16, ge=1, le=256, description="Messages in one sentiment forward pass (1 = no batching).")
     claim_size: int = Field(64, ge=1, le=1024, description="Messages one sentiment task takes from the waiting list, "
-                            "sorted by length into passes of batch_size: more to choose from, less padding.")
+                            "sorted by length into passes of sentiment_batch_size: more to choose from, less padding.")
     claim_chars: int = Field(8000, ge=1, description="Most characters one sentiment task takes on, so a claim of "
                              "long messages stays well inside the soft time limit.")
     reply_batch_size: int = Field(8, ge=1, le=64, description="Replies drafted together by one reply task (1 = no batching).")
@@ -78,6 +79,15 @@ class Settings(BaseSettings):
     max_retries: int = Field(3, ge=0, description="Retries after the first attempt, for transient errors only.")
     max_redeliveries: int = Field(2, ge=0, description="Times a message is redelivered after its worker died on it (killed, out of memory) before it is failed.")
     retry_backoff_max: float = Field(60, gt=0, description="Longest wait between retries (exponential backoff).")
+    visibility_timeout: float = Field(0, ge=0, description="Seconds before Redis hands an unacknowledged task to "
+                                      "another worker (its worker died). 0 = derived from the limits; a value shorter "
+                                      "than the longest hard limit plus the longest retry wait is refused.")
+    sweep_after_s: float = Field(60, gt=0, description="A record whose task a producer has not confirmed published "
+                                 "after this long is published again by the sweep (the producer died in between).")
+    sweep_interval_s: float = Field(30, ge=0, description="How often each worker runs the sweep (0 = never; "
+                                    "`moodq sweep` runs it by hand).")
+    heartbeat_s: float = Field(10, gt=0, description="How often a worker writes its health key; `moodq check` "
+                               "counts a worker dead after 3 missed beats.")
     model_load_timeout: float = Field(600, gt=0, description="How long a worker process may take to load its model.")
 
     @model_validator(mode="after")
@@ -86,10 +96,16 @@ class Settings(BaseSettings):
             soft, hard = getattr(self, f"{stage}_soft_limit"), getattr(self, f"{stage}_hard_limit")
             if hard <= soft:
                 raise ValueError(f"{stage}_hard_limit ({hard}) must be greater than {stage}_soft_limit ({soft})")
+        if self.visibility_timeout and self.visibility_timeout < self._longest_unacked:
+            raise ValueError(f"visibility_timeout ({self.visibility_timeout:g}) must be at least the longest hard "
+                             f"limit plus retry_backoff_max ({self._longest_unacked:g} s), or a running task would "
+                             "be handed to a second worker")
         return self
 
-    def key(self, *parts: str) -> str:
-        return ":".join((self.key_prefix, *parts))
+    @property
+    def keys(self) -> Keys:
+        """The Redis key names of this deployment (prefix and queue)."""
+        return Keys(self.key_prefix, self.queue)
 
     def replies_for(self, label: str) -> bool:
         wanted = self.reply_labels.strip().lower()
@@ -120,22 +136,30 @@ class Settings(BaseSettings):
                 "sampling": self.sampling()}
 
     @property
-    def visibility_timeout(self) -> float:
-        """Seconds before Redis redelivers an unacknowledged task.
+    def _longest_unacked(self) -> float:
+        """The worst time one delivery can legitimately stay unacknowledged: the longest hard limit plus
+        the longest retry countdown (a retried task waits out its countdown in the worker, unacked)."""
+        return max(self.sentiment_hard_limit, self.reply_hard_limit) + self.retry_backoff_max
 
-        Rule: longer than the worst time one delivery can legitimately stay unacked —
-        the longest hard limit plus the longest retry countdown — with a margin.
-        """
-        return 2 * (max(self.sentiment_hard_limit, self.reply_hard_limit) + self.retry_backoff_max) + 60
+    def broker_visibility_timeout(self) -> float:
+        """Seconds before Redis redelivers an unacknowledged task: as set, else twice the longest
+        legitimate unacknowledged time plus a minute (360 s with the default limits)."""
+        return self.visibility_timeout or 2 * self._longest_unacked + 60
+
+
+RENAMED = {"MOODQ_BATCH_SIZE": "MOODQ_SENTIMENT_BATCH_SIZE"}
 
 
 def load_settings(**overrides) -> Settings:
     """Build settings from the environment, turning validation errors into one readable ConfigError."""
+    for old, new in RENAMED.items():
+        if old in os.environ:
+            raise ConfigError(f"{old} was renamed {new}; set that instead")
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = [f"  MOODQ_{'_'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg'].removeprefix('Value error, ')}"
-                 for e in exc.errors()]
+        lines = [f"  MOODQ_{name.replace('.', '_').upper()}: {msg}"
+                 for name, msg in (line.split(": ", 1) for line in readable(exc, root="settings"))]
         raise ConfigError("invalid settings:\n" + "\n".join(lines)) from None
 
 

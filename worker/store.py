@@ -1,20 +1,12 @@
 """Durable records in Redis, one per message id, and bounded conversation history.
 
-Keys (all under the settings' prefix):
-  rec:<id>          the record, as JSON
-  seq               counter giving each accepted message its order
-  index             sorted set of every record id, by seq
-  status:<status>   set of ids in that status (pending, labeled, done, failed)
-  events            sorted set of ids by the time they were labeled or failed (last day; rolling stats)
-  conv:<cid>        sorted set of a conversation's message ids, by seq (bounded)
-  todo:<queue>:<stage>  sorted set of ids waiting for a stage (by order, replies by triage priority
-                    first); a running task claims the first few to batch them
-
-Every write is idempotent: a task that runs twice rewrites the same record.
+The keys are listed in :mod:`worker.keys`. Every write is idempotent: a task that runs
+twice rewrites the same record.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,10 +17,10 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from worker.errors import BadMessage
+from worker.keys import STATUSES
 from worker.schemas import Message, Record
 from worker.settings import Settings
 
-STATUSES = ("pending", "labeled", "done", "failed")
 CONVERSATION_KEEP = 200  # ids kept per conversation; the reply reads only the last few
 RETRIES = 20  # per command, backing off up to 2 s: survives a Redis restart of ~30 s
 EVENTS_KEEP_S = 86400  # the events index covers the last day
@@ -45,72 +37,68 @@ class Store:
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         self.ttl = int(settings.record_ttl_days * 86400) or None
-
-    # --- keys
-    def _rec(self, mid: str) -> str:
-        return self.s.key("rec", mid)
-
-    def _status(self, status: str) -> str:
-        return self.s.key("status", status)
-
-    def _conv(self, cid: str) -> str:
-        return self.s.key("conv", cid)
-
-    def _todo(self, stage: str) -> str:
-        return self.s.key("todo", self.s.queue, stage)  # per queue: a worker batches only its own queue's messages
+        self.k = settings.keys
 
     # --- batching hints (losing one only costs batching: every message still has its own task)
     def offer(self, stage: str, ranked: dict[str, float]) -> None:
         """Add ids waiting for ``stage``, ranked (lowest first): by seq, or triage priority then seq."""
         if ranked:
-            self.r.pipeline(transaction=False).zadd(self._todo(stage), ranked).zremrangebyrank(
-                self._todo(stage), TODO_KEEP, -1).execute()
+            self.r.pipeline(transaction=False).zadd(self.k.todo(stage), ranked).zremrangebyrank(
+                self.k.todo(stage), TODO_KEEP, -1).execute()
 
     def claim(self, stage: str, n: int) -> dict[str, float]:
         """Take up to ``n`` waiting ids for ``stage``, first-ranked first (id -> rank)."""
         if n <= 0:
             return {}
-        return dict(self.r.zpopmin(self._todo(stage), n))
+        return dict(self.r.zpopmin(self.k.todo(stage), n))
 
     def give_back(self, stage: str, ranked: dict[str, float]) -> None:
         """Return claimed ids with their ranks."""
         if ranked:
-            self.r.zadd(self._todo(stage), ranked)
+            self.r.zadd(self.k.todo(stage), ranked)
 
     # --- writes
     def add(self, messages: list[Message], replace: bool = False) -> tuple[list[Record], list[str]]:
         """Create pending records; returns (accepted, duplicate ids). Two round trips per call.
 
-        An id that already has a record is a duplicate and is left alone, unless
-        ``replace`` is set, in which case its record is reset to pending.
+        An id that already has a record is a duplicate and is left alone, unless ``replace`` is
+        set, in which case its record is reset to pending. Record, index, status set and
+        conversation are written in one atomic script, together with the id's entry in the
+        ``unpublished`` set; :meth:`published` takes it out once its task is on the queue, so a
+        producer that dies in between leaves a trace the sweep can heal.
         """
         if not messages:
             return [], []
-        first = self.r.incrby(self.s.key("seq"), len(messages)) - len(messages) + 1
+        first = self.r.incrby(self.k.seq, len(messages)) - len(messages) + 1
         records = [Record.from_message(m, seq=first + i) for i, m in enumerate(messages)]
-        pipe = self.r.pipeline(transaction=False)
+        args = [json.dumps([self.ttl or 0, int(replace), CONVERSATION_KEEP, TODO_KEEP, time.time()])]
         for rec in records:
-            pipe.set(self._rec(rec.id), rec.model_dump_json(), nx=not replace, ex=self.ttl)
-        created = pipe.execute()
+            args += [rec.id, rec.model_dump_json(), rec.seq, rec.conversation_id or ""]
+        created = self._add_script(keys=[self.k.index, self.k.todo("sentiment"), self.k.unpublished,
+                                         *map(self.k.status, STATUSES), self.k.rec(""), self.k.conv("")], args=args)
         accepted = [rec for rec, ok in zip(records, created) if ok]
         dupes = [rec.id for rec, ok in zip(records, created) if not ok]
-        pipe = self.r.pipeline(transaction=False)
-        for rec in accepted:
-            pipe.zadd(self.s.key("index"), {rec.id: rec.seq})
-            for status in STATUSES:
-                pipe.srem(self._status(status), rec.id)
-            pipe.sadd(self._status("pending"), rec.id)
-            pipe.zadd(self._todo("sentiment"), {rec.id: rec.seq})
-            if rec.conversation_id:
-                pipe.zadd(self._conv(rec.conversation_id), {rec.id: rec.seq})
-                pipe.zremrangebyrank(self._conv(rec.conversation_id), 0, -CONVERSATION_KEEP - 1)
-        pipe.zremrangebyrank(self._todo("sentiment"), TODO_KEEP, -1)
-        pipe.execute()
         return accepted, dupes
 
-    def update(self, mid: str, change: Callable[[Record], None]) -> Record | None:
-        """Apply ``change`` to the record atomically (optimistic lock); None if it does not exist."""
-        key = self._rec(mid)
+    def published(self, ids: list[str]) -> None:
+        """Their tasks are on the queue: nothing for the sweep to do."""
+        if ids:
+            self.r.zrem(self.k.unpublished, *ids)
+
+    def unpublished(self, older_than_s: float, now: float | None = None) -> list[str]:
+        """Ids written at least ``older_than_s`` ago whose task was never confirmed published."""
+        return self.r.zrangebyscore(self.k.unpublished, "-inf", (now or time.time()) - older_than_s)
+
+    @functools.cached_property
+    def _add_script(self):
+        return self.r.register_script(ADD_SCRIPT)
+
+    def update(self, mid: str, change: Callable[[Record], None],
+               also: Callable[[redis.client.Pipeline, Record], None] | None = None) -> Record | None:
+        """Apply ``change`` to the record atomically (optimistic lock); None if it does not exist.
+
+        ``also`` may add commands to the same transaction (they run only if the record does)."""
+        key = self.k.rec(mid)
         result: list[Record] = []
 
         def txn(pipe: redis.client.Pipeline) -> None:
@@ -124,11 +112,13 @@ class Store:
             pipe.multi()
             pipe.set(key, rec.model_dump_json(), ex=self.ttl)
             if rec.status != before:
-                pipe.srem(self._status(before), mid)
+                pipe.srem(self.k.status(before), mid)
                 if rec.status in ("labeled", "failed"):
-                    pipe.zadd(self.s.key("events"), {mid: rec.updated_at})
-                    pipe.zremrangebyscore(self.s.key("events"), "-inf", rec.updated_at - EVENTS_KEEP_S)
-            pipe.sadd(self._status(rec.status), mid)
+                    pipe.zadd(self.k.events, {mid: rec.updated_at})
+                    pipe.zremrangebyscore(self.k.events, "-inf", rec.updated_at - EVENTS_KEEP_S)
+            pipe.sadd(self.k.status(rec.status), mid)
+            if also:
+                also(pipe, rec)
             result.append(rec)
 
         self.r.transaction(txn, key)
@@ -158,29 +148,33 @@ class Store:
                 setattr(rec, name, getattr(fresh, name))
             resume.append(stage)
 
-        rec = self.update(mid, reset)
+        def unpublished(pipe, rec: Record) -> None:
+            if resume:
+                pipe.zadd(self.k.unpublished, {mid: time.time()})
+
+        rec = self.update(mid, reset, unpublished)
         return (rec, resume[0]) if rec is not None and resume else None
 
     def add_alert(self, alert: dict) -> None:
         """Keep an alert (the last 1000) under ``alerts``."""
-        self.r.pipeline(transaction=False).lpush(self.s.key("alerts"), json.dumps(alert)).ltrim(
-            self.s.key("alerts"), 0, 999).execute()
+        self.r.pipeline(transaction=False).lpush(self.k.alerts, json.dumps(alert)).ltrim(
+            self.k.alerts, 0, 999).execute()
 
     # --- reads
     def get(self, mid: str) -> Record | None:
-        raw = self.r.get(self._rec(mid))
+        raw = self.r.get(self.k.rec(mid))
         return parse(raw, mid) if raw else None
 
     def get_many(self, ids: list[str]) -> list[Record]:
         if not ids:
             return []
-        raws = self.r.mget([self._rec(i) for i in ids])
+        raws = self.r.mget([self.k.rec(i) for i in ids])
         return [parse(raw, mid) for mid, raw in zip(ids, raws) if raw]
 
     def counts(self) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)
         for status in STATUSES:
-            pipe.scard(self._status(status))
+            pipe.scard(self.k.status(status))
         return dict(zip(STATUSES, pipe.execute()))
 
     def count_final(self, ids: list[str], chunk: int = 10_000) -> int:
@@ -188,15 +182,15 @@ class Store:
         final = 0
         for start in range(0, len(ids), chunk):
             part = ids[start:start + chunk]
-            done, failed = (self.r.pipeline(transaction=False).smismember(self._status("done"), part)
-                            .smismember(self._status("failed"), part).execute())
+            done, failed = (self.r.pipeline(transaction=False).smismember(self.k.status("done"), part)
+                            .smismember(self.k.status("failed"), part).execute())
             final += sum(a or b for a, b in zip(done, failed))
         return final
 
     def ids(self, status: str | None = None) -> list[str]:
         if status:
-            return sorted(self.r.smembers(self._status(status)))
-        return self.r.zrange(self.s.key("index"), 0, -1)
+            return sorted(self.r.smembers(self.k.status(status)))
+        return self.r.zrange(self.k.index, 0, -1)
 
     def iter_records(self, ids: Iterable[str] | None = None, chunk: int = 500) -> Iterator[Record]:
         ids = list(self.ids() if ids is None else ids)
@@ -205,22 +199,53 @@ class Store:
 
     def since(self, seconds: float, now: float) -> list[Record]:
         """Records labeled or failed in the last ``seconds`` (up to a day)."""
-        ids = self.r.zrangebyscore(self.s.key("events"), now - seconds, now)
+        ids = self.r.zrangebyscore(self.k.events, now - seconds, now)
         return list(self.iter_records(ids))
 
     def history(self, rec: Record, turns: int) -> list[Record]:
         """The earlier messages of the record's conversation (oldest first), at most ``turns``."""
         if not rec.conversation_id or turns <= 0:
             return []
-        ids = self.r.zrevrangebyscore(self._conv(rec.conversation_id), f"({rec.seq}", "-inf", start=0, num=turns)
+        ids = self.r.zrevrangebyscore(self.k.conv(rec.conversation_id), f"({rec.seq}", "-inf", start=0, num=turns)
         return self.get_many(list(reversed(ids)))
 
     def delete_all(self) -> int:
         """Remove every key under this prefix (tests and `moodq purge`)."""
-        keys = list(self.r.scan_iter(match=self.s.key("*"), count=1000))
+        keys = list(self.r.scan_iter(match=self.k.everything, count=1000))
         for start in range(0, len(keys), 1000):
             self.r.delete(*keys[start:start + 1000])
         return len(keys)
+
+
+# KEYS: index, todo:sentiment, unpublished, status:pending/labeled/done/failed, then the rec: and conv:
+# prefixes. ARGV: [ttl, replace, conversation keep, todo keep, now] as JSON, then per message its id,
+# record JSON, seq and conversation id. Returns 1 per message created (or replaced), 0 per duplicate.
+ADD_SCRIPT = """
+local opts = cjson.decode(ARGV[1])
+local ttl, replace, keep, todo_keep, now = opts[1], opts[2], opts[3], opts[4], opts[5]
+local out = {}
+for i = 2, #ARGV, 4 do
+  local id, body, seq, cid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local key = KEYS[8] .. id
+  if replace == 0 and redis.call('EXISTS', key) == 1 then
+    table.insert(out, 0)
+  else
+    if ttl > 0 then redis.call('SET', key, body, 'EX', ttl) else redis.call('SET', key, body) end
+    redis.call('ZADD', KEYS[1], seq, id)
+    for s = 5, 7 do redis.call('SREM', KEYS[s], id) end
+    redis.call('SADD', KEYS[4], id)
+    redis.call('ZADD', KEYS[2], seq, id)
+    redis.call('ZADD', KEYS[3], now, id)
+    if cid ~= '' then
+      redis.call('ZADD', KEYS[9] .. cid, seq, id)
+      redis.call('ZREMRANGEBYRANK', KEYS[9] .. cid, 0, -keep - 1)
+    end
+    table.insert(out, 1)
+  end
+end
+redis.call('ZREMRANGEBYRANK', KEYS[2], todo_keep, -1)
+return out
+"""
 
 
 def parse(raw: str, mid: str) -> Record:

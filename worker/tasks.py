@@ -13,11 +13,11 @@ import time
 
 import redis
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 from celery.signals import task_failure
 
 from worker.app import app
-from worker.errors import BadMessage, GaveUp, MoodqError, Transient
+from worker.errors import BadMessage, GaveUp, ModelError, MoodqError, Transient
 from worker.resident import engine
 from worker.schemas import FINAL, Record
 from worker.settings import get_settings
@@ -137,6 +137,15 @@ def _record_worker_lost(sender=None, task_id=None, exception=None, args=None, kw
         sender.on_failure(exception, task_id, args or (), kwargs or {}, einfo)
 
 
+def ready_engine():
+    """This process's model, or the message goes back to the queue uncounted: a process whose model
+    did not load (the worker is stopping, see worker.upkeep) must not fail messages others can run."""
+    try:
+        return engine()
+    except ModelError as exc:
+        raise Reject(str(exc), requeue=True) from None
+
+
 def _language(rec: Record) -> str:
     """The prompt language of a message, or BadMessage if the worker refuses it."""
     if not isinstance(rec.text, str) or not rec.text.strip():
@@ -187,13 +196,14 @@ def _replyable(rec: Record) -> bool:
 @app.task(base=StageTask, bind=True, name="sentiment",
           soft_time_limit=s.sentiment_soft_limit, time_limit=s.sentiment_hard_limit)
 def sentiment(self: StageTask, mid: str) -> str:
+    ready_engine()
     rec = self.begin(mid)
     if rec is None or rec.status != "pending":
         self.prioritise_reply(rec.probs if rec else None)
         return mid  # already labeled (by a batch, or an earlier delivery)
     lang = _language(rec)
     eng = engine()
-    size = self.batch_size(rec, s.batch_size)
+    size = self.batch_size(rec, s.sentiment_batch_size)
     wanted = 1 if size == 1 else max(size, s.claim_size)
     batch = [rec] + _claim("sentiment", rec, wanted - 1, _same_language(lang), chars=s.claim_chars - len(rec.text))
     started = time.time()
@@ -227,6 +237,7 @@ def _labeled(judgement, lang: str, eng, started: float, elapsed_ms: float, batch
 @app.task(base=StageTask, bind=True, name="reply",
           soft_time_limit=s.reply_soft_limit, time_limit=s.reply_hard_limit)
 def reply(self: StageTask, mid: str) -> str:
+    ready_engine()
     rec = self.begin(mid)
     if rec is None:
         return mid  # already done (by a batch, or an earlier delivery)

@@ -1,0 +1,133 @@
+"""Commands for trying moodq end to end: ask (one message) and demo (a worker and the sample messages)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import click
+
+from producer.commands.feed import prompt_languages
+from producer.enqueue import enqueue
+from producer.progress import wait_for
+from producer.sources import to_message
+from worker.clitools import option, reach
+from worker.commands import preflight
+from worker.settings import get_settings
+
+DEMO_MESSAGES = [
+    {"id": "demo-1", "text": "今天的实验终于成功了，太棒了！"},
+    {"id": "demo-2", "text": "我感觉很累，工作压力太大了。", "conversation_id": "demo-chat"},
+    {"id": "demo-3", "text": "这个天气真让人烦躁。", "conversation_id": "demo-chat"},
+    {"id": "demo-4", "text": "The replacement arrived broken again and nobody answers my emails."},
+]
+
+
+@click.command()
+@click.argument("text")
+@option("--local/--queue", default=None,
+        help="Run in this process, or through the queue (default: the queue if a worker answers).")
+@option("--lang", default=None, help="Prompt language (default: detected).")
+@option("--timeout", type=float, default=300, help="Seconds to wait for the result through the queue.")
+def ask(text, local, lang, timeout):
+    """Label one message, printing the label as soon as it is known, then the reply."""
+    from worker.app import app
+
+    s = get_settings()
+    try:
+        msg = to_message({"text": text, "lang": lang, "id": f"ask-{uuid.uuid4().hex[:12]}"}, s.max_chars,
+                         prompt_languages(s))
+    except ValueError as exc:
+        raise click.UsageError(str(exc).splitlines()[-1]) from None
+    if local is None:
+        local = not app.control.ping(timeout=1.0)
+        if local:
+            click.echo("(no worker answered; running in this process)", err=True)
+    if local:
+        _ask_local(msg, s)
+        return
+    store = reach(s)
+    enqueue([msg], s, app, store=store)
+
+    def show(rec):
+        if rec.status in ("labeled", "done") and not getattr(show, "labeled", False):
+            show.labeled = True
+            click.echo(f"label: {rec.label} ({rec.confidence:.2f})")
+        if rec.status == "done":
+            click.echo(f"reply: {rec.reply or '(no reply drafted for this label)'}"
+                       + ("  [cut before its end]" if rec.reply_truncated else ""))
+        if rec.status == "failed":
+            click.echo(f"failed: {rec.error}", err=True)
+
+    rec = wait_for(store, [msg.id], timeout, show)[0]
+    if rec.status != "done":
+        sys.exit(1)
+
+
+def _ask_local(msg, s) -> None:
+    from worker.resident import engine
+
+    eng = engine(s)
+    lang = eng.prompts.language_of(msg.text, msg.lang)
+    j = eng.judge([msg.text], lang)[0]
+    click.echo(f"label: {j.label} ({j.confidence:.2f})")
+    if s.replies_for(j.label):
+        d = eng.draft(msg.text, j.label, lang, [], **s.draft_options())
+        click.echo(f"reply: {d.text}" + (f"  [cut: {d.stop}]" if d.truncated else ""))
+
+
+def _table(records) -> str:
+    """What a person wants from the demo: text, label, confidence, reply, timings."""
+    lines = []
+    for rec in records:
+        t = rec.timings
+        lines += [f"{rec.id}  {rec.status}  {rec.label or '-'} ({rec.confidence or 0:.2f})  "
+                  f"sentiment {t.sentiment_ms or 0:.0f} ms, reply {t.reply_ms or 0:.0f} ms",
+                  f"  message: {rec.text}",
+                  f"  reply:   {rec.reply or rec.error or '(none)'}" + ("  [cut before its end]" if rec.reply_truncated else ""),
+                  ""]
+    return "\n".join(lines).rstrip()
+
+
+@click.command()
+@option("--timeout", type=float, default=900, help="Seconds to wait for the worker and the results.")
+@option("--json", "as_json", is_flag=True, help="Print the full records as JSON lines instead of a table.")
+def demo(timeout, as_json):
+    """Start a worker, run the sample messages end to end, print the results, stop the worker."""
+    from worker import launch
+    from worker.app import app
+    from worker.procinfo import tree_peak_rss_mb
+
+    s = get_settings()
+    preflight()
+    store = reach(s)
+    started = time.perf_counter()
+    click.echo("starting a worker; the first start on a machine de-quantises the GGUF (about a minute) ...",
+               err=True)
+    log = Path(tempfile.gettempdir()) / f"moodq-demo-{os.getpid()}.log"
+    proc = launch.start([sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"], {}, log,
+                        f"demo-{os.getpid()}@%h", timeout=timeout, ready_text="ready in")
+    try:
+        msgs = [to_message(m, s.max_chars) for m in DEMO_MESSAGES]
+        enqueue(msgs, s, app, replace=True, store=store)
+        click.echo(f"worker ready after {time.perf_counter() - started:.1f} s; enqueued {len(msgs)} messages",
+                   err=True)
+        records = wait_for(store, [m.id for m in msgs], timeout,
+                           lambda r: click.echo(f"  {r.id}: {r.status}", err=True))
+        rss = tree_peak_rss_mb(proc.pid)
+    finally:
+        launch.stop(proc)
+    if as_json:
+        for rec in records:
+            click.echo(rec.model_dump_json())
+    else:
+        click.echo(_table(records))
+    click.echo(f"demo finished in {time.perf_counter() - started:.1f} s (worker start and model load included); "
+               "peak RSS of the worker processes: "
+               + ", ".join(f"pid {p} {mb:.0f} MB" for p, mb in sorted(rss.items())), err=True)
+    if any(r.status != "done" for r in records):
+        sys.exit(1)

@@ -1,0 +1,144 @@
+"""Commands for whoever runs the workers: worker, workers, flower, eval.
+
+torch is imported inside the commands, so the rest of ``moodq`` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from worker.clitools import option, quiet
+from worker.settings import get_settings
+
+
+def preflight() -> None:
+    """Fail fast, in the main process, on a broken prompt file or a missing or corrupt model."""
+    from worker.loading import check_model
+    from worker.prompts import load_prompts
+
+    s = get_settings()
+    load_prompts(s.prompts)
+    check_model(s)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@option("-c", "--concurrency", type=click.IntRange(1), default=1,
+        help="Worker processes, each with its own resident model (~1.3 GB in bfloat16).")
+@option("-l", "--loglevel", default="INFO", help="Log level: DEBUG, INFO, WARNING, ERROR.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(concurrency, loglevel, celery_args):
+    """Start a Celery worker (prefork pool; each process loads the model once).
+
+    Extra arguments go to `celery worker` (e.g. --hostname, --max-tasks-per-child).
+    """
+    preflight()
+    from worker.app import app
+
+    s = get_settings()
+    # --without-mingle: the start-up sync with other workers (revoked ids, clocks) costs a
+    # full second before the worker takes tasks; moodq does not revoke tasks.
+    app.worker_main(["worker", "-Q", s.queue, "-c", str(concurrency), "-P", "prefork",
+                     "-l", loglevel, "-E", "--without-mingle", *celery_args])
+
+
+@click.command()
+@option("--timeout", type=float, default=2.0, help="Seconds to wait for workers to answer.")
+def workers(timeout):
+    """What every live worker runs: model, CPU class and compute path, prompt version, queue, concurrency."""
+    from worker.app import make_app
+
+    replies = make_app(get_settings()).control.broadcast("moodq", reply=True, timeout=timeout)
+    if not replies:
+        click.echo("no worker answered", err=True)
+        sys.exit(1)
+    for node, info in sorted(item for reply in replies for item in reply.items()):
+        click.echo(f"{node}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@option("--port", type=int, default=5555, help="Port Flower listens on.")
+@option("--address", default="127.0.0.1", help="Address Flower listens on.")
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(port, address, flower_args):
+    """Start Flower (the Celery dashboard, with /metrics for Prometheus) on the same settings.
+
+    Set FLOWER_BASIC_AUTH=user:password to require a login (compose always does)."""
+    if not os.environ.get("FLOWER_BASIC_AUTH") and address not in ("127.0.0.1", "localhost"):
+        raise click.UsageError("refusing to serve Flower beyond localhost without FLOWER_BASIC_AUTH=user:password")
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--port={port}",
+            f"--address={address}", "--purge_offline_workers=60", *flower_args]
+    os.execv(sys.executable, argv)
+
+
+@click.command(name="eval")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@option("--calibrate/--no-calibrate", default=None,
+        help="Force contextual calibration on or off (default: as the prompt file says).")
+@option("--batch-size", type=click.IntRange(1, 256), default=8, help="Messages per sentiment forward pass.")
+@option("--lang", default=None, help="Force a prompt language (default: per line, detected).")
+@option("--limit", type=click.IntRange(0), default=0, help="Only the first N lines (0 = all).")
+@option("--replies", is_flag=True,
+        help="Also draft replies as a worker does and report their quality per language "
+             "(refusals, wrong language, echo, not addressing the customer, loops, end of turn, tok/s).")
+@option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+        help="With --replies: write one JSON line per message (text, lang, label, gold, reply, stop, flags).")
+def evaluate(file, as_json, calibrate, batch_size, lang, limit, replies, out):
+    """Accuracy of the sentiment path on a JSONL file with `text` and `label` fields."""
+    from tqdm import tqdm
+
+    from worker.evaluate import evaluate as run_eval
+    from worker.evaluate import read_labeled
+    from worker.resident import engine
+
+    if out and not replies:
+        raise click.UsageError("--out needs --replies")
+    rows = read_labeled(file)
+    rows = rows[:limit] if limit else rows
+    eng = engine()
+    with tqdm(total=len(rows), desc="eval", unit="msg", disable=quiet() or None) as bar:
+        report = run_eval(eng, rows, batch_size=batch_size, calibrate=calibrate, lang=lang, progress=bar.update)
+    if not replies:
+        click.echo(report.as_json() if as_json else report.as_text())
+        return
+    from worker.reply_eval import evaluate_replies
+
+    with tqdm(desc="replies", unit="reply", disable=quiet() or None) as bar:
+        replies_report, lines = evaluate_replies(eng, rows, get_settings(), lang=lang, progress=bar.update)
+    if as_json:  # one document: {"sentiment": ..., "replies": ...}
+        click.echo(f'{{"sentiment": {report.as_json()},\n"replies": {replies_report.as_json()}}}')
+    else:
+        click.echo(report.as_text() + "\n\n" + replies_report.as_text())
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+        click.echo(f"wrote {len(lines)} lines to {out}", err=True)
+
+
+@click.command()
+@option("--this-host", is_flag=True, help="Only workers on this machine (a container's healthcheck).")
+@option("--json", "as_json", is_flag=True, help="Print each worker's health as JSON.")
+def check(this_host, as_json):
+    """Exit 0 when every worker (at least one) has loaded its model and beats; 1 otherwise; 2 when Redis is down.
+
+    Reads the heartbeats workers write every MOODQ_HEARTBEAT_S (no broadcast, no model load)."""
+    from worker.clitools import reach
+    from worker.upkeep import health
+
+    s = get_settings()
+    reach(s, wait_s=2)
+    nodes = health(s, this_host)
+    if as_json:
+        click.echo(json.dumps(nodes))
+    for node, h in sorted(nodes.items()):
+        if not as_json:
+            click.echo(f"{node}: {'ok' if h['ok'] else 'NOT OK'} ({h['ready']} process(es) ready, last beat "
+                       f"{h['age_s']:.0f} s ago){': ' + h['why'] if h['why'] else ''}")
+    if not nodes:
+        click.echo("no worker has a heartbeat" + (" on this host" if this_host else ""), err=True)
+    if not nodes or not all(h["ok"] for h in nodes.values()):
+        sys.exit(1)

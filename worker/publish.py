@@ -1,0 +1,77 @@
+"""Putting tasks on the queue, by name: the chain every message runs, a reply alone, and the sweep
+that publishes again what a producer wrote but never sent.
+
+Never imports torch or the tasks themselves; the producer and the workers' sweep both use it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.canvas import Signature
+
+from worker.schemas import Record
+from worker.settings import Settings
+from worker.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def chain_for(app: Celery, mid: str, queue: str, text: str = "", **options) -> Signature:
+    """The chain every message runs: sentiment, then reply.
+
+    Written as the first task carrying the rest in its ``chain`` option (what ``chain()``
+    sends, in protocol 2), because ``chain.apply_async`` drops the ``producer`` argument
+    and with it the batched publish.
+    """
+    reply = app.signature("reply", queue=queue, **options)
+    shown = repr((mid, text[:40] + ("…" if len(text) > 40 else "")))  # what Flower and logs show
+    return app.signature("sentiment", args=(mid,), queue=queue, argsrepr=shown, **options).set(chain=[reply])
+
+
+def reply_for(app: Celery, mid: str, queue: str, text: str = "", **options) -> Signature:
+    shown = repr((mid, text[:40] + ("…" if len(text) > 40 else "")))
+    return app.signature("reply", args=(mid,), queue=queue, argsrepr=shown, **options)
+
+
+def publish(app: Celery, store: Store, records: list[tuple[Record, str]], queue: str, **options) -> None:
+    """Publish each record's task (``stage`` "sentiment" runs the whole chain, "reply" the reply alone)
+    in one pipelined batch, then clear their ``unpublished`` marks."""
+    if not records:
+        return
+    with app.producer_or_acquire() as producer, producer.batch(max_size=2 * len(records)):
+        for rec, stage in records:
+            make = chain_for if stage == "sentiment" else reply_for
+            make(app, rec.id, queue, rec.text, **options).apply_async(producer=producer)
+    store.published([rec.id for rec, _ in records])
+
+
+def sweep(settings: Settings, app: Celery, store: Store, older_than_s: float | None = None) -> dict[str, int]:
+    """Publish again the tasks of records whose producer died between writing them and publishing.
+
+    Only ids still marked ``unpublished`` after ``older_than_s`` (a producer clears its marks right
+    after publishing, within seconds), so a long legitimate backlog is never doubled. Each such
+    record counts it in ``republished``. Returns counts: republished, final (nothing to do), gone.
+    """
+    older = settings.sweep_after_s if older_than_s is None else older_than_s
+    counts = {"republished": 0, "final": 0, "gone": 0}
+    for mid in store.unpublished(older):
+        def bump(rec: Record) -> None:
+            if rec.status in ("pending", "labeled"):
+                rec.republished += 1
+
+        rec = store.update(mid, bump)
+        if rec is None:
+            counts["gone"] += 1
+            store.published([mid])
+        elif rec.status in ("pending", "labeled"):
+            stage = "sentiment" if rec.status == "pending" else "reply"
+            publish(app, store, [(rec, stage)], settings.queue)
+            counts["republished"] += 1
+            log.warning("sweep: published the %s task of %s again (its producer never did)", stage, mid)
+        else:
+            counts["final"] += 1
+            store.published([mid])
+    return counts
+

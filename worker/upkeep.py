@@ -1,0 +1,127 @@
+"""What a worker's main process does besides consuming: a heartbeat that says whether its model
+processes are ready (read by ``moodq check`` and compose's healthcheck), the periodic sweep, and
+stopping the whole worker (exit code 1) when a pool process cannot load its model, so a broken
+worker never takes messages that a healthy one could run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import time
+
+from celery import bootsteps
+from celery.platforms import EX_FAILURE
+from celery.platforms import signals as celery_signals
+from celery.worker import state
+
+from worker.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+MODEL_FAILED = "SIGUSR2"  # a pool process tells the main process its model did not load
+
+
+def _client(s: Settings):
+    import redis
+
+    return redis.Redis.from_url(s.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5)
+
+
+def report_model(node: str | None, ok: bool, detail: str = "") -> None:
+    """Called in a pool process after loading its model: record it; on failure stop the whole worker."""
+    s = get_settings()
+    if node:
+        try:
+            r = _client(s)
+            r.hset(s.keys.heartbeat(node), f"proc:{os.getpid()}", "ready" if ok else f"failed: {detail}")
+            r.expire(s.keys.heartbeat(node), int(3 * s.heartbeat_s) + 1)
+        except Exception as exc:  # health is advisory; never let it take a process down
+            log.warning("could not write the health of %s: %s", node, exc)
+    if not ok:
+        os.kill(os.getppid(), getattr(signal, MODEL_FAILED))
+
+
+def _stop_failed(*_):
+    """In the main process: warm shutdown, exit code 1; unacknowledged messages go back to the queue."""
+    log.critical("a pool process could not load the model; stopping this worker so it takes no messages")
+    state.should_stop = EX_FAILURE
+
+
+class Upkeep(bootsteps.StartStopStep):
+    """Heartbeat every ``heartbeat_s`` and sweep every ``sweep_interval_s``, on the worker's timer."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker, **kwargs):
+        self.timers = []
+        self.started = time.time()
+
+    def start(self, worker):
+        celery_signals[MODEL_FAILED] = _stop_failed
+        s = get_settings()
+        self.timers.append(worker.timer.call_repeatedly(s.heartbeat_s, self.beat, (worker,), priority=10))
+        if s.sweep_interval_s:
+            self.timers.append(worker.timer.call_repeatedly(s.sweep_interval_s, self.sweep, (worker,), priority=20))
+        self.beat(worker)
+
+    def stop(self, worker):
+        for tref in self.timers:
+            tref.cancel()
+        self.timers.clear()
+        try:
+            s = get_settings()
+            _client(s).delete(s.keys.heartbeat(worker.hostname))
+        except Exception:  # Redis may be what is going away
+            pass
+
+    def beat(self, worker):
+        s = get_settings()
+        key = s.keys.heartbeat(worker.hostname)
+        try:
+            r = _client(s)
+            pids = {f"proc:{p}" for p in (worker.pool.info or {}).get("processes", [])}
+            stale = [f for f in r.hkeys(key) if f.startswith("proc:") and f not in pids]
+            pipe = r.pipeline()
+            if stale:
+                pipe.hdel(key, *stale)
+            pipe.hset(key, mapping={"beat": time.time(), "started": self.started, "pid": os.getpid(),
+                                    "host": socket.gethostname(), "queue": s.queue,
+                                    "concurrency": len(pids)})
+            pipe.expire(key, int(3 * s.heartbeat_s) + 1)
+            pipe.execute()
+        except Exception as exc:
+            log.warning("heartbeat not written: %s", exc)
+
+    def sweep(self, worker):
+        from worker.publish import sweep
+        from worker.store import Store
+
+        s = get_settings()
+        try:
+            counts = sweep(s, worker.app, Store(s))
+            if counts["republished"]:
+                log.warning("sweep: %s", json.dumps(counts))
+        except Exception as exc:
+            log.warning("sweep failed (next one in %g s): %s", s.sweep_interval_s, exc)
+
+
+def health(s: Settings, this_host: bool = False) -> dict[str, dict]:
+    """Every worker's last heartbeat: node -> {"ok": bool, "why": str, ...}."""
+    r = _client(s)
+    out = {}
+    for key in r.scan_iter(match=s.keys.heartbeats, count=100):
+        info = r.hgetall(key)
+        node = key.split(":heartbeat:", 1)[1]
+        if not info or (this_host and info.get("host") != socket.gethostname()):
+            continue
+        procs = {k[5:]: v for k, v in info.items() if k.startswith("proc:")}
+        failed = [f"pid {p}: {v[8:]}" for p, v in procs.items() if v.startswith("failed")]
+        ready = sum(v == "ready" for v in procs.values())
+        age = time.time() - float(info.get("beat", 0))
+        why = ("; ".join(failed) if failed else f"no heartbeat for {age:.0f} s" if age > 3 * s.heartbeat_s
+               else "no process has loaded the model yet" if not ready else "")
+        out[node] = {"ok": not why, "why": why, "ready": ready, "age_s": round(age, 1), "queue": info.get("queue")}
+    return out
