@@ -36,8 +36,8 @@ from worker.settings import load_settings  # noqa: E402
 
 def prompts(eng, rows, lang):
     """Token ids per message (prefix excluded), the prefix, and the first token of each label."""
-    plan = eng.plans[lang]
-    texts = [eng._encode(eng.clean(r["text"]))[: eng.max_text_tokens or None] + plan.suffix_ids for r in rows]
+    plan = eng.scorer.plans[lang]
+    texts = [eng.chat.encode(eng.chat.clean(r["text"]))[: eng.scorer.max_text_tokens or None] + plan.suffix_ids for r in rows]
     return plan.prefix_ids, texts, [ids[0] for ids in plan.label_ids]
 
 
@@ -117,7 +117,7 @@ def main() -> None:
     gold = [eng.labels.index(r["label"]) for r in rows]
     prefix, texts, label_tok = prompts(eng, rows, "zh")
     replies = [(r["text"][:300], r["label"], "zh", []) for r in rows[: args.replies]]
-    reply_prompts = [eng._encode(eng._render(eng._reply_chat(*it), generation=True)) for it in replies]
+    reply_prompts = [eng.chat.reply_prompt(*it) for it in replies]
     greedy = {"max_new_tokens": args.tokens, "deadline_s": 600, "sampling": {"do_sample": False}}
     print(f"{len(rows)} zh dev lines; replies: {len(replies)} x up to {args.tokens} tokens, greedy\n")
 

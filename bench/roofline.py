@@ -116,8 +116,8 @@ def worker_path(args, peaks: dict[str, float], bandwidth: float) -> None:
     print(f"\n== the worker's path: {eng.path} ({eng.model_id}, {layers / 1e6:.0f} M weights in the decoder layers)")
     rows = read_labeled(DEV / "zh_dev.jsonl")[: args.n]
     texts = [r["text"] for r in rows]
-    plan = eng.plans["zh"]
-    tokens = sum(len(eng._encode(eng.clean(t))) + len(plan.suffix_ids) for t in texts)
+    plan = eng.scorer.plans["zh"]
+    tokens = sum(len(eng.chat.encode(eng.chat.clean(t))) + len(plan.suffix_ids) for t in texts)
     eng.judge(texts[:8], "zh", max_batch=settings.sentiment_batch_size)  # warm-up
     seconds = best_of(lambda: eng.judge(texts, "zh", max_batch=settings.sentiment_batch_size), repeat=2)
     # Per token: 2 FLOP per weight of the layers (the head runs only at the label positions).

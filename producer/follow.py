@@ -138,8 +138,12 @@ class Follower:
         return rows, offset
 
     def follow_redis_stream(self, stream: str, group: str = "moodq", until: Callable[[], bool] = lambda: False,
-                            batch: int = 200) -> None:
-        """Consume a Redis Stream through a consumer group; fields are the message's fields."""
+                            batch: int = 200, reclaim_idle_s: float = 60) -> None:
+        """Consume a Redis Stream through a consumer group; fields are the message's fields.
+
+        Entries another consumer read but never acknowledged (it crashed) are taken over once idle
+        for ``reclaim_idle_s`` (XAUTOCLAIM), at start and every ``reclaim_idle_s / 2``; a taken-over
+        entry already enqueued is only a duplicate id, never a second message."""
         r = self.store.r
         try:
             r.xgroup_create(stream, group, id="0", mkstream=True)
@@ -148,22 +152,34 @@ class Follower:
                 raise
         consumer = f"{socket.gethostname()}-{os.getpid()}"
         pending_first = "0"  # first our own unacknowledged entries (after a crash), then new ones
+        reclaimed_at = 0.0
         while not until():
+            if time.monotonic() - reclaimed_at > reclaim_idle_s / 2:
+                reclaimed_at = time.monotonic()
+                claimed = r.xautoclaim(stream, group, consumer, min_idle_time=int(reclaim_idle_s * 1000),
+                                       start_id="0-0", count=batch)[1]
+                if claimed := [e for e in claimed if e and e[1]]:
+                    self.on_event(f"took over {len(claimed)} entries of {stream} a stopped consumer never acknowledged")
+                    self._push_entries(r, stream, group, claimed)
+                    continue
             got = r.xreadgroup(group, consumer, {stream: pending_first}, count=batch, block=1000)
             entries = got[0][1] if got else []
             if pending_first == "0" and not entries:
                 pending_first = ">"
                 continue
-            if not entries:
-                continue
-            rows = [(0, json.dumps({"id": f"{stream}:{entry_id}", **_stream_row(fields)}, ensure_ascii=False))
-                    for entry_id, fields in entries]
-            saved, self.fmt = self.fmt, "jsonl"
-            try:
-                self.push(f"stream {stream}", rows, default_ids=False)
-            finally:
-                self.fmt = saved
-            r.xack(stream, group, *[entry_id for entry_id, _ in entries])
+            if entries:
+                self._push_entries(r, stream, group, entries)
+
+    def _push_entries(self, r, stream: str, group: str, entries: list) -> None:
+        """Enqueue stream entries (id ``<stream>:<entry id>``), then acknowledge them."""
+        rows = [(0, json.dumps({"id": f"{stream}:{entry_id}", **_stream_row(fields)}, ensure_ascii=False))
+                for entry_id, fields in entries]
+        saved, self.fmt = self.fmt, "jsonl"
+        try:
+            self.push(f"stream {stream}", rows, default_ids=False)
+        finally:
+            self.fmt = saved
+        r.xack(stream, group, *[entry_id for entry_id, _ in entries])
 
 
 def _stream_row(fields: dict) -> dict:

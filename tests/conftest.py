@@ -7,6 +7,7 @@ and queue unique to the run, and delete what they wrote at the end.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import tempfile
 import uuid
@@ -103,6 +104,33 @@ def start_fault_worker(name: str, env: dict, log: Path | None = None):
     args = [sys.executable, "-m", "celery", "-A", "tests.faults", "worker", "-Q", env["MOODQ_QUEUE"],
             "-c", "1", "-P", "prefork", "-l", "INFO"]
     return _start_worker(name, env, args, log)
+
+
+def send(settings, *rows) -> list[str]:
+    """Enqueue rows (dicts) on ``settings``' queue, replacing earlier records; returns their ids."""
+    from producer.enqueue import enqueue
+    from producer.sources import to_message
+
+    msgs = [to_message(r, 2000) for r in rows]
+    enqueue(msgs, settings, make_app(settings), replace=True)
+    return [m.id for m in msgs]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def assert_one_final_record_each(store, ids: list[str]) -> None:
+    """Every id has a record, in exactly one status set, and that status is final."""
+    from worker.keys import STATUSES
+
+    for mid in ids:
+        rec = store.get(mid)
+        assert rec is not None, f"{mid} lost"
+        sets = [s for s in STATUSES if store.r.sismember(store.k.status(s), mid)]
+        assert sets == [rec.status] and rec.status in ("done", "failed"), (mid, sets, rec.status)
 
 
 def wait_final(store, ids, timeout=300):

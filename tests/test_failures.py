@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from producer.enqueue import enqueue
-from producer.sources import to_message
-from tests.conftest import wait_final
-from worker.app import make_app
+from tests.conftest import send, wait_final
 
 pytestmark = [pytest.mark.worker, pytest.mark.model]
 
 
-def _send(fault_settings, *rows):
-    app = make_app(fault_settings)
-    msgs = [to_message(r, 2000) for r in rows]
-    enqueue(msgs, fault_settings, app, replace=True)
-    return [m.id for m in msgs]
-
-
 def test_transient_failure_is_retried_then_succeeds(fault_worker, store):
     """A message whose first two attempts raise a transient error ends done on the third."""
-    ids = _send(fault_worker, {"id": "flaky-1", "text": "[transient:2] I love it"})
+    ids = send(fault_worker, {"id": "flaky-1", "text": "[transient:2] I love it"})
     rec = wait_final(store, ids)["flaky-1"]
     assert rec.status == "done", rec.error
     assert rec.attempts["sentiment"] == 3 and rec.label == "positive"
@@ -29,7 +19,7 @@ def test_transient_failure_is_retried_then_succeeds(fault_worker, store):
 
 def test_time_limit_is_retried_then_failed_and_worker_keeps_serving(fault_worker, store):
     """A task past its soft limit is retried max_retries times, then failed with the reason; the next message works."""
-    ids = _send(fault_worker, {"id": "slow-1", "text": "[slow] this takes forever"},
+    ids = send(fault_worker, {"id": "slow-1", "text": "[slow] this takes forever"},
                 {"id": "after-slow", "text": "Thanks, all good now."})
     recs = wait_final(store, ids)
     slow = recs["slow-1"]
@@ -42,7 +32,7 @@ def test_time_limit_is_retried_then_failed_and_worker_keeps_serving(fault_worker
 
 def test_bad_input_is_failed_once_with_its_reason(fault_worker, store):
     """Bad input is not retried: too long for the worker's limit, or a language without prompts."""
-    ids = _send(fault_worker, {"id": "bad-long", "text": "x" * 61},
+    ids = send(fault_worker, {"id": "bad-long", "text": "x" * 61},
                 {"id": "bad-lang", "text": "Bonjour tout le monde", "lang": "fr"})
     recs = wait_final(store, ids)
     assert recs["bad-long"].status == "failed" and recs["bad-long"].attempts["sentiment"] == 1

@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -22,8 +21,7 @@ from click.testing import CliRunner
 from producer.cli import main
 from producer.follow import Follower
 from producer.stats import NegativeAlert, rolling
-from tests.conftest import RUN, _start_worker, wait_final, worker_log
-from tests.test_resilience import _free_port, _send
+from tests.conftest import RUN, _start_worker, free_port, send, wait_final, worker_log
 from worker import launch
 from worker import queue as task_queue
 from worker.app import make_app
@@ -186,7 +184,7 @@ def test_triage_drafts_replies_for_the_most_negative_first(store, settings):
              "Great product, works perfectly.", "Broken on arrival and support ignores me. Terrible.",
              "Love it, five stars.", "I want a refund, this is a scam.", "Fast delivery, very happy.",
              "Awful. Crashes every time, total waste of money."]
-    ids = _send(s, *[{"id": f"tri-{i}", "text": t} for i, t in enumerate(texts)])
+    ids = send(s, *[{"id": f"tri-{i}", "text": t} for i, t in enumerate(texts)])
     proc = _start_worker("triage", env, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"])
     try:
         recs = wait_final(store, ids)
@@ -254,7 +252,7 @@ def _get(url: str, auth: str | None = None) -> tuple[int, bytes]:
 @pytest.mark.worker
 @pytest.mark.model
 def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
-    port, auth = _free_port(), f"ops:{RUN}-pw"
+    port, auth = free_port(), f"ops:{RUN}-pw"
     log = worker_log("flower")
     flower = subprocess.Popen([sys.executable, "-m", "producer", "flower", "--port", str(port)],
                               env={**__import__("os").environ, "FLOWER_BASIC_AUTH": auth},
@@ -267,7 +265,7 @@ def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
             time.sleep(0.5)
         time.sleep(3)  # let Flower's event receiver attach before the tasks run
         long_text = "The delivery was late again and nobody answered my emails for a week."
-        ids = _send(load_settings(), {"id": f"fl-{RUN}", "text": long_text})
+        ids = send(load_settings(), {"id": f"fl-{RUN}", "text": long_text})
         assert wait_final(store, ids)[ids[0]].status == "done"
         assert _get(f"{base}/api/tasks")[0] == 401  # auth required
         tasks: dict = {}

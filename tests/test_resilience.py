@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,30 +13,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from producer.enqueue import enqueue
-from producer.sources import to_message
-from tests.conftest import ROOT, RUN, _start_worker, start_fault_worker, wait_final, worker_log
+from tests.conftest import (ROOT, RUN, _start_worker, assert_one_final_record_each, free_port, send,
+                            start_fault_worker, wait_final, worker_log)
 from worker import launch
 from worker.app import make_app
 from worker.settings import load_settings
-from worker.store import STATUSES, Store
+from worker.store import Store
 
 pytestmark = [pytest.mark.worker, pytest.mark.model]
-
-
-def _send(settings, *rows):
-    msgs = [to_message(r, 2000) for r in rows]
-    enqueue(msgs, settings, make_app(settings), replace=True)
-    return [m.id for m in msgs]
-
-
-def assert_one_final_record_each(store: Store, ids: list[str]) -> None:
-    """Every id has a record, in exactly one status set, and that status is final."""
-    for mid in ids:
-        rec = store.get(mid)
-        assert rec is not None, f"{mid} lost"
-        sets = [s for s in STATUSES if store.r.sismember(store.k.status(s), mid)]
-        assert sets == [rec.status] and rec.status in ("done", "failed"), (mid, sets, rec.status)
 
 
 def _holding_pid(store: Store, text: str, timeout: float = 300) -> int:
@@ -54,7 +37,7 @@ def _holding_pid(store: Store, text: str, timeout: float = 300) -> int:
 def test_pool_process_killed_mid_task_is_retried_and_nothing_is_lost(fault_worker, store):
     """SIGKILL the process holding the model while it scores: the message and the batch it carried complete."""
     hold = "[hold:2] I love this phone"
-    ids = _send(fault_worker, {"id": "kill-1", "text": hold},
+    ids = send(fault_worker, {"id": "kill-1", "text": hold},
                 *[{"id": f"kill-other-{i}", "text": f"Great service, order {i}"} for i in range(5)])
     os.kill(_holding_pid(store, hold), signal.SIGKILL)
     recs = wait_final(store, ids)
@@ -66,7 +49,7 @@ def test_pool_process_killed_mid_task_is_retried_and_nothing_is_lost(fault_worke
 
 def test_message_that_kills_its_worker_every_time_ends_failed(fault_worker, store):
     """A poison message is tried 1 + max_retries times, then failed with the reason; others still complete."""
-    ids = _send(fault_worker, {"id": "poison-1", "text": "[crash] boom"},
+    ids = send(fault_worker, {"id": "poison-1", "text": "[crash] boom"},
                 {"id": "after-poison", "text": "Lovely, thank you"})
     recs = wait_final(store, ids)
     assert_one_final_record_each(store, ids)
@@ -83,7 +66,7 @@ def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings
     s = load_settings(queue=env["MOODQ_QUEUE"], reply_labels="none")
     first = start_fault_worker("graceful-1", env, tmp_path / "graceful-1.log")
     hold = "[hold:4] Thanks, that was quick"
-    ids = _send(s, {"id": "grace-hold", "text": hold},
+    ids = send(s, {"id": "grace-hold", "text": hold},
                 *[{"id": f"grace-{i}", "text": f"The app crashes again, attempt {i}"} for i in range(4)])
     _holding_pid(store, hold)
     os.kill(first.pid, signal.SIGTERM)  # to the main process only, as docker stop and kill do
@@ -101,17 +84,11 @@ def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings
     assert recs["grace-hold"].attempts["sentiment"] == 1  # not run twice
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class TlsRedis:
     """A redis-server of our own: TLS only, password, AOF on, in a temp dir; can be restarted."""
 
     def __init__(self, workdir: Path):
-        self.dir, self.port, self.password = workdir, _free_port(), f"pw-{RUN}-secret"
+        self.dir, self.port, self.password = workdir, free_port(), f"pw-{RUN}-secret"
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                         "-keyout", str(workdir / "key.pem"), "-out", str(workdir / "cert.pem"),
                         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
@@ -153,7 +130,7 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path):
     log = tmp_path / "worker.log"
     proc = _start_worker("restart", env, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"], log)
     try:
-        first = _send(s, *[{"id": f"r1-{i}", "text": f"Delivery {i} was late and the box was damaged."}
+        first = send(s, *[{"id": f"r1-{i}", "text": f"Delivery {i} was late and the box was damaged."}
                            for i in range(30)])
         deadline = time.monotonic() + 300
         while store.counts()["done"] < 3 and time.monotonic() < deadline:
@@ -161,7 +138,7 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path):
         server.stop()
         time.sleep(3)
         server.start()
-        second = _send(s, *[{"id": f"r2-{i}", "text": f"Order {i} arrived early, thanks!"} for i in range(30)])
+        second = send(s, *[{"id": f"r2-{i}", "text": f"Order {i} arrived early, thanks!"} for i in range(30)])
         recs = wait_final(store, first + second, timeout=400)
         assert_one_final_record_each(store, first + second)
         assert all(r.status == "done" for r in recs.values()), {i: r.error for i, r in recs.items() if r.error}
@@ -184,7 +161,7 @@ def test_pickle_payload_is_refused_not_executed(fault_worker, store, tmp_path):
             return (os.makedirs, (str(marker),))
 
     make_app(fault_worker).send_task("sentiment", args=(Payload(),), queue=fault_worker.queue, serializer="pickle")
-    ids = _send(fault_worker, {"id": "after-pickle", "text": "Works fine"})
+    ids = send(fault_worker, {"id": "after-pickle", "text": "Works fine"})
     assert wait_final(store, ids)["after-pickle"].status == "done"
     assert not marker.exists()
     assert "Refusing to deserialize untrusted content of type pickle" in worker_log("faults").read_text()
@@ -197,13 +174,17 @@ def test_dead_letters_are_listed_and_requeued_from_their_records(fault_worker, w
 
     from producer.cli import main
 
-    ids = _send(fault_worker, {"id": "dead-1", "text": "[transient:3] I want my money back"})
+    ids = send(fault_worker, {"id": "dead-1", "text": "[transient:3] I want my money back"})
     assert wait_final(store, ids)["dead-1"].status == "failed"  # 3 faults > max_retries 2
     listed = CliRunner().invoke(main, ["failed", "--stage", "sentiment"])
     line = next(ln for ln in listed.output.splitlines() if ln.startswith("dead-1\t"))
     assert "attempts: sentiment 3" in line and "injected transient fault 3/3" in line
-    out = CliRunner().invoke(main, ["retry-failed", "dead-1", "done-is-not-failed"])
-    assert out.exit_code == 0 and "re-queued 1, not failed (skipped) 1" in out.output, out.output
+    dry = CliRunner().invoke(main, ["retry-failed", "--dry-run", "dead-1", "no-such-id"])
+    assert dry.exit_code == 1 and "would re-queue 1: dead-1\n" in dry.output, dry.output
+    assert "no-such-id: no record (never enqueued, expired or purged)" in dry.output
+    assert store.get("dead-1").status == "failed"  # a dry run changes nothing
+    out = CliRunner().invoke(main, ["retry-failed", "dead-1", "no-such-id"])
+    assert out.exit_code == 1 and "re-queued 1, skipped 1" in out.output, out.output
     rec = wait_final(store, ids)["dead-1"]
     assert rec.status == "done" and rec.requeued == 1 and rec.error is None
     assert rec.attempts["sentiment"] == 1 and rec.label in ("positive", "negative")

@@ -16,12 +16,12 @@ import pytest
 import yaml
 
 from producer import sources
-from tests.conftest import ROOT
+from tests.conftest import DATA, ROOT
 from worker.errors import ConfigError
 from worker.prompts import load_prompts
 from worker.settings import PROMPTS_FILE, load_settings
 
-SHARED = ROOT.parent / "shared"
+
 
 
 def test_settings_read_from_environment(monkeypatch):
@@ -136,7 +136,7 @@ def test_unreachable_redis_is_one_clear_error():
 
 
 def test_compose_file_matches_the_compose_schema():
-    schema = json.loads((SHARED / "schemas" / "compose-spec.json").read_text())
+    schema = json.loads((DATA / "compose-spec.json").read_text())
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     jsonschema.validate(compose, schema)
     assert set(compose["services"]) >= {"redis", "worker", "flower", "producer"}

@@ -74,7 +74,7 @@ def evaluate_replies(engine: Engine, rows: list[dict], settings: Settings, *, la
             for i, d in zip(part, drafts):
                 out[i].update(reply=d.text, stop=d.stop, tokens=d.tokens,
                               flags=reply_checks.flags(d.text, out[i]["text"], code,
-                                                       opening=engine.opening(out[i]["label"], code)))
+                                                       opening=engine.chat.opening(out[i]["label"], code)))
             if progress:
                 progress(len(part))
         figures[code] = _figures([out[i] for i in todo], time.perf_counter() - started)

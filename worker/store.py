@@ -7,6 +7,7 @@ twice rewrites the same record.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -165,11 +166,29 @@ class Store:
         raw = self.r.get(self.k.rec(mid))
         return parse(raw, mid) if raw else None
 
-    def get_many(self, ids: list[str]) -> list[Record]:
+    def get_many(self, ids: list[str], skip_corrupt: bool = False) -> list[Record]:
+        """The records of ``ids`` that exist, in order; a corrupt one raises BadMessage, or is left out."""
         if not ids:
             return []
         raws = self.r.mget([self.k.rec(i) for i in ids])
-        return [parse(raw, mid) for mid, raw in zip(ids, raws) if raw]
+        out = []
+        for mid, raw in zip(ids, raws):
+            if raw:
+                try:
+                    out.append(parse(raw, mid))
+                except BadMessage:
+                    if not skip_corrupt:
+                        raise
+        return out
+
+    def fail_corrupt(self, mid: str, reason: str) -> None:
+        """Replace a stored record that is not a moodq record by a failed one that says so."""
+        rec = Record(id=mid, text="", status="failed", error=reason, finished_at=time.time())
+        pipe = self.r.pipeline()
+        pipe.set(self.k.rec(mid), rec.model_dump_json(), ex=self.ttl)
+        for status in STATUSES:
+            pipe.srem(self.k.status(status), mid)
+        pipe.sadd(self.k.status("failed"), mid).zadd(self.k.events, {mid: rec.finished_at}).execute()
 
     def counts(self) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)
@@ -209,6 +228,31 @@ class Store:
         ids = self.r.zrevrangebyscore(self.k.conv(rec.conversation_id), f"({rec.seq}", "-inf", start=0, num=turns)
         return self.get_many(list(reversed(ids)))
 
+    def prune(self, chunk: int = 1000) -> int:
+        """Drop ids whose record has expired (``record_ttl_days``) from the status sets, the index and the
+        waiting lists, so ``watch`` never waits for, and ``failed`` never lists, a record that is gone.
+        One pass over every id, ``chunk`` per round trip; returns how many entries it removed."""
+        removed = 0
+        sets = [(self.k.status(s), "s") for s in STATUSES]
+        zsets = [(self.k.index, "z"), (self.k.todo("sentiment"), "z"), (self.k.todo("reply"), "z"),
+                 (self.k.unpublished, "z")]
+        for key, kind in sets + zsets:
+            scan = self.r.sscan_iter(key, count=chunk) if kind == "s" else (m for m, _ in self.r.zscan_iter(key, count=chunk))
+            batch: list[str] = []
+            for mid in itertools.chain(scan, [None]):
+                if mid is not None:
+                    batch.append(mid)
+                if batch and (mid is None or len(batch) >= chunk):
+                    exists = self.r.pipeline(transaction=False)
+                    for m in batch:
+                        exists.exists(self.k.rec(m))
+                    gone = [m for m, e in zip(batch, exists.execute()) if not e]
+                    if gone:
+                        (self.r.srem if kind == "s" else self.r.zrem)(key, *gone)
+                        removed += len(gone)
+                    batch = []
+        return removed
+
     def delete_all(self) -> int:
         """Remove every key under this prefix (tests and `moodq purge`)."""
         keys = list(self.r.scan_iter(match=self.k.everything, count=1000))
@@ -239,6 +283,7 @@ for i = 2, #ARGV, 4 do
     if cid ~= '' then
       redis.call('ZADD', KEYS[9] .. cid, seq, id)
       redis.call('ZREMRANGEBYRANK', KEYS[9] .. cid, 0, -keep - 1)
+      if ttl > 0 then redis.call('EXPIRE', KEYS[9] .. cid, ttl) end
     end
     table.insert(out, 1)
   end

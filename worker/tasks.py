@@ -17,6 +17,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, 
 from celery.signals import task_failure
 
 from worker.app import app
+from worker.claims import claim, language, replyable, reply_rank, same_language
 from worker.errors import BadMessage, GaveUp, ModelError, MoodqError, Transient
 from worker.resident import engine
 from worker.schemas import FINAL, Record
@@ -24,6 +25,7 @@ from worker.settings import get_settings
 from worker.store import Store
 
 log = logging.getLogger(__name__)
+WAIT_FOR_TURN = 30  # retries (2 s apart) a reply waits for an earlier turn of its conversation to be labeled
 s = get_settings()
 _store: Store | None = None
 
@@ -83,6 +85,8 @@ class StageTask(Task):
         try:
             if store().update(mid, fail) is None:
                 log.error("no record for message %s; failure not stored: %s", mid, reason)
+        except BadMessage as corrupt:  # the stored record itself is unreadable: keep a failed one instead
+            store().fail_corrupt(mid, str(corrupt))
         except (redis.RedisError, MoodqError) as err:
             log.error("could not store failure of %s (%s): %s", mid, reason, err)
 
@@ -124,6 +128,24 @@ class StageTask(Task):
         if chain and priority is not None:
             chain[-1].setdefault("options", {})["priority"] = priority
 
+    def earlier_turns(self, rec: Record, eng, started: float) -> list[Record]:
+        """The conversation's earlier turns (history window), each with its reply: a turn labeled but not yet
+        replied (triage may have put its reply behind this one) is drafted here first, oldest first, so a
+        reply never misses the one before it. A turn not even labeled yet means waiting a little (up to
+        ~1 min, then this reply goes ahead without it)."""
+        earlier = store().history(rec, s.history_turns)
+        if any(h.status == "pending" for h in earlier) and (self.request.retries or 0) < WAIT_FOR_TURN:
+            raise self.retry(countdown=2, max_retries=WAIT_FOR_TURN + s.max_retries)
+        for i, h in enumerate(earlier):
+            if h.status != "labeled":
+                continue
+            draft = None
+            if s.replies_for(h.label):
+                draft = eng.draft(h.text, h.label, h.lang, [(e.text, e.reply) for e in earlier[:i]], **s.draft_options())
+                h.reply = draft.text
+            store().update(h.id, _done(draft, earlier[:i], started, 1, self.request.hostname))
+        return earlier
+
     def batch_size(self, rec: Record, configured: int) -> int:
         """A message on its second try runs alone: if it is what kills workers, it takes no others down."""
         return 1 if self.request.retries or self.redeliveries(rec) > 0 else configured
@@ -146,85 +168,34 @@ def ready_engine():
         raise Reject(str(exc), requeue=True) from None
 
 
-def _language(rec: Record) -> str:
-    """The prompt language of a message, or BadMessage if the worker refuses it."""
-    if not isinstance(rec.text, str) or not rec.text.strip():
-        raise BadMessage("text is empty or only whitespace")
-    if len(rec.text) > s.max_chars:
-        raise BadMessage(f"text is {len(rec.text)} characters, over the limit of {s.max_chars}")
-    prompts = engine().prompts
-    try:
-        return prompts.language_of(rec.text, rec.lang)
-    except KeyError:
-        raise BadMessage(f"no prompts for language {rec.lang!r} (have {', '.join(prompts.languages)})") from None
-
-
-def _claim(stage: str, own: Record, n: int, accept, chars: int | None = None) -> list[Record]:
-    """Waiting messages of ``stage`` to process with ``own`` in one go.
-
-    Their own tasks still run and find the work done. A waiting message not accepted here
-    (another language, bad input, over the ``chars`` budget) goes back to the list, with its
-    rank, for another batch.
-    """
-    ranked = store().claim(stage, n)
-    taken, back = [], {}
-    for rec in store().get_many([i for i in ranked if i != own.id]):  # in rank order
-        if accept(rec) and (chars is None or len(rec.text) <= chars):
-            taken.append(rec)
-            chars = None if chars is None else chars - len(rec.text)
-        elif rec.status not in FINAL:
-            back[rec.id] = ranked[rec.id]
-    store().give_back(stage, back)
-    return taken
-
-
-def _same_language(lang: str):
-    def accept(rec: Record) -> bool:
-        if rec.status != "pending":
-            return False
-        try:
-            return _language(rec) == lang
-        except BadMessage:
-            return False  # its own task records the reason
-    return accept
-
-
-def _replyable(rec: Record) -> bool:
-    return rec.status == "labeled" and not rec.conversation_id and rec.label is not None and s.replies_for(rec.label)
-
-
 @app.task(base=StageTask, bind=True, name="sentiment",
           soft_time_limit=s.sentiment_soft_limit, time_limit=s.sentiment_hard_limit)
 def sentiment(self: StageTask, mid: str) -> str:
-    ready_engine()
+    eng = ready_engine()
     rec = self.begin(mid)
     if rec is None or rec.status != "pending":
         self.prioritise_reply(rec.probs if rec else None)
         return mid  # already labeled (by a batch, or an earlier delivery)
-    lang = _language(rec)
-    eng = engine()
+    lang = language(rec, eng.prompts, s.max_chars)
     size = self.batch_size(rec, s.sentiment_batch_size)
     wanted = 1 if size == 1 else max(size, s.claim_size)
-    batch = [rec] + _claim("sentiment", rec, wanted - 1, _same_language(lang), chars=s.claim_chars - len(rec.text))
+    batch = [rec] + claim(store(), "sentiment", rec, wanted - 1, same_language(lang, eng.prompts, s.max_chars),
+                          chars=s.claim_chars - len(rec.text))
     started = time.time()
     judgements = eng.judge([r.text for r in batch], lang, max_batch=size)
     elapsed_ms = round((time.time() - started) * 1000, 1)
     for r, judgement in zip(batch, judgements):
-        store().update(r.id, _labeled(judgement, lang, eng, started, elapsed_ms, len(batch), self.request.hostname))
-    store().offer("reply", {r.id: reply_rank(r.seq, j.probs) for r, j in zip(batch, judgements)})
+        store().update(r.id, _labeled(r.text, judgement, lang, eng, started, elapsed_ms, len(batch),
+                                      self.request.hostname))
+    store().offer("reply", {r.id: reply_rank(s, r.seq, j.probs) for r, j in zip(batch, judgements)})
     self.prioritise_reply(judgements[0].probs)
     return mid
 
 
-def reply_rank(seq: int, probs: dict[str, float] | None) -> float:
-    """Order of replies waiting to be batched: triage priority first, then arrival."""
-    return (s.reply_priority(probs) or 5) * 1e12 + seq
-
-
-def _labeled(judgement, lang: str, eng, started: float, elapsed_ms: float, batch: int, node: str | None):
+def _labeled(text: str, judgement, lang: str, eng, started: float, elapsed_ms: float, batch: int, node: str | None):
     def change(r: Record) -> None:
-        if r.status != "pending":
-            return
+        if r.status != "pending" or r.text != text:
+            return  # labeled already, or replaced (`enqueue --replace`) while this batch ran
         r.status, r.lang, r.label, r.confidence = "labeled", lang, judgement.label, judgement.confidence
         r.worker = node
         r.probs, r.scores = judgement.probs, judgement.scores
@@ -237,23 +208,26 @@ def _labeled(judgement, lang: str, eng, started: float, elapsed_ms: float, batch
 @app.task(base=StageTask, bind=True, name="reply",
           soft_time_limit=s.reply_soft_limit, time_limit=s.reply_hard_limit)
 def reply(self: StageTask, mid: str) -> str:
-    ready_engine()
+    eng = ready_engine()
     rec = self.begin(mid)
     if rec is None:
         return mid  # already done (by a batch, or an earlier delivery)
+    if rec.status == "pending":
+        log.info("reply for %s found it pending again (replaced or retried); its new chain replies", mid)
+        return mid
     if rec.status != "labeled" or rec.label is None:
         raise BadMessage(f"reply for {mid!r} found status {rec.status!r}; it needs a label first")
     started = time.time()
     if not s.replies_for(rec.label):
         store().update(mid, _done(None, [], started, 0, self.request.hostname))
         return mid
-    # A conversation's reply needs the earlier turns done first: those go one at a time.
+    # A conversation's reply needs the earlier turns done first: those go one at a time, in turn order.
     size = 1 if rec.conversation_id else self.batch_size(rec, s.reply_batch_size)
-    batch = [rec] + _claim("reply", rec, size - 1, _replyable)
-    earlier = store().history(rec, s.history_turns)
+    batch = [rec] + claim(store(), "reply", rec, size - 1, replyable(s))
+    earlier = self.earlier_turns(rec, eng, started)
     histories = [[(h.text, h.reply) for h in earlier]] + [[] for _ in batch[1:]]
-    drafts = engine().draft_many([(r.text, r.label, r.lang, hist) for r, hist in zip(batch, histories)],
-                                 **s.draft_options())
+    drafts = eng.draft_many([(r.text, r.label, r.lang, hist) for r, hist in zip(batch, histories)],
+                            **s.draft_options())
     for r, draft in zip(batch, drafts):
         if r is not rec and draft.stop == "deadline":
             continue  # a batch-mate the deadline cut: its own reply task, still queued, drafts it afresh

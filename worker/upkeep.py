@@ -22,6 +22,7 @@ from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 MODEL_FAILED = "SIGUSR2"  # a pool process tells the main process its model did not load
+PRUNE_EVERY_S = 600  # expired records leave their ids in sets; a worker clears them this often
 
 
 def _client(s: Settings):
@@ -58,6 +59,7 @@ class Upkeep(bootsteps.StartStopStep):
     def __init__(self, worker, **kwargs):
         self.timers = []
         self.started = time.time()
+        self.pruned_at = 0.0
 
     def start(self, worker):
         celery_signals[MODEL_FAILED] = _stop_failed
@@ -101,8 +103,12 @@ class Upkeep(bootsteps.StartStopStep):
 
         s = get_settings()
         try:
-            counts = sweep(s, worker.app, Store(s))
-            if counts["republished"]:
+            store = Store(s)
+            counts = sweep(s, worker.app, store)
+            if time.monotonic() - self.pruned_at > PRUNE_EVERY_S:
+                self.pruned_at = time.monotonic()
+                counts["pruned"] = store.prune()
+            if counts["republished"] or counts.get("pruned"):
                 log.warning("sweep: %s", json.dumps(counts))
         except Exception as exc:
             log.warning("sweep failed (next one in %g s): %s", s.sweep_interval_s, exc)

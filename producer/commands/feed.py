@@ -171,14 +171,17 @@ def retry_failed(ids, everything, stage, contains, dry_run):
 @option("--older-than", type=click.FloatRange(0), default=None,
         help="Seconds a record must have waited unpublished (default: MOODQ_SWEEP_AFTER_S).")
 def sweep(older_than):
-    """Publish again the tasks of records a producer wrote but died before publishing.
+    """Publish again the tasks of records a producer wrote but died before publishing, and drop the ids
+    of expired records from the status sets and the index.
 
-    Workers run this every MOODQ_SWEEP_INTERVAL_S; run it by hand after killing a producer."""
+    Workers do this every MOODQ_SWEEP_INTERVAL_S; run it by hand after killing a producer."""
     from worker.app import make_app
     from worker.publish import sweep as run_sweep
 
     s = get_settings()
-    counts = run_sweep(s, make_app(s), reach(s), older_than)
+    store = reach(s)
+    counts = run_sweep(s, make_app(s), store, older_than)
+    counts["pruned"] = store.prune()
     click.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

@@ -1,0 +1,173 @@
+"""Sentiment by scoring: one forward pass over [cached prefix | message | cue] and the
+log-probability of each label's full token sequence. The answer is always a configured label.
+
+The fixed prefix (system text + demonstrations) is encoded once per process and its KV cache
+reused. Contextual calibration divides out the label prior measured on content-free inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+
+from worker.batching import buckets, head_and_tail
+from worker.chat import Chat
+from worker.prompts import PromptSet
+
+
+@dataclass
+class Judgement:
+    label: str
+    confidence: float
+    probs: dict[str, float]
+    scores: dict[str, float]
+
+
+@dataclass
+class Plan:
+    """Everything fixed for one language's sentiment prompt, computed at load."""
+
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+    label_ids: list[list[int]]
+    groups: dict[tuple[int, ...], list[int]]  # label token prefix -> labels sharing it
+    cache: object = None
+    head_tokens: list[int] = field(default_factory=list)  # every token of every label word
+    head_rows: torch.Tensor | None = None  # their output-matrix rows in float32
+    head_bias: torch.Tensor | float = 0.0  # and the head's bias for them, if it has one
+    bias: list[float] = field(default_factory=list)  # log p(label | content-free), subtracted
+
+
+class Scorer:
+    cached = True  # reuse the prefix's KV cache (tests/reference.py overrides this with the plain way)
+
+    def __init__(self, model: PreTrainedModel, chat: Chat, prompts: PromptSet, max_text_tokens: int = 0):
+        self.model, self.chat, self.prompts = model, chat, prompts
+        self.labels = prompts.labels
+        self.max_text_tokens = max_text_tokens  # sentiment reads at most this many (0 = all)
+        self.plans = {code: self._plan(code) for code in prompts.languages}
+        for code, lang in prompts.languages.items():
+            if lang.sentiment.calibration:
+                self.calibration(code)
+
+    def judge(self, texts: list[str], lang: str, calibrate: bool | None = None, max_batch: int = 16) -> list[Judgement]:
+        """Label each text (same language). Always returns configured labels.
+
+        Texts are sorted by token length and scored in buckets of similar length, so a batch
+        pays little padding. A text longer than ``max_text_tokens`` is read as its first and
+        last halves of that.
+        """
+        plan = self.plans[lang]
+        if calibrate is None:
+            calibrate = self.prompts.languages[lang].sentiment.calibration
+        bias = self.calibration(lang) if calibrate else []
+        encoded = [head_and_tail(self.chat.encode(self.chat.clean(t)), self.max_text_tokens) for t in texts]
+        results: list[Judgement | None] = [None] * len(texts)
+        for bucket in buckets(encoded, max_batch):
+            raw = self.label_logprobs(plan, [encoded[i] for i in bucket])
+            for i, scores in zip(bucket, raw):
+                results[i] = self.decide(scores, bias)
+        return results
+
+    def calibration(self, lang: str) -> list[float]:
+        """log p(label | content-free input), averaged over the prompt's inputs; computed once."""
+        plan = self.plans[lang]
+        inputs = self.prompts.languages[lang].sentiment.calibrate
+        if not plan.bias and inputs:
+            scores = torch.tensor(self.label_logprobs(plan, [self.chat.encode(t) for t in inputs]), dtype=torch.float64)
+            mean = torch.softmax(scores, dim=-1).mean(dim=0)
+            plan.bias = [math.log(max(float(m), 1e-9)) for m in mean]
+        return plan.bias
+
+    def decide(self, scores: list[float], bias: list[float]) -> Judgement:
+        """The label with the highest (calibrated) probability."""
+        adjusted = torch.tensor(scores, dtype=torch.float64) - (torch.tensor(bias, dtype=torch.float64) if bias else 0)
+        probs = torch.softmax(adjusted, dim=-1).tolist()
+        best = max(range(len(probs)), key=probs.__getitem__)
+        return Judgement(
+            label=self.labels[best], confidence=probs[best],
+            probs={lab: round(p, 6) for lab, p in zip(self.labels, probs)},
+            scores={lab: round(s, 4) for lab, s in zip(self.labels, scores)},
+        )
+
+    def _plan(self, code: str) -> Plan:
+        lang = self.prompts.languages[code]
+        prefix, suffix = self.chat.sentiment_frame(lang)
+        label_ids = [self.chat.encode(lang.sentiment.label_words[label]) for label in self.labels]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for j, ids in enumerate(label_ids):
+            groups.setdefault(tuple(ids[:-1]), []).append(j)
+        plan = Plan(prefix, suffix, label_ids, groups)
+        plan.head_tokens = sorted({t for ids in label_ids for t in ids})
+        head = self.model.get_output_embeddings()
+        plan.head_rows = head.weight.detach()[plan.head_tokens].float()
+        if getattr(head, "bias", None) is not None:  # e.g. Phi-2, GPT-J
+            plan.head_bias = head.bias.detach()[plan.head_tokens].float()
+        if self.cached:
+            with torch.inference_mode():
+                plan.cache = self.model(torch.tensor([plan.prefix_ids]), use_cache=True).past_key_values
+        return plan
+
+    def label_logprobs(self, plan: Plan, encoded: list[list[int]]) -> list[list[float]]:
+        """Log P(label tokens | prompt + text) for every encoded text and every label."""
+        per_group = self.label_states(plan, encoded)
+        # One head matmul for all positions: the 152k-row output matrix is read once per batch.
+        # Its normaliser (logsumexp) is shared by every label at a position; the label tokens'
+        # own logits are recomputed in float32, because bfloat16 logits are rounded to steps
+        # of 1/8-1/16 and two labels would often tie.
+        groups = list(plan.groups)
+        stacked = torch.cat([per_group[pre].reshape(-1, per_group[pre].shape[-1]) for pre in groups])
+        head = self.model.get_output_embeddings()
+        column = {tok: c for c, tok in enumerate(plan.head_tokens)}
+        out = torch.zeros(len(encoded), len(self.labels), dtype=torch.float64)
+        with torch.inference_mode():  # the float head, even where decoding reads an int8 copy
+            norm = torch.logsumexp(F.linear(stacked, head.weight, getattr(head, "bias", None)).float(), dim=-1)
+            exact = stacked.float() @ plan.head_rows.T + plan.head_bias - norm.unsqueeze(1)  # [positions, label tokens]
+            offset = 0
+            for pre in groups:
+                steps = len(pre) + 1
+                rows = exact[offset: offset + steps * len(encoded)].view(len(encoded), steps, -1)
+                for j in plan.groups[pre]:
+                    cols = torch.tensor([column[tok] for tok in plan.label_ids[j]])
+                    out[:, j] = rows[:, torch.arange(steps), cols].sum(dim=-1).double()
+                offset += steps * len(encoded)
+        return out.tolist()
+
+    def label_states(self, plan: Plan, encoded: list[list[int]]) -> dict[tuple, torch.Tensor]:
+        """Hidden states that predict each label token: [texts, len(label prefix)+1, hidden] per group.
+
+        The texts run once on top of the cached prompt prefix (right-padded batch); the
+        tokens after a multi-token label's first one run as a second, tiny pass on that cache.
+        """
+        rows = [ids + plan.suffix_ids for ids in encoded]
+        n, p = len(rows), len(plan.prefix_ids)
+        batch = self.chat.tok.pad({"input_ids": rows}, padding_side="right", return_tensors="pt")
+        ids, text_mask = batch["input_ids"], batch["attention_mask"]
+        width, lengths = ids.shape[1], text_mask.sum(dim=1)
+        mask = torch.cat([torch.ones(n, p, dtype=text_mask.dtype), text_mask], dim=1)
+        out: dict[tuple, torch.Tensor] = {}
+        with torch.inference_mode():
+            cache = copy.deepcopy(plan.cache)
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+            states = self.model.base_model(
+                input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                position_ids=torch.arange(p, p + width).unsqueeze(0).expand(n, -1)).last_hidden_state
+            last = states[torch.arange(n), lengths - 1].unsqueeze(1)
+            for pre in plan.groups:
+                if not pre:
+                    out[pre] = last
+                    continue
+                k = len(pre)
+                more = self.model.base_model(
+                    input_ids=torch.tensor([list(pre)] * n), past_key_values=cache, use_cache=True,
+                    attention_mask=torch.cat([mask, torch.ones(n, k, dtype=mask.dtype)], dim=1),
+                    position_ids=(p + lengths).unsqueeze(1) + torch.arange(k).unsqueeze(0)).last_hidden_state
+                cache.crop(-k)  # drop the label tokens again, for the next group
+                out[pre] = torch.cat([last, more], dim=1)
+        return out
