@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from worker.schemas import Message
 
 
@@ -37,22 +39,62 @@ def test_history_is_the_earlier_turns_of_the_same_conversation(store):
     assert store.history(store.get("h-0"), turns=5) == []
 
 
-def test_a_sentiment_claim_stays_within_its_character_budget(settings, monkeypatch):
+def test_a_sentiment_claim_stays_within_its_character_budget(settings):
     """A task takes waiting messages in rank order while they fit its budget; the rest, and
-    what it does not accept, go back with their ranks (real Redis; the claim logic only)."""
-    from worker import tasks
+    what it does not accept, go back with their ranks; a corrupt record is left out, to fail
+    alone in its own task (real Redis; the claim logic only)."""
+    from worker.claims import claim
     from worker.settings import load_settings
     from worker.store import Store
 
     own = Store(load_settings(redis_url=settings.redis_url, key_prefix=f"{settings.key_prefix}-claim"))
-    monkeypatch.setattr(tasks, "_store", own)
-    texts = {"c-0": "a" * 10, "c-1": "b" * 50, "c-2": "c" * 30, "c-3": "d" * 5, "c-4": "skip me"}
+    texts = {"c-0": "a" * 10, "c-1": "b" * 50, "c-2": "c" * 30, "c-bad": "x", "c-3": "d" * 5, "c-4": "skip me"}
     own.add([Message(id=i, text=t) for i, t in texts.items()])
+    own.r.set(own.k.rec("c-bad"), '{"id": 5, "status": "weird"}')
     leader = own.get("c-0")
     own.offer("sentiment", {i: n for n, i in enumerate(texts)})
     try:
-        taken = tasks._claim("sentiment", leader, 10, lambda r: r.text != "skip me", chars=40)
+        taken = claim(own, "sentiment", leader, 10, lambda r: r.text != "skip me", chars=40)
         assert [r.id for r in taken] == ["c-2", "c-3"]  # c-0 is the leader itself, c-1 (50) does not fit
-        assert own.claim("sentiment", 10) == {"c-1": 1.0, "c-4": 4.0}
+        assert own.claim("sentiment", 10) == {"c-1": 1.0, "c-4": 5.0}
     finally:
         own.delete_all()  # everything under its own prefix, todo list included
+
+
+def test_add_is_atomic_and_marks_records_until_their_task_is_published(store):
+    """Record, index, status and the unpublished mark are written in one step; published() clears the mark."""
+    accepted, dupes = store.add([Message(id="atom-1", text="hello"), Message(id="atom-2", text="again")])
+    assert [r.id for r in accepted] == ["atom-1", "atom-2"] and dupes == []
+    assert set(store.unpublished(0, now=time.time() + 1)) >= {"atom-1", "atom-2"}
+    store.published(["atom-1"])
+    marked = store.unpublished(0, now=time.time() + 1)
+    assert "atom-1" not in marked and "atom-2" in marked
+    assert "atom-2" not in store.unpublished(60)  # too young for the sweep
+    _, dupes = store.add([Message(id="atom-1", text="hello")])
+    assert dupes == ["atom-1"]
+
+
+def test_replace_moves_the_id_to_pending_in_one_step(store):
+    """--replace of a finished id: exactly one status set afterwards, and the new text."""
+    store.add([Message(id="rep-1", text="first text")])
+    store.update("rep-1", lambda r: setattr(r, "status", "done"))
+    store.add([Message(id="rep-1", text="second text")], replace=True)
+    sets = [s for s in ("pending", "labeled", "done", "failed") if store.r.sismember(store.k.status(s), "rep-1")]
+    assert sets == ["pending"] and store.get("rep-1").text == "second text"
+
+
+def test_prune_drops_the_ids_of_expired_records_from_every_set(settings):
+    """A record that expired (TTL) leaves no ghost: status sets, index and waiting lists lose its id."""
+    from worker.settings import load_settings
+    from worker.store import Store
+
+    own = Store(load_settings(redis_url=settings.redis_url, key_prefix=f"{settings.key_prefix}-prune"))
+    try:
+        own.add([Message(id=f"p-{i}", text=f"text {i}") for i in range(5)])
+        own.update("p-1", lambda r: setattr(r, "status", "failed"))
+        own.r.delete(own.k.rec("p-0"), own.k.rec("p-1"))  # as the TTL would
+        assert own.prune(chunk=2) == 2 + 2 + 2 + 2  # pending/failed, index, todo:sentiment, unpublished
+        assert own.counts() == {"pending": 3, "labeled": 0, "done": 0, "failed": 0}
+        assert own.ids() == ["p-2", "p-3", "p-4"] and own.prune() == 0
+    finally:
+        own.delete_all()
