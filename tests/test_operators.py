@@ -268,6 +268,7 @@ def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
         ids = send(load_settings(), {"id": f"fl-{RUN}", "text": long_text})
         assert wait_final(store, ids)[ids[0]].status == "done"
         assert _get(f"{base}/api/tasks")[0] == 401  # auth required
+        assert _get(f"{base}/metrics")[0] == 401  # for the metrics too (Flower alone serves them to anyone)
         tasks: dict = {}
         while time.monotonic() < deadline + 60:
             tasks = json.loads(_get(f"{base}/api/tasks?limit=1000", auth)[1])

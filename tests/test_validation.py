@@ -123,6 +123,46 @@ def test_csv_source_with_line_numbers():
     assert isinstance(items[1], sources.LineError) and items[1].line == 3
 
 
+def test_excel_csv_with_bom_tsv_and_piped_jsonl_are_read(tmp_path):
+    """Excel's "CSV UTF-8" starts with a byte-order mark; a .tsv is tab separated; JSONL piped on
+    stdin (no suffix to go by) is recognised by its first line."""
+    bom_csv = tmp_path / "excel.csv"
+    bom_csv.write_bytes("\ufeffid,text\n1,héllo\n".encode("utf-8"))
+    with sources.open_text(str(bom_csv)) as f:
+        items = list(sources.read(f, str(bom_csv), "auto", max_chars=100))
+    assert [(m.id, m.text) for m in items] == [("1", "héllo")]
+    bom_jsonl = tmp_path / "in.jsonl"
+    bom_jsonl.write_bytes('\ufeff{"text": "first"}\n'.encode("utf-8"))
+    with sources.open_text(str(bom_jsonl)) as f:
+        assert [m.text for m in sources.read(f, str(bom_jsonl), "auto", max_chars=100)] == ["first"]
+    tsv = list(sources.read(io.StringIO("id\ttext\nt1\tone, with a comma\n"), "in.tsv", "auto", max_chars=100))
+    assert [(m.id, m.text) for m in tsv] == [("t1", "one, with a comma")]
+    piped = list(sources.read(io.StringIO('{"text": "as json", "id": "p1"}\n'), "-", "auto", max_chars=100))
+    assert [(m.id, m.text) for m in piped] == [("p1", "as json")]
+    plain = list(sources.read(io.StringIO("just words\n"), "-", "auto", max_chars=100))
+    assert [m.text for m in plain] == ["just words"]
+
+
+def test_a_language_without_prompts_is_refused_at_enqueue():
+    items = list(sources.read(io.StringIO('{"text": "bonjour", "lang": "fr"}\n{"text": "hi", "lang": "en"}\n'),
+                              "in.jsonl", "auto", max_chars=100, languages={"zh", "en"}))
+    assert isinstance(items[0], sources.LineError) and "no prompts for 'fr'" in items[0].reason
+    assert items[1].lang == "en"
+
+
+def test_enqueue_exits_non_zero_when_nothing_valid_went_in(tmp_path):
+    """A script must be able to tell: every line rejected (or no file at all) is exit 1 / a usage error."""
+    from click.testing import CliRunner
+
+    from producer.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": ""}\n{broken\n', encoding="utf-8")
+    out = CliRunner().invoke(main, ["enqueue", str(bad)])
+    assert out.exit_code == 1 and "enqueued 0" in out.output and "nothing valid to enqueue" in out.output
+    assert CliRunner().invoke(main, ["enqueue"]).exit_code == 2  # no argument: a usage error, not "enqueued 0"
+
+
 def test_unreachable_redis_is_one_clear_error():
     """Said at once, no traceback, exit 2 within seconds, and the URL (without password) in the message."""
     env = {**os.environ, "MOODQ_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0"}

@@ -36,13 +36,17 @@ def worker(concurrency, loglevel, celery_args):
     Extra arguments go to `celery worker` (e.g. --hostname, --max-tasks-per-child).
     """
     preflight()
+    from celery.bin.celery import celery as celery_cli
+
     from worker.app import app
 
     s = get_settings()
+    celery_cli.params[0].default = app  # what app.worker_main does, but keeping the exit code
     # --without-mingle: the start-up sync with other workers (revoked ids, clocks) costs a
     # full second before the worker takes tasks; moodq does not revoke tasks.
-    app.worker_main(["worker", "-Q", s.queue, "-c", str(concurrency), "-P", "prefork",
-                     "-l", loglevel, "-E", "--without-mingle", *celery_args])
+    code = celery_cli.main(args=["worker", "-Q", s.queue, "-c", str(concurrency), "-P", "prefork", "-l", loglevel,
+                                 "-E", "--without-mingle", *celery_args], standalone_mode=False)
+    sys.exit(code or 0)  # 1 when a process could not load the model (worker.upkeep)
 
 
 @click.command()
@@ -66,11 +70,12 @@ def workers(timeout):
 def flower(port, address, flower_args):
     """Start Flower (the Celery dashboard, with /metrics for Prometheus) on the same settings.
 
-    Set FLOWER_BASIC_AUTH=user:password to require a login (compose always does)."""
+    Set FLOWER_BASIC_AUTH=user:password to require a login (compose always does); /metrics then
+    needs it too (Prometheus: basic_auth in the scrape config)."""
     if not os.environ.get("FLOWER_BASIC_AUTH") and address not in ("127.0.0.1", "localhost"):
         raise click.UsageError("refusing to serve Flower beyond localhost without FLOWER_BASIC_AUTH=user:password")
-    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--port={port}",
-            f"--address={address}", "--purge_offline_workers=60", *flower_args]
+    argv = [sys.executable, "-m", "worker.dashboard", f"--port={port}", f"--address={address}",
+            "--purge_offline_workers=60", *flower_args]
     os.execv(sys.executable, argv)
 
 

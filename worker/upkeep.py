@@ -54,15 +54,15 @@ def _stop_failed(*_):
 class Upkeep(bootsteps.StartStopStep):
     """Heartbeat every ``heartbeat_s`` and sweep every ``sweep_interval_s``, on the worker's timer."""
 
-    requires = {"celery.worker.components:Timer"}
+    requires = {"celery.worker.components:Timer", "celery.worker.components:Pool"}
 
     def __init__(self, worker, **kwargs):
         self.timers = []
         self.started = time.time()
         self.pruned_at = 0.0
+        celery_signals[MODEL_FAILED] = _stop_failed  # before the pool forks: a child may fail at once
 
     def start(self, worker):
-        celery_signals[MODEL_FAILED] = _stop_failed
         s = get_settings()
         self.timers.append(worker.timer.call_repeatedly(s.heartbeat_s, self.beat, (worker,), priority=10))
         if s.sweep_interval_s:
@@ -84,7 +84,10 @@ class Upkeep(bootsteps.StartStopStep):
         key = s.keys.heartbeat(worker.hostname)
         try:
             r = _client(s)
-            pids = {f"proc:{p}" for p in (worker.pool.info or {}).get("processes", [])}
+            try:
+                pids = {f"proc:{p}" for p in worker.pool.info.get("processes", [])}
+            except (AttributeError, TypeError):  # the pool is starting or stopping
+                pids = set()
             stale = [f for f in r.hkeys(key) if f.startswith("proc:") and f not in pids]
             pipe = r.pipeline()
             if stale:
