@@ -74,7 +74,7 @@ def test_int8_decode_keeps_labels_exact_and_int8_everywhere_agrees_on_97_percent
     int8 = copy.deepcopy(engine.model)
     quantize(int8, "int8")
     variant = Engine(Loaded(int8, engine.tok, engine.model_id, 0, True), engine.prompts,
-                     max_text_tokens=engine.max_text_tokens)
+                     max_text_tokens=engine.scorer.max_text_tokens)
     same = total = 0
     for lang in ("zh", "en"):
         texts = [r["text"] for r in rows if engine.prompts.language_of(r["text"]) == lang]
@@ -86,7 +86,7 @@ def test_int8_decode_keeps_labels_exact_and_int8_everywhere_agrees_on_97_percent
     assert any(isinstance(m, Int8Linear) for m in engine.model.modules())  # the default path has int8 layers
     if "int8-decode" in (engine.path or ""):  # and they leave scoring alone
         plain = Engine(Loaded(engine.model, engine.tok, engine.model_id, 0, True), engine.prompts,
-                       max_text_tokens=engine.max_text_tokens)
+                       max_text_tokens=engine.scorer.max_text_tokens)
         with decoding():  # forces the int8 copies: the scores must differ, or the check above proves nothing
             forced = plain.judge(texts[:4], lang)
         assert [j.scores for j in engine.judge(texts[:4], lang)] != [j.scores for j in forced]

@@ -103,14 +103,14 @@ def test_records_whose_task_was_never_published_are_swept(worker, store, setting
 @pytest.mark.worker
 @pytest.mark.model
 def test_kill_9_of_the_whole_worker_loses_nothing(own, store, tmp_path):
-    """SIGKILL of the main process and its pool mid-task: with a short MOODQ_VISIBILITY_TIMEOUT, Redis hands
+    """SIGKILL of the main process and its pool mid-task: with a short MOODQ_VISIBILITY_TIMEOUT (12 s), Redis hands
     the unacknowledged task to the next worker, and every message ends with exactly one final record."""
-    limits = {"MOODQ_SENTIMENT_SOFT_LIMIT": "20", "MOODQ_SENTIMENT_HARD_LIMIT": "25", "MOODQ_REPLY_SOFT_LIMIT": "20",
-              "MOODQ_REPLY_HARD_LIMIT": "25", "MOODQ_VISIBILITY_TIMEOUT": "30", "MOODQ_REPLY_LABELS": "none"}
+    limits = {"MOODQ_SENTIMENT_SOFT_LIMIT": "8", "MOODQ_SENTIMENT_HARD_LIMIT": "10", "MOODQ_REPLY_SOFT_LIMIT": "8",
+              "MOODQ_REPLY_HARD_LIMIT": "10", "MOODQ_VISIBILITY_TIMEOUT": "12", "MOODQ_REPLY_LABELS": "none"}
     env = {"MOODQ_KEY_PREFIX": own.key_prefix, "MOODQ_QUEUE": own.queue, **limits}
     s = load_settings(**{k[6:].lower(): v for k, v in env.items()})
     first = start_fault_worker("kill9-1", env, tmp_path / "kill9-1.log")
-    hold = "[hold:15] The screen cracked the first day."
+    hold = "[hold:5] The screen cracked the first day."
     ids = send(s, {"id": "k9-hold", "text": hold}, *[{"id": f"k9-{i}", "text": f"Lovely shop, order {i}"} for i in range(4)])
     key = Store(s).k.test("fault", "holding", hold)
     deadline = time.monotonic() + 300

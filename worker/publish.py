@@ -18,6 +18,11 @@ from worker.store import Store
 log = logging.getLogger(__name__)
 
 
+def shown(mid: str, text: str) -> str:
+    """What Flower and the logs show for a task: the id and the first 40 characters, never the whole text."""
+    return repr((mid, text[:40] + ("…" if len(text) > 40 else "")))
+
+
 def chain_for(app: Celery, mid: str, queue: str, text: str = "", **options) -> Signature:
     """The chain every message runs: sentiment, then reply.
 
@@ -25,14 +30,12 @@ def chain_for(app: Celery, mid: str, queue: str, text: str = "", **options) -> S
     sends, in protocol 2), because ``chain.apply_async`` drops the ``producer`` argument
     and with it the batched publish.
     """
-    reply = app.signature("reply", queue=queue, **options)
-    shown = repr((mid, text[:40] + ("…" if len(text) > 40 else "")))  # what Flower and logs show
-    return app.signature("sentiment", args=(mid,), queue=queue, argsrepr=shown, **options).set(chain=[reply])
+    reply = app.signature("reply", queue=queue, argsrepr=shown(mid, text), **options)
+    return app.signature("sentiment", args=(mid,), queue=queue, argsrepr=shown(mid, text), **options).set(chain=[reply])
 
 
 def reply_for(app: Celery, mid: str, queue: str, text: str = "", **options) -> Signature:
-    shown = repr((mid, text[:40] + ("…" if len(text) > 40 else "")))
-    return app.signature("reply", args=(mid,), queue=queue, argsrepr=shown, **options)
+    return app.signature("reply", args=(mid,), queue=queue, argsrepr=shown(mid, text), **options)
 
 
 def publish(app: Celery, store: Store, records: list[tuple[Record, str]], queue: str, **options) -> None:
