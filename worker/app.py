@@ -17,6 +17,7 @@ from worker.upkeep import Upkeep
 def make_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
     app = Celery("moodq", broker=s.redis_url, include=["worker.tasks"])
+    visibility = s.broker_visibility_timeout()
     app.conf.update(
         # JSON only: a pickle payload is refused, never executed.
         task_serializer="json", accept_content=["json"], result_serializer="json", event_serializer="json",
@@ -26,7 +27,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         task_default_queue=s.queue, task_create_missing_queues=True,
         # Ten priority levels, 0 served first: sentiment tasks at 0, replies 1-9 by negativity (triage).
-        broker_transport_options={"visibility_timeout": s.broker_visibility_timeout(), "priority_steps": list(range(10))},
+        # A dead worker's unacknowledged tasks are looked for every min(10 s, visibility timeout / 4)
+        # (kombu's default, 10 s x throttle 10, lets them wait up to 100 s past the timeout).
+        broker_transport_options={"visibility_timeout": visibility, "priority_steps": list(range(10)),
+                                  "unacked_restore_interval": min(10.0, visibility / 4), "unacked_restore_throttle": 1},
         broker_connection_retry_on_startup=True,
         # Publishing (enqueue, the chained reply, retries) rides out a Redis restart of ~30 s.
         task_publish_retry_policy={"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2},
