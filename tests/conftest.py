@@ -116,6 +116,17 @@ def send(settings, *rows) -> list[str]:
     return [m.id for m in msgs]
 
 
+def eventually(check, timeout: float = 60, interval: float = 0.2, what: str = "the condition"):
+    """Poll ``check()`` until it returns something truthy (returned), or fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:g} s"
+        time.sleep(interval)
+    return result
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

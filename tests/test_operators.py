@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from producer.cli import main
 from producer.follow import Follower
 from producer.stats import NegativeAlert, rolling
-from tests.conftest import RUN, _start_worker, free_port, send, wait_final, worker_log
+from tests.conftest import RUN, _start_worker, eventually, free_port, send, wait_final, worker_log
 from worker import launch
 from worker import queue as task_queue
 from worker.app import make_app
@@ -119,7 +119,6 @@ def test_follow_growing_file_enqueues_each_new_line_exactly_once(follow_settings
     with path.open("a", encoding="utf-8") as out:
         out.write('itten"}\nnot json\n{"text": "fourth"}\n')
     run_until(4)   # a new follower resumes from the saved offset
-    time.sleep(0.3)
     with path.open("a", encoding="utf-8") as out:
         out.write('{"text": "fifth", "id": "own-id"}\n')
     run_until(5)
@@ -165,7 +164,7 @@ def test_follow_redis_stream_and_back_pressure(follow_settings):
     t = threading.Thread(target=f.follow_redis_stream, args=(stream,),
                          kwargs={"until": lambda: len(store.ids()) >= 3})
     t.start()
-    time.sleep(1.5)
+    time.sleep(1.5)  # that nothing happens for a while can only be watched for a while
     assert store.ids() == []  # paused by back-pressure
     task_queue.remove(app, follow_settings.queue)
     t.join(30)
@@ -263,7 +262,9 @@ def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
         while _get(f"{base}/healthcheck")[0] != 200:
             assert time.monotonic() < deadline and flower.poll() is None, log.read_text()[-2000:]
             time.sleep(0.5)
-        time.sleep(3)  # let Flower's event receiver attach before the tasks run
+        # Flower's metrics come from worker events: once they name the worker, its event receiver is attached.
+        eventually(lambda: f'worker="main-{RUN}@' in _get(f"{base}/metrics", auth)[1].decode(), timeout=60,
+                   what="Flower receiving the worker's events")
         long_text = "The delivery was late again and nobody answered my emails for a week."
         ids = send(load_settings(), {"id": f"fl-{RUN}", "text": long_text})
         assert wait_final(store, ids)[ids[0]].status == "done"

@@ -8,13 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from producer.enqueue import enqueue
 from producer.sources import to_message
-from tests.conftest import DATA, ROOT, wait_final
+from tests.conftest import DATA, ROOT, eventually, wait_final
 
 pytestmark = [pytest.mark.worker, pytest.mark.model]
 
@@ -46,10 +45,12 @@ def test_file_enqueued_through_cli_is_processed_end_to_end(worker, store, settin
         assert 0.5 <= rec.confidence <= 1.0
         assert rec.reply and rec.reply.strip()
         assert rec.timings.sentiment_ms > 0 and rec.timings.reply_ms > 0
-        # Its own reply task may still be on its way when a batch has already done the work.
-        assert rec.attempts["sentiment"] == 1 and rec.attempts.get("reply", 0) <= 1
+        assert rec.attempts["sentiment"] == 1
         assert rec.model.startswith("embedded:") and rec.prompt_version
     assert records["e2e-4"].lang == "en" and records["e2e-1"].lang == "zh"
+    # Its own reply task may still be on its way when a batch has already done the work: it runs once.
+    eventually(lambda: all(r.attempts.get("reply") == 1 for r in store.get_many(list(records))),
+               what="each message's own reply task ran exactly once")
 
     out = moodq("export", "--format", "csv")
     assert out.returncode == 0, out.stderr
@@ -111,10 +112,8 @@ def test_worker_batches_waiting_messages_but_keeps_one_record_each(worker, store
     records = wait_final(store, [m.id for m in msgs])
     assert all(r.status == "done" and r.reply for r in records.values())
     # Each message's own tasks still run (and find the work done): wait for the last of them.
-    deadline = time.monotonic() + 60
-    while any(r.attempts != {"sentiment": 1, "reply": 1} for r in records.values()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        records = {r.id: r for r in store.get_many(list(records))}
-    assert all(r.attempts == {"sentiment": 1, "reply": 1} for r in records.values()), records
+    eventually(lambda: all(r.attempts == {"sentiment": 1, "reply": 1} for r in store.get_many(list(records))),
+               what="every message's own sentiment and reply task ran once")
+    records = {r.id: r for r in store.get_many(list(records))}
     assert max(r.timings.sentiment_batch for r in records.values()) > 1
     assert max(r.timings.reply_batch for r in records.values()) > 1

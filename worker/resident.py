@@ -102,5 +102,5 @@ def moodq(state):
             "prompt_version": load_prompts(s.prompts).version,
             "queue": s.queue, "concurrency": concurrency, "threads_per_process": threads_per_process(concurrency, s),
             "sentiment_batch_size": s.sentiment_batch_size, "claim_size": s.claim_size, "sentiment_max_tokens": s.sentiment_max_tokens,
-            "reply_batch_size": s.reply_batch_size, "reply_labels": s.reply_labels,
+            "reply_batch_size": s.reply_batch_size, "reply_labels": s.reply_labels if s.reply_labels == "all" else ",".join(sorted(s.reply_labels)) or "none",
             "triage_label": s.triage_label, "pid": os.getpid()}

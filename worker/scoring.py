@@ -8,6 +8,8 @@ reused. Contextual calibration divides out the label prior measured on content-f
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -110,7 +112,8 @@ class Scorer:
             plan.head_bias = head.bias.detach()[plan.head_tokens].float()
         if self.cached:
             with torch.inference_mode():
-                plan.cache = self.model(torch.tensor([plan.prefix_ids]), use_cache=True).past_key_values
+                out = self.model(torch.tensor([plan.prefix_ids]), use_cache=True)
+                plan.cache = out.cache if "cache" in out else out.past_key_values
         return plan
 
     def label_logprobs(self, plan: Plan, encoded: list[list[int]]) -> list[list[float]]:
@@ -138,6 +141,14 @@ class Scorer:
                 offset += steps * len(encoded)
         return out.tolist()
 
+    @functools.cached_property
+    def _cache_name(self) -> str:
+        """transformers >= 5.2x calls the KV cache argument ``cache`` (``past_key_values`` is deprecated)."""
+        return "cache" if "cache" in inspect.signature(type(self.model.base_model).forward).parameters else "past_key_values"
+
+    def _cache_arg(self, cache) -> dict:
+        return {self._cache_name: cache}
+
     def label_states(self, plan: Plan, encoded: list[list[int]]) -> dict[tuple, torch.Tensor]:
         """Hidden states that predict each label token: [texts, len(label prefix)+1, hidden] per group.
 
@@ -156,7 +167,7 @@ class Scorer:
             if n > 1:
                 cache.batch_repeat_interleave(n)
             states = self.model.base_model(
-                input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                input_ids=ids, attention_mask=mask, use_cache=True, **self._cache_arg(cache),
                 position_ids=torch.arange(p, p + width).unsqueeze(0).expand(n, -1)).last_hidden_state
             last = states[torch.arange(n), lengths - 1].unsqueeze(1)
             for pre in plan.groups:
@@ -165,7 +176,7 @@ class Scorer:
                     continue
                 k = len(pre)
                 more = self.model.base_model(
-                    input_ids=torch.tensor([list(pre)] * n), past_key_values=cache, use_cache=True,
+                    input_ids=torch.tensor([list(pre)] * n), use_cache=True, **self._cache_arg(cache),
                     attention_mask=torch.cat([mask, torch.ones(n, k, dtype=mask.dtype)], dim=1),
                     position_ids=(p + lengths).unsqueeze(1) + torch.arange(k).unsqueeze(0)).last_hidden_state
                 cache.crop(-k)  # drop the label tokens again, for the next group

@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.errors import ConfigError, readable
 from worker.keys import Keys
@@ -63,7 +63,8 @@ class Settings(BaseSettings):
                                       "one is read as its opening and its ending, half each (0 = all). Bounds the "
                                       "cost of long messages; replies still see the whole text.")
     max_reply_tokens: int = Field(128, ge=1, description="Longest drafted reply, in tokens (128: ~90 % of replies end on their own).")
-    reply_labels: str = Field("all", description="Labels that get a drafted reply: 'all', 'none', or a comma list such as 'negative'.")
+    reply_labels: Annotated[Literal["all"] | frozenset[str], NoDecode] = Field(
+        "all", description="Labels that get a drafted reply: 'all', 'none', or a comma list such as 'negative'.")
     triage_label: str = Field("negative", description="Replies are drafted first for messages most likely to carry this label ('' = first come, first served).")
     history_turns: int = Field(6, ge=0, description="Earlier turns of a conversation the reply sees.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for replies (0 = greedy).")
@@ -90,6 +91,16 @@ class Settings(BaseSettings):
                                "counts a worker dead after 3 missed beats.")
     model_load_timeout: float = Field(600, gt=0, description="How long a worker process may take to load its model.")
 
+    @field_validator("reply_labels", mode="before")
+    @classmethod
+    def _label_list(cls, v):
+        """'all' stays 'all'; 'none' or '' is no label; 'negative, neutral' is a set of labels."""
+        if isinstance(v, str):
+            v = v.strip().lower()
+            return "all" if v in ("all", "*") else frozenset() if v in ("none", "") else frozenset(
+                w.strip() for w in v.split(",") if w.strip())
+        return v
+
     @model_validator(mode="after")
     def _limits_ordered(self) -> "Settings":
         for stage in ("sentiment", "reply"):
@@ -108,12 +119,7 @@ class Settings(BaseSettings):
         return Keys(self.key_prefix, self.queue)
 
     def replies_for(self, label: str) -> bool:
-        wanted = self.reply_labels.strip().lower()
-        if wanted in ("all", "*"):
-            return True
-        if wanted in ("none", ""):
-            return False
-        return label in {w.strip() for w in wanted.split(",")}
+        return self.reply_labels == "all" or label in self.reply_labels
 
     def reply_priority(self, probs: dict[str, float] | None) -> int | None:
         """Broker priority of a message's reply: 1 (most likely ``triage_label``) to 9; sentiment tasks go at 0."""
