@@ -233,24 +233,17 @@ class Store:
         waiting lists, so ``watch`` never waits for, and ``failed`` never lists, a record that is gone.
         One pass over every id, ``chunk`` per round trip; returns how many entries it removed."""
         removed = 0
-        sets = [(self.k.status(s), "s") for s in STATUSES]
-        zsets = [(self.k.index, "z"), (self.k.todo("sentiment"), "z"), (self.k.todo("reply"), "z"),
-                 (self.k.unpublished, "z")]
-        for key, kind in sets + zsets:
-            scan = self.r.sscan_iter(key, count=chunk) if kind == "s" else (m for m, _ in self.r.zscan_iter(key, count=chunk))
-            batch: list[str] = []
-            for mid in itertools.chain(scan, [None]):
-                if mid is not None:
-                    batch.append(mid)
-                if batch and (mid is None or len(batch) >= chunk):
-                    exists = self.r.pipeline(transaction=False)
-                    for m in batch:
-                        exists.exists(self.k.rec(m))
-                    gone = [m for m, e in zip(batch, exists.execute()) if not e]
-                    if gone:
-                        (self.r.srem if kind == "s" else self.r.zrem)(key, *gone)
-                        removed += len(gone)
-                    batch = []
+        zsets = [self.k.index, self.k.todo("sentiment"), self.k.todo("reply"), self.k.unpublished]
+        for key in [*map(self.k.status, STATUSES), *zsets]:
+            is_set = key not in zsets
+            ids = self.r.sscan_iter(key, count=chunk) if is_set else (m for m, _ in self.r.zscan_iter(key, count=chunk))
+            while batch := list(itertools.islice(ids, chunk)):
+                exists = self.r.pipeline(transaction=False)
+                for mid in batch:
+                    exists.exists(self.k.rec(mid))
+                if gone := [mid for mid, e in zip(batch, exists.execute()) if not e]:
+                    (self.r.srem if is_set else self.r.zrem)(key, *gone)
+                    removed += len(gone)
         return removed
 
     def delete_all(self) -> int:
