@@ -35,9 +35,15 @@ from worker.settings import load_settings  # noqa: E402
 
 
 def prompts(eng, rows, lang):
-    """Token ids per message (prefix excluded), the prefix, and the first token of each label."""
+    """Token ids per message (prefix excluded), the prefix, and the first token of each label.
+
+    A long message is read as moodq reads it: its opening and its ending (until 2026-11-24 this
+    took the first tokens only, so the peers never saw the endings of long reviews)."""
+    from worker.batching import head_and_tail
+
     plan = eng.scorer.plans[lang]
-    texts = [eng.chat.encode(eng.chat.clean(r["text"]))[: eng.scorer.max_text_tokens or None] + plan.suffix_ids for r in rows]
+    texts = [head_and_tail(eng.chat.encode(eng.chat.clean(r["text"])), eng.scorer.max_text_tokens) + plan.suffix_ids
+             for r in rows]
     return plan.prefix_ids, texts, [ids[0] for ids in plan.label_ids]
 
 

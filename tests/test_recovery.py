@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from producer.cli import main
 from producer.follow import Follower
-from tests.conftest import (ROOT, RUN, assert_one_final_record_each, send, start_fault_worker, wait_final,
+from tests.conftest import (ROOT, RUN, assert_one_final_record_each, eventually, send, start_fault_worker, wait_final,
                             worker_log)
 from worker import launch
 from worker import queue as task_queue
@@ -185,3 +185,19 @@ def test_a_live_worker_beats_and_checks_ok(worker, settings):
     mine = next(h for node, h in nodes.items() if node.startswith(f"main-{RUN}@"))
     assert mine["ok"] and mine["ready"] == 1 and mine["queue"] == settings.queue
     assert out.exit_code == (0 if all(h["ok"] for h in nodes.values()) else 1)
+
+
+@pytest.mark.worker
+@pytest.mark.model
+def test_replace_of_an_id_in_flight_ends_in_one_status_with_the_new_text(fault_worker, store):
+    """`enqueue --replace` while the old text is being labeled: the old task's label is not written onto
+    the new text, the old chain's reply does not fail the new record, and the id sits in one status set."""
+    hold = "[hold:3] I love this, thank you so much!"
+    send(fault_worker, {"id": "inflight-1", "text": hold})
+    key = store.k.test("fault", "holding", hold)
+
+    eventually(lambda: store.r.get(key), timeout=120, what="the old text reaching the model")
+    send(fault_worker, {"id": "inflight-1", "text": "Broken on arrival, I want a refund."})  # replace=True
+    rec = wait_final(store, ["inflight-1"])["inflight-1"]
+    assert rec.status == "done" and rec.text.startswith("Broken") and rec.label == "negative", rec
+    assert_one_final_record_each(store, ["inflight-1"])

@@ -18,6 +18,7 @@ Two modes, named by ``MOODQ_QUANT``:
 from __future__ import annotations
 
 import functools
+import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -53,6 +54,30 @@ def weight_levels() -> int:
     return 127 if torch.equal(torch._int_mm(a, b.t()), a.int() @ b.t().int()) else 63
 
 
+class _LastActivation(threading.local):
+    """The last input quantised, per thread: q/k/v projections (and gate/up) get the very same
+    tensor object, so it is quantised once for the three (two) of them. Held here, the object
+    cannot be freed and its id reused; transformers' decoder layers never change a projection's
+    input in place (and inference tensors keep no version counter to check)."""
+
+    x: torch.Tensor | None = None
+    quantised: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+_last = _LastActivation()
+
+
+def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 rows and their scales (one per token), reused while the same unchanged tensor comes again."""
+    if _last.x is x:
+        return _last.quantised
+    a = x.reshape(-1, x.shape[-1]).float()
+    ascale = a.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8).div_(127)
+    aq = (a / ascale).round_().to(torch.int8)  # |a / ascale| <= 127 by construction
+    _last.x, _last.quantised = x, (aq, ascale)
+    return aq, ascale
+
+
 class Int8Linear(nn.Module):
     """A Linear with an int8 copy of its weight: used ``always``, or for decode steps only."""
 
@@ -67,12 +92,9 @@ class Int8Linear(nn.Module):
         self.weight = linear.weight  # still used by large calls, and shared with a tied embedding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
         if not (self.always or _decoding.get()):
             return F.linear(x, self.weight, self.bias)
-        a = x.reshape(rows, -1).float()
-        ascale = a.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8).div_(127)
-        aq = (a / ascale).round_().to(torch.int8)  # |a / ascale| <= 127 by construction
+        aq, ascale = quantise_rows(x)
         out = torch._int_mm(aq, self.qweight_t).float().mul_(ascale).mul_(self.wscale).to(x.dtype)
         out = out.reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias

@@ -128,24 +128,6 @@ class StageTask(Task):
         if chain and priority is not None:
             chain[-1].setdefault("options", {})["priority"] = priority
 
-    def earlier_turns(self, rec: Record, eng, started: float) -> list[Record]:
-        """The conversation's earlier turns (history window), each with its reply: a turn labeled but not yet
-        replied (triage may have put its reply behind this one) is drafted here first, oldest first, so a
-        reply never misses the one before it. A turn not even labeled yet means waiting a little (up to
-        ~1 min, then this reply goes ahead without it)."""
-        earlier = store().history(rec, s.history_turns)
-        if any(h.status == "pending" for h in earlier) and (self.request.retries or 0) < WAIT_FOR_TURN:
-            raise self.retry(countdown=2, max_retries=WAIT_FOR_TURN + s.max_retries)
-        for i, h in enumerate(earlier):
-            if h.status != "labeled":
-                continue
-            draft = None
-            if s.replies_for(h.label):
-                draft = eng.draft(h.text, h.label, h.lang, [(e.text, e.reply) for e in earlier[:i]], **s.draft_options())
-                h.reply = draft.text
-            store().update(h.id, _done(draft, earlier[:i], started, 1, self.request.hostname))
-        return earlier
-
     def batch_size(self, rec: Record, configured: int) -> int:
         """A message on its second try runs alone: if it is what kills workers, it takes no others down."""
         return 1 if self.request.retries or self.redeliveries(rec) > 0 else configured
@@ -224,7 +206,7 @@ def reply(self: StageTask, mid: str) -> str:
     # A conversation's reply needs the earlier turns done first: those go one at a time, in turn order.
     size = 1 if rec.conversation_id else self.batch_size(rec, s.reply_batch_size)
     batch = [rec] + claim(store(), "reply", rec, size - 1, replyable(s))
-    earlier = self.earlier_turns(rec, eng, started)
+    earlier = _earlier_turns(self, rec, eng, started)
     histories = [[(h.text, h.reply) for h in earlier]] + [[] for _ in batch[1:]]
     drafts = eng.draft_many([(r.text, r.label, r.lang, hist) for r, hist in zip(batch, histories)],
                             **s.draft_options())
@@ -233,6 +215,25 @@ def reply(self: StageTask, mid: str) -> str:
             continue  # a batch-mate the deadline cut: its own reply task, still queued, drafts it afresh
         store().update(r.id, _done(draft, earlier if r is rec else [], started, len(batch), self.request.hostname))
     return mid
+
+
+def _earlier_turns(task: StageTask, rec: Record, eng, started: float) -> list[Record]:
+    """The conversation's earlier turns (history window), each with its reply: a turn labeled but not yet
+    replied (triage may have put its reply behind this one) is drafted here first, oldest first, so a
+    reply never misses the one before it. A turn not even labeled yet means waiting a little (up to
+    ~1 min, then this reply goes ahead without it)."""
+    earlier = store().history(rec, s.history_turns)
+    if any(h.status == "pending" for h in earlier) and (task.request.retries or 0) < WAIT_FOR_TURN:
+        raise task.retry(countdown=2, max_retries=WAIT_FOR_TURN + s.max_retries)
+    for i, h in enumerate(earlier):
+        if h.status != "labeled":
+            continue
+        draft = None
+        if s.replies_for(h.label):
+            draft = eng.draft(h.text, h.label, h.lang, [(e.text, e.reply) for e in earlier[:i]], **s.draft_options())
+            h.reply = draft.text
+        store().update(h.id, _done(draft, earlier[:i], started, 1, task.request.hostname))
+    return earlier
 
 
 def _done(draft, earlier: list[Record], started: float, batch: int, node: str | None):
