@@ -98,3 +98,12 @@ def test_prune_drops_the_ids_of_expired_records_from_every_set(settings):
         assert own.ids() == ["p-2", "p-3", "p-4"] and own.prune() == 0
     finally:
         own.delete_all()
+
+
+def test_two_sweepers_never_take_the_same_unpublished_record(store):
+    """Every worker sweeps; a record written but never published is handed to one of them only."""
+    store.add([Message(id=f"sw-{i}", text="hello") for i in range(5)])
+    first = store.take_unpublished(0)
+    assert {f"sw-{i}" for i in range(5)} <= set(first)
+    assert not {f"sw-{i}" for i in range(5)} & set(store.take_unpublished(0.5))  # renewed: not old enough again
+    store.published([f"sw-{i}" for i in range(5)])

@@ -59,7 +59,7 @@ def sweep(settings: Settings, app: Celery, store: Store, older_than_s: float | N
     """
     older = settings.sweep_after_s if older_than_s is None else older_than_s
     counts = {"republished": 0, "final": 0, "gone": 0}
-    for mid in store.unpublished(older):
+    for mid in store.take_unpublished(older):  # each id to one sweeper, though every worker sweeps
         def bump(rec: Record) -> None:
             if rec.status in ("pending", "labeled"):
                 rec.republished += 1

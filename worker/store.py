@@ -19,6 +19,7 @@ from redis.retry import Retry
 
 from worker.errors import BadMessage
 from worker.keys import STATUSES
+from worker.redis_scripts import ADD_SCRIPT, TAKE_SCRIPT
 from worker.schemas import Message, Record
 from worker.settings import Settings
 
@@ -89,6 +90,16 @@ class Store:
     def unpublished(self, older_than_s: float, now: float | None = None) -> list[str]:
         """Ids written at least ``older_than_s`` ago whose task was never confirmed published."""
         return self.r.zrangebyscore(self.k.unpublished, "-inf", (now or time.time()) - older_than_s)
+
+    def take_unpublished(self, older_than_s: float, limit: int = 1000) -> list[str]:
+        """Like :meth:`unpublished`, but each id is handed to one caller only: its mark is renewed in the
+        same step, so a second sweeper skips it, and if this one dies it comes round again later."""
+        now = time.time()
+        return self._take_script(keys=[self.k.unpublished], args=[now - older_than_s, now, limit])
+
+    @functools.cached_property
+    def _take_script(self):
+        return self.r.register_script(TAKE_SCRIPT)
 
     @functools.cached_property
     def _add_script(self):
@@ -252,38 +263,6 @@ class Store:
         for start in range(0, len(keys), 1000):
             self.r.delete(*keys[start:start + 1000])
         return len(keys)
-
-
-# KEYS: index, todo:sentiment, unpublished, status:pending/labeled/done/failed, then the rec: and conv:
-# prefixes. ARGV: [ttl, replace, conversation keep, todo keep, now] as JSON, then per message its id,
-# record JSON, seq and conversation id. Returns 1 per message created (or replaced), 0 per duplicate.
-ADD_SCRIPT = """
-local opts = cjson.decode(ARGV[1])
-local ttl, replace, keep, todo_keep, now = opts[1], opts[2], opts[3], opts[4], opts[5]
-local out = {}
-for i = 2, #ARGV, 4 do
-  local id, body, seq, cid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local key = KEYS[8] .. id
-  if replace == 0 and redis.call('EXISTS', key) == 1 then
-    table.insert(out, 0)
-  else
-    if ttl > 0 then redis.call('SET', key, body, 'EX', ttl) else redis.call('SET', key, body) end
-    redis.call('ZADD', KEYS[1], seq, id)
-    for s = 5, 7 do redis.call('SREM', KEYS[s], id) end
-    redis.call('SADD', KEYS[4], id)
-    redis.call('ZADD', KEYS[2], seq, id)
-    redis.call('ZADD', KEYS[3], now, id)
-    if cid ~= '' then
-      redis.call('ZADD', KEYS[9] .. cid, seq, id)
-      redis.call('ZREMRANGEBYRANK', KEYS[9] .. cid, 0, -keep - 1)
-      if ttl > 0 then redis.call('EXPIRE', KEYS[9] .. cid, ttl) end
-    end
-    table.insert(out, 1)
-  end
-end
-redis.call('ZREMRANGEBYRANK', KEYS[2], todo_keep, -1)
-return out
-"""
 
 
 def parse(raw: str, mid: str) -> Record:
