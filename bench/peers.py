@@ -88,13 +88,14 @@ def ctranslate2_int8(converted, tok, prefix, texts, label_tok, reply_prompts, to
     static = as_tokens(prefix)
     labels = []
     t0 = time.perf_counter()
-    for start in range(0, len(texts), 16):
-        chunk = [as_tokens(ids) for ids in texts[start:start + 16]]
-        res = gen.generate_batch(chunk, static_prompt=static, max_length=1, sampling_topk=1,
-                                 return_logits_vocab=True, include_prompt_in_result=False, max_batch_size=16)
-        for r in res:
-            logits = np.asarray(r.logits[0]).reshape(-1)
-            labels.append(int(np.argmax([logits[t] for t in label_tok])))
+    # One prompt per call: batches of prompts of different lengths gave wrong logits with a static prompt
+    # (16 zh lines: 16/16 labels as moodq's one at a time, 8/16 in one batch), which is what made
+    # CT2's accuracy 0.52 before 2026-11-24.
+    for ids in texts:
+        r = gen.generate_batch([as_tokens(ids)], static_prompt=static, max_length=1, sampling_topk=1,
+                               return_logits_vocab=True, include_prompt_in_result=False)[0]
+        logits = np.asarray(r.logits[0]).reshape(-1)
+        labels.append(int(np.argmax([logits[t] for t in label_tok])))
     score_s = time.perf_counter() - t0
     rates = {}
     for b in (1, batch):
@@ -156,7 +157,7 @@ def main() -> None:
         return
     labels, secs, rates = ctranslate2_int8(converted, eng.tok, prefix, texts, label_tok, reply_prompts,
                                            args.tokens, args.batch, args.threads)
-    row("scoring, batches of 16 (static prompt cached)", len(rows), secs, labels, gold)
+    row("scoring, one at a time (static prompt cached)", len(rows), secs, labels, gold)
     for b, tps in rates.items():
         print(f"  replies, batch {b:<36}{tps:>8.1f} tok/s", flush=True)
     print(f"\nmoodq scoring / llama.cpp scoring: {moodq_rate / llama_rate:.2f}x  (torch threads {torch.get_num_threads()})")

@@ -5,6 +5,8 @@ auto) and the same replies are drafted one at a time and in batches of each --ba
 The last line gives every path's tokens/s at the largest batch as a ratio to the first path's.
 
 Usage:  python bench/replies.py --n 16 --batch 1,8 --tokens 48 [--dtype float32] [--quant none,int8-decode]
+A quant value ending in "/unshared" quantises the q/k/v (and gate/up) inputs once per projection,
+as before 2026-11-24 (e.g. --quant int8-decode/unshared,int8-decode).
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ def main() -> None:
     print(header())
     batches = [int(b) for b in args.batch.split(",")]
     at_max: dict[str, float] = {}
-    for quant in args.quant.split(","):
+    from worker import quant as int8
+
+    for spec in args.quant.split(","):
+        quant, _, variant = spec.partition("/")
+        int8.SHARE_INPUTS = variant != "unshared"
         settings = load_settings(threads=2, dtype=args.dtype, quant=quant)
         loaded = load(settings)
         eng = Engine(loaded, load_prompts(settings.prompts), max_text_tokens=settings.sentiment_max_tokens)
@@ -58,7 +64,7 @@ def main() -> None:
             made = sum(d.tokens for d in drafts)
             print(f"  batch {b:>3}: {made} tokens in {secs:.1f} s = {made / secs:.1f} tok/s, {args.n / secs:.2f} "
                   f"replies/s; ended at end of turn {sum(not d.truncated for d in drafts)}/{args.n}", flush=True)
-            at_max[str(eng.path)] = made / secs
+            at_max[str(eng.path) + (f"/{variant}" if variant else "")] = made / secs
         print("  e.g.", drafts[0].text.replace("\n", " ")[:120])
         del eng, loaded
         gc.collect()

@@ -65,11 +65,12 @@ class _LastActivation(threading.local):
 
 
 _last = _LastActivation()
+SHARE_INPUTS = True  # bench/replies.py turns it off ("int8-decode/unshared") to measure what it saves
 
 
 def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 rows and their scales (one per token), reused while the same unchanged tensor comes again."""
-    if _last.x is x:
+    if _last.x is x and SHARE_INPUTS:
         return _last.quantised
     a = x.reshape(-1, x.shape[-1]).float()
     ascale = a.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8).div_(127)
