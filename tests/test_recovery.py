@@ -77,6 +77,10 @@ def test_a_worker_whose_model_cannot_load_takes_no_message_and_exits_non_zero(ow
                              cwd=ROOT, timeout=300)
     assert run.returncode == 1, log.read_text()[-3000:]
     assert "stopping this worker so it takes no messages" in log.read_text()
+    from worker.upkeep import health
+
+    why = [h["why"] for h in health(own).values()]  # what `moodq check` prints, after the worker is gone
+    assert why and "no file named model.safetensors" in why[0], why
     store = Store(own)
     assert [(r.status, r.attempts) for r in store.get_many(ids)] == [("pending", {})] * 3
     assert task_queue.depth(make_app(own), own.queue) == 3  # handed back, for a healthy worker

@@ -22,6 +22,7 @@ from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 MODEL_FAILED = "SIGUSR2"  # a pool process tells the main process its model did not load
+KEEP_FAILED_S = 3600  # a worker stopped by a model that did not load leaves its heartbeat (with why) this long
 PRUNE_EVERY_S = 600  # expired records leave their ids in sets; a worker clears them this often
 
 
@@ -75,7 +76,11 @@ class Upkeep(bootsteps.StartStopStep):
         self.timers.clear()
         try:
             s = get_settings()
-            _client(s).delete(s.keys.heartbeat(worker.hostname))
+            key = s.keys.heartbeat(worker.hostname)
+            if state.should_stop == EX_FAILURE:  # keep saying why, for `moodq check` and `moodq workers`
+                _client(s).expire(key, KEEP_FAILED_S)
+            else:
+                _client(s).delete(key)
         except Exception:  # Redis may be what is going away
             pass
 
@@ -88,7 +93,8 @@ class Upkeep(bootsteps.StartStopStep):
                 pids = {f"proc:{p}" for p in worker.pool.info.get("processes", [])}
             except (AttributeError, TypeError):  # the pool is starting or stopping
                 pids = set()
-            stale = [f for f in r.hkeys(key) if f.startswith("proc:") and f not in pids]
+            stale = [f for f, v in r.hgetall(key).items()  # processes gone (a failure is kept: it says why)
+                     if f.startswith("proc:") and f not in pids and not v.startswith("failed")]
             pipe = r.pipeline()
             if stale:
                 pipe.hdel(key, *stale)
@@ -130,7 +136,8 @@ def health(s: Settings, this_host: bool = False) -> dict[str, dict]:
         failed = [f"pid {p}: {v[8:]}" for p, v in procs.items() if v.startswith("failed")]
         ready = sum(v == "ready" for v in procs.values())
         age = time.time() - float(info.get("beat", 0))
-        why = ("; ".join(failed) if failed else f"no heartbeat for {age:.0f} s" if age > 3 * s.heartbeat_s
+        why = ("; ".join(failed) + " (the worker stopped)" * (age > 3 * s.heartbeat_s) if failed
+               else f"no heartbeat for {age:.0f} s" if age > 3 * s.heartbeat_s
                else "no process has loaded the model yet" if not ready else "")
         out[node] = {"ok": not why, "why": why, "ready": ready, "age_s": round(age, 1), "queue": info.get("queue")}
     return out
