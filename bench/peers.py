@@ -64,7 +64,9 @@ def llama_cpp(gguf, prefix, texts, label_tok, reply_prompts, tokens, threads):
     for ids in texts:
         llm.n_tokens = len(prefix)  # keep the prefix's KV cache, drop the previous message
         llm.eval(ids)
-        logits = llm.scores[llm.n_tokens - 1]
+        # The last position's logits straight from the context: without logits_all, llama-cpp-python
+        # 0.3.x no longer copies them into llm.scores (reading llm.scores gave stale rows: acc 0.55).
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
         labels.append(int(np.argmax([logits[t] for t in label_tok])))
     score_s = time.perf_counter() - t0
     made, t0 = 0, time.perf_counter()
