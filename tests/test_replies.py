@@ -41,20 +41,6 @@ def test_a_long_message_never_cuts_its_short_batch_mates(engine):
         assert t.tokens >= 0.5 * a.tokens  # not shortened by the long neighbour
 
 
-def test_a_conversation_reply_does_not_resend_the_previous_reply(engine):
-    """The demo's chat: turn 2 ("the weather is annoying") used to get turn 1's reply back word for word.
-    No run of 8 tokens of an earlier reply may come again."""
-    from worker.drafting import COPY_SPAN
-
-    first = "我感觉很累，工作压力太大了。"
-    earlier = engine.draft(first, "negative", "zh", [], max_new_tokens=64, deadline_s=60, sampling=GREEDY).text
-    second = engine.draft("这个天气真让人烦躁。", "negative", "zh", [(first, earlier)], max_new_tokens=64,
-                          deadline_s=60, sampling=GREEDY)
-    ids, before = engine.chat.encode(second.text), engine.chat.encode(earlier)
-    runs = {tuple(before[k:k + COPY_SPAN]) for k in range(len(before) - COPY_SPAN + 1)}
-    assert second.text and not any(tuple(ids[k:k + COPY_SPAN]) in runs for k in range(len(ids) - COPY_SPAN + 1))
-
-
 def test_a_cut_reply_says_why(engine):
     capped = engine.draft_many([("Tell me a long story about the sea.", "positive", "en", [])],
                                max_new_tokens=3, deadline_s=60, sampling=GREEDY)[0]

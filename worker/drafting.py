@@ -15,7 +15,6 @@ from worker.chat import Chat, History
 from worker.quant import decoding
 
 Item = tuple[str, str, str, History]  # (text, label, lang, history)
-COPY_SPAN = 8  # a reply may not repeat this many tokens in a row of an earlier reply of its conversation
 
 
 @dataclass
@@ -44,8 +43,7 @@ class Drafter:
         drafts: list[Draft | None] = [None] * len(items)
         end = time.monotonic() + deadline_s
         for bucket in buckets(prompts, len(prompts), slack=1.5, extra=32):
-            bans = self._copy_bans([items[i][3] for i in bucket])
-            made = self._generate([prompts[i] for i in bucket], max_new_tokens, end, sampling, bans)
+            made = self._generate([prompts[i] for i in bucket], max_new_tokens, end, sampling)
             for i, draft in zip(bucket, made):
                 draft.text = (openings[i] + draft.text).strip()
                 drafts[i] = draft
@@ -63,28 +61,15 @@ class Drafter:
             seqs |= {(i,) for i, t in enumerate(vocab) if t and ("\u010a" in t or "\n" in t)}  # byte-level "\n" is U+010A
         return [list(s) for s in sorted(seqs) if s] or None
 
-    def _copy_bans(self, histories: list[History]) -> list[list[int]]:
-        """Every COPY_SPAN-token run of the earlier replies in these conversations: the small model
-        otherwise tends to send the previous turn's reply again, whatever the new message says."""
-        runs = set()
-        for history in histories:
-            for _, reply in history:
-                ids = self.chat.encode(reply) if reply else []
-                runs |= {tuple(ids[k:k + COPY_SPAN]) for k in range(len(ids) - COPY_SPAN + 1)}
-        return [list(r) for r in sorted(runs)]
-
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, end: float, sampling: dict,
-                  bans: list[list[int]] = ()) -> list[Draft]:
-        """One left-padded ``generate`` over prompts of similar length, stopping at ``end`` (monotonic);
-        ``bans`` are token runs these replies may not produce (on top of the prompt files' banned phrases)."""
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, end: float, sampling: dict) -> list[Draft]:
+        """One left-padded ``generate`` over prompts of similar length, stopping at ``end`` (monotonic)."""
         tok = self.chat.tok
         batch = tok.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
         width = batch["input_ids"].shape[1]
         with torch.inference_mode(), decoding():
             out = self.model.generate(
                 **batch, max_new_tokens=max_new_tokens, max_time=max(0.5, end - time.monotonic()),
-                eos_token_id=self.stops, pad_token_id=tok.pad_token_id,
-                bad_words_ids=[*(self.bad_words or []), *bans] or None, **sampling,
+                eos_token_id=self.stops, pad_token_id=tok.pad_token_id, bad_words_ids=self.bad_words, **sampling,
             )
         drafts = []
         for row in out[:, width:].tolist():
