@@ -45,6 +45,11 @@ def test_user_text_cannot_forge_a_chat_turn(chat):
     assert all("<|im_" not in t["content"] for t in turns[1:])
 
 
+def test_earlier_turns_without_their_replies_are_customer_turns_only(chat):
+    turns = chat.reply_messages("And now it is broken.", "negative", "en", [("It arrived.", None), ("Thanks!", None)])
+    assert [t["role"] for t in turns] == ["system", "user", "user", "user"]
+
+
 def test_reply_prompt_ends_with_the_opening_and_stops_at_the_end_of_turn(chat):
     ids = chat.reply_prompt("My parcel is late.", "negative", "en", [])
     opening = chat.opening("negative", "en")

@@ -207,7 +207,7 @@ def reply(self: StageTask, mid: str) -> str:
     size = 1 if rec.conversation_id else self.batch_size(rec, s.reply_batch_size)
     batch = [rec] + claim(store(), "reply", rec, size - 1, replyable(s))
     earlier = _earlier_turns(self, rec, eng, started)
-    histories = [[(h.text, h.reply) for h in earlier]] + [[] for _ in batch[1:]]
+    histories = [_history(earlier)] + [[] for _ in batch[1:]]
     drafts = eng.draft_many([(r.text, r.label, r.lang, hist) for r, hist in zip(batch, histories)],
                             **s.draft_options())
     for r, draft in zip(batch, drafts):
@@ -230,10 +230,17 @@ def _earlier_turns(task: StageTask, rec: Record, eng, started: float) -> list[Re
             continue
         draft = None
         if s.replies_for(h.label):
-            draft = eng.draft(h.text, h.label, h.lang, [(e.text, e.reply) for e in earlier[:i]], **s.draft_options())
+            draft = eng.draft(h.text, h.label, h.lang, _history(earlier[:i]), **s.draft_options())
             h.reply = draft.text
         store().update(h.id, _done(draft, earlier[:i], started, 1, task.request.hostname))
     return earlier
+
+
+def _history(turns: list[Record]) -> list[tuple[str, str | None]]:
+    """Earlier turns as the reply model sees them: the customer's messages, and the replies drafted for
+    them only with MOODQ_HISTORY_REPLIES (drafts are not necessarily what the customer was sent, and the
+    small model copies them)."""
+    return [(h.text, h.reply if s.history_replies else None) for h in turns]
 
 
 def _done(draft, earlier: list[Record], started: float, batch: int, node: str | None):
