@@ -19,11 +19,6 @@ option = functools.partial(click.option, show_envvar=True, show_default=True)
 CONNECT_WAIT_S = 10  # a command waits this long for Redis (workers ride out ~30 s restarts)
 
 
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return maybe_sanitize_url(url)
-
-
 def settings_help() -> str:
     """Every MOODQ_* setting with its default, for the top-level --help."""
     lines = ["\b", "Settings (environment variables; the README's configuration table says more):"]
@@ -49,7 +44,7 @@ def reach(settings: Settings | None = None, wait_s: float = CONNECT_WAIT_S):
             if time.monotonic() > deadline:
                 raise
             if not said:
-                click.echo(f"connecting to Redis at {safe_url(s.redis_url)} (retrying for up to {wait_s:g} s) ...",
+                click.echo(f"connecting to Redis at {maybe_sanitize_url(s.redis_url)} (retrying for up to {wait_s:g} s) ...",
                            err=True)
                 said = True
             time.sleep(1)
@@ -69,7 +64,7 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError) as exc:
-            click.echo(f"error: cannot reach Redis at {safe_url(get_settings().redis_url)} ({exc}). "
+            click.echo(f"error: cannot reach Redis at {maybe_sanitize_url(get_settings().redis_url)} ({exc}). "
                        "Start it (redis-server) or set MOODQ_REDIS_URL.", err=True)
             sys.exit(2)
         except MoodqError as exc:

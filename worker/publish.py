@@ -58,23 +58,24 @@ def sweep(settings: Settings, app: Celery, store: Store, older_than_s: float | N
     record counts it in ``republished``. Returns counts: republished, final (nothing to do), gone.
     """
     older = settings.sweep_after_s if older_than_s is None else older_than_s
-    counts = {"republished": 0, "final": 0, "gone": 0}
-    for mid in store.take_unpublished(older):  # each id to one sweeper, though every worker sweeps
-        def bump(rec: Record) -> None:
-            if rec.status in ("pending", "labeled"):
-                rec.republished += 1
+    def bump(rec: Record) -> None:
+        if rec.status in ("pending", "labeled"):
+            rec.republished += 1
 
+    counts = {"republished": 0, "final": 0, "gone": 0}
+    again, done = [], []
+    for mid in store.take_unpublished(older):  # each id to one sweeper, though every worker sweeps
         rec = store.update(mid, bump)
-        if rec is None:
-            counts["gone"] += 1
-            store.published([mid])
-        elif rec.status in ("pending", "labeled"):
-            stage = "sentiment" if rec.status == "pending" else "reply"
-            publish(app, store, [(rec, stage)], settings.queue)
-            counts["republished"] += 1
-            log.warning("sweep: published the %s task of %s again (its producer never did)", stage, mid)
+        if rec is not None and rec.status in ("pending", "labeled"):
+            again.append((rec, "sentiment" if rec.status == "pending" else "reply"))
         else:
-            counts["final"] += 1
-            store.published([mid])
+            counts["gone" if rec is None else "final"] += 1
+            done.append(mid)
+    publish(app, store, again, settings.queue)  # one pipelined batch, then their marks are cleared
+    store.published(done)
+    counts["republished"] = len(again)
+    if again:
+        log.warning("sweep: published the tasks of %d records again (their producer never did), e.g. %s",
+                    len(again), again[0][0].id)
     return counts
 

@@ -6,6 +6,7 @@ worker never takes messages that a healthy one could run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,9 +28,15 @@ PRUNE_EVERY_S = 600  # expired records leave their ids in sets; a worker clears 
 
 
 def _client(s: Settings):
+    return _client_for(s.redis_url)
+
+
+@functools.cache
+def _client_for(url: str):
+    """One small client per process and URL (the heartbeat runs every few seconds)."""
     import redis
 
-    return redis.Redis.from_url(s.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5)
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=5)
 
 
 def report_model(node: str | None, ok: bool, detail: str = "") -> None:

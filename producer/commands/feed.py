@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 import click
+from kombu.utils.url import maybe_sanitize_url
 from tqdm import tqdm
 
 from producer import sources
 from producer.enqueue import enqueue as enqueue_messages
 from producer.enqueue import retry_failed as retry_messages
 from producer.progress import watch
-from worker.clitools import option, quiet, reach, safe_url
+from worker.clitools import option, quiet, reach
 from worker.settings import get_settings
 
 stage_option = option("--stage", type=click.Choice(["sentiment", "reply"]), default=None,
@@ -192,5 +193,5 @@ def purge(yes):
     s = get_settings()
     store = reach(s)
     if not yes:
-        click.confirm(f"delete all records under '{s.key_prefix}:' in {safe_url(s.redis_url)}?", abort=True)
+        click.confirm(f"delete all records under '{s.key_prefix}:' in {maybe_sanitize_url(s.redis_url)}?", abort=True)
     click.echo(f"deleted {store.delete_all()} keys")
