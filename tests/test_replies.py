@@ -19,12 +19,48 @@ SHORT = ["Where is my order? It has been a week.", "The charger stopped working 
 
 
 def test_batched_greedy_replies_equal_one_at_a_time_on_a_tiny_float32_model(engine):
-    """Exact check: left padding and length buckets change nothing in a float32 greedy draft."""
+    """Exact check: joining a running batch (left padding), leaving it, and taking a freed slot
+    change nothing in a float32 greedy draft."""
     tiny = Engine(_tiny(engine.tok), engine.prompts)
-    items = [(t, "negative", "en", []) for t in SHORT] + [("很好", "positive", "zh", [])]
-    alone = [tiny.draft_many([it], max_new_tokens=12, deadline_s=60, sampling=GREEDY)[0].text for it in items]
-    together = [d.text for d in tiny.draft_many(items, max_new_tokens=12, deadline_s=60, sampling=GREEDY)]
+    items = [(t, "negative", "en", []) for t in SHORT] + [("很好", "positive", "zh", []),
+                                                          ("My sofa came in June. " * 30, "negative", "en", [])]
+    opts = {"deadline_s": 60, "sampling": GREEDY}
+    alone = [tiny.draft_many([it], max_new_tokens=12, **opts)[0].text for it in items]
+    assert len(set(alone)) > 1  # the tiny model's replies differ, so a mix-up of rows would show
+    together = [d.text for d in tiny.draft_many(items, max_new_tokens=12, **opts)]
     assert together == alone
+    # Two slots for seven replies of different lengths: rows leave at different steps and the next
+    # message takes the freed slot while the other row keeps going.
+    caps = [3, 12, 5, 12, 7, 2, 12]
+    mixed = [tiny.draft_many([it], max_new_tokens=c, **opts)[0].text for it, c in zip(items, caps)]
+    staggered = _staggered(tiny, items, caps, slots=2, **opts)
+    assert staggered == mixed
+
+
+def _staggered(tiny, items, caps, **opts):
+    """Draft with a different token cap per item (to make rows leave at different steps)."""
+    drafter, stop = tiny.drafter, tiny.drafter._stop
+    cap_of = {i: c for i, c in enumerate(caps)}
+    drafter._stop = lambda row, _cap: stop(row, cap_of[row.index])
+    try:
+        return [d.text for d in tiny.draft_many(items, max_new_tokens=max(caps), **opts)]
+    finally:
+        drafter._stop = stop
+
+
+def test_the_cached_system_prompt_gives_the_same_greedy_reply_as_none(engine):
+    """The reply's system turn is prefilled once per (language, label) and its KV cache reused; on the
+    tiny float32 model a greedy draft is exactly what the whole prompt prefilled from scratch gives."""
+    tiny = Engine(_tiny(engine.tok), engine.prompts)
+    items = [(SHORT[0], "negative", "en", []), ("很好", "positive", "zh", []),
+             (SHORT[1], "negative", "en", [("Hello?", "Hi, how can I help?")])]
+    opts = {"max_new_tokens": 10, "deadline_s": 60, "sampling": GREEDY}
+    cached = [tiny.draft_many([it], **opts)[0].text for it in items]
+    assert len(tiny.drafter._prefixes) == 2  # en/negative (with or without history) and zh/positive
+    tiny.chat.reply_prefix = lambda label, lang: []  # no cached prefix: the whole prompt prefilled
+    tiny.drafter._prefixes.clear()
+    assert [tiny.draft_many([it], **opts)[0].text for it in items] == cached
+    assert not tiny.drafter._prefixes
 
 
 def test_a_long_message_never_cuts_its_short_batch_mates(engine):

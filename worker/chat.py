@@ -55,6 +55,11 @@ class Chat:
         chat.append({"role": "user", "content": self.clean(text)})
         return chat
 
+    def reply_prefix(self, label: str, lang: str) -> list[int]:
+        """Token ids of the reply conversation's fixed start, its system turn for (label, language):
+        the same for every message, so its KV cache is computed once (worker.drafting)."""
+        return self.encode(self.render(self.reply_messages("", label, lang, [])[:1], generation=False))
+
     def opening(self, label: str, lang: str) -> str:
         """The words the assistant turn starts with (response priming), from the prompt file."""
         return self.prompts.languages[lang].reply.openings.get(label, "")

@@ -1,16 +1,24 @@
-"""Drafting replies: batched ``generate`` in buckets of similar prompt length, each reply ending at
-its own end of turn, with the token cap and the deadline said out loud when they cut one."""
+"""Drafting replies by continuous batching. Each reply is prefilled alone, on top of the cached KV of
+its system prompt (fixed per language and label, encoded once per process), then joins the running
+batch; every decode step reads the weights once for all running replies, and a reply leaves the
+batch at its own end of turn, token cap or deadline, its slot taken by the next waiting message.
+So no reply pads, waits for, or shortens another, and a long prompt costs only its own prefill."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from transformers import (
+    LogitsProcessorList, NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor, PreTrainedModel,
+    RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper,
+)
 
-from worker.batching import buckets
+from worker import kvcache
 from worker.chat import Chat, History
 from worker.quant import decoding
 
@@ -25,29 +33,147 @@ class Draft:
     stop: str = "end"  # "end" (the model's end of turn), "cap" (max_new_tokens) or "deadline"
 
 
+@dataclass
+class _Row:
+    index: int  # which item
+    tokens: list[int]  # prompt, then the reply so far (its last token not yet in the cache)
+    start: int  # where the reply begins
+    deadline: float  # monotonic
+    opening: str  # the primed first words: part of the reply
+    stop: str | None = None
+
+    @property
+    def reply(self) -> list[int]:
+        return self.tokens[self.start:]
+
+
 class Drafter:
     def __init__(self, model: PreTrainedModel, chat: Chat):
         self.model, self.chat = model, chat
         self.stops = chat.stop_ids(model.generation_config.eos_token_id)
+        self.rows_join = kvcache.rows_can_join(model)
+        self._prefixes: dict[tuple[int, ...], object] = {}  # system prompt ids -> their KV cache
 
-    def draft_many(self, items: list[Item], *, max_new_tokens: int, deadline_s: float, sampling: dict) -> list[Draft]:
-        """Draft several replies; each stops at its own end of turn.
-
-        Replies run in buckets of similar prompt length, shortest first, so a long message
-        never pads a short one's batch nor uses up its time; each bucket may use what is left of
-        ``deadline_s`` (transformers' ``max_time``). A reply cut by the deadline or the token
-        cap is ``truncated``, and ``stop`` says which.
-        """
-        openings = [self.chat.opening(label, lang) for _, label, lang, _ in items]
-        prompts = [self.chat.reply_prompt(*item) for item in items]
+    def draft_many(self, items: list[Item], *, slots: int | None = None, **options) -> list[Draft]:
+        """A reply for every item, in order, at most ``slots`` (default: all) drafted at a time; see :meth:`stream`."""
         drafts: list[Draft | None] = [None] * len(items)
-        end = time.monotonic() + deadline_s
-        for bucket in buckets(prompts, len(prompts), slack=1.5, extra=32):
-            made = self._generate([prompts[i] for i in bucket], max_new_tokens, end, sampling)
-            for i, draft in zip(bucket, made):
-                draft.text = (openings[i] + draft.text).strip()
-                drafts[i] = draft
+        for i, draft in self.stream(items, slots=slots or len(items), **options):
+            drafts[i] = draft
         return drafts
+
+    def stream(self, items: Iterable[Item], *, slots: int, max_new_tokens: int, deadline_s: float, sampling: dict,
+               until: float | None = None) -> Iterator[tuple[int, Draft]]:
+        """(index, draft) for each item as its reply ends, at most ``slots`` drafted at a time.
+
+        ``items`` is read lazily: the next item is taken only when a slot is free, so a caller can
+        hand out work as it arrives. Each reply may take ``deadline_s`` from the moment it starts,
+        and none runs past ``until`` (monotonic); a reply cut by a deadline or the token cap is
+        ``truncated``, and ``stop`` says which.
+        """
+        slots = max(1, slots) if self.rows_join else 1
+        choose, pending = self._chooser(sampling), iter(enumerate(items))
+        rows: list[_Row] = []
+        cache = mask = None
+        with torch.inference_mode(), decoding():
+            while True:
+                while len(rows) < slots and (nxt := next(pending, None)) is not None:  # a free slot: prefill alone, join
+                    i, (text, label, lang, history) = nxt
+                    prompt = self.chat.reply_prompt(text, label, lang, history)
+                    row_cache, logits = self._prefill(prompt, self.chat.reply_prefix(label, lang))
+                    deadline = time.monotonic() + deadline_s
+                    row = _Row(i, list(prompt), len(prompt), min(deadline, until or deadline), self.chat.opening(label, lang))
+                    row.tokens += choose([row], logits)
+                    cache, mask = kvcache.join(cache, row_cache), self._join_masks(mask, len(prompt))
+                    rows.append(row)
+                if not rows:
+                    return
+                for r in rows:
+                    r.stop = self._stop(r, max_new_tokens)
+                if any(r.stop for r in rows):
+                    yield from ((r.index, self._draft(r)) for r in rows if r.stop)
+                    kept = [j for j, r in enumerate(rows) if not r.stop]
+                    rows = [rows[j] for j in kept]
+                    if not rows:
+                        cache = mask = None
+                        continue
+                    mask = mask[kept]
+                    first = int(mask.any(dim=0).nonzero()[0])  # columns before it pad every kept row
+                    cache, mask = kvcache.keep(cache, kept, first), mask[:, first:]
+                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+                out = self.model(
+                    input_ids=torch.tensor([[r.tokens[-1]] for r in rows]), attention_mask=mask,
+                    position_ids=torch.tensor([[len(r.tokens) - 1] for r in rows]), use_cache=True, logits_to_keep=1,
+                    **kvcache.cache_arg(self.model, cache))
+                cache = kvcache.returned(out)
+                for r, token in zip(rows, choose(rows, out.logits[:, -1])):
+                    r.tokens.append(token)
+
+    def _prefill(self, prompt: list[int], prefix: list[int]):
+        """One prompt's KV cache and its next-token logits, reusing the cached system prompt when the
+        prompt starts with it."""
+        cache, done = None, 0
+        if 0 < len(prefix) < len(prompt) and prompt[:len(prefix)] == prefix:
+            key = tuple(prefix)
+            if key not in self._prefixes:
+                out = self.model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1)
+                self._prefixes[key] = kvcache.returned(out)
+            cache, done = copy.deepcopy(self._prefixes[key]), len(prefix)
+        out = self.model(input_ids=torch.tensor([prompt[done:]]), position_ids=torch.arange(done, len(prompt))[None],
+                         use_cache=True, logits_to_keep=1, **kvcache.cache_arg(self.model, cache))
+        return kvcache.returned(out), out.logits[:, -1]
+
+    @staticmethod
+    def _join_masks(mask: torch.Tensor | None, length: int) -> torch.Tensor:
+        """The running batch's attention mask with one more row of ``length`` tokens, right-aligned."""
+        row = torch.ones(1, length, dtype=torch.long)
+        if mask is None:
+            return row
+        width = max(mask.shape[1], length)
+        pad = lambda m: torch.cat([m.new_zeros(m.shape[0], width - m.shape[1]), m], dim=1)  # noqa: E731
+        return torch.cat([pad(mask), pad(row)])
+
+    def _stop(self, row: _Row, max_new_tokens: int) -> str | None:
+        if row.reply and row.reply[-1] in self.stops:
+            return "end"
+        if len(row.reply) >= max_new_tokens:
+            return "cap"
+        return "deadline" if time.monotonic() > row.deadline else None
+
+    def _draft(self, row: _Row) -> Draft:
+        new = row.reply[:-1] if row.stop == "end" else row.reply
+        text = self.chat.tok.decode(new, skip_special_tokens=True)
+        return Draft((row.opening + text).strip(), truncated=row.stop != "end", tokens=len(new), stop=row.stop)
+
+    def _chooser(self, sampling: dict):
+        """The next token of each row: the model's generation config with ``sampling`` on top, as
+        transformers' logits processors (banned phrases, repetition penalty, n-gram bans), then
+        greedy, or temperature and top-p sampling among the top-k tokens."""
+        cfg = copy.deepcopy(self.model.generation_config)
+        cfg.update(**sampling)
+        rules = LogitsProcessorList()
+        if self.bad_words:
+            rules.append(NoBadWordsLogitsProcessor(self.bad_words, eos_token_id=self.stops))
+        if cfg.repetition_penalty and cfg.repetition_penalty != 1.0:
+            rules.append(RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty))
+        if cfg.no_repeat_ngram_size:
+            rules.append(NoRepeatNGramLogitsProcessor(cfg.no_repeat_ngram_size))
+        warpers = LogitsProcessorList()
+        if cfg.temperature and cfg.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(cfg.temperature))
+        if cfg.top_p is not None and cfg.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(cfg.top_p))
+
+        def choose(rows: list[_Row], logits: torch.Tensor) -> list[int]:
+            width = max(len(r.tokens) for r in rows)  # left-padded with each row's own first token,
+            ids = torch.tensor([[r.tokens[0]] * (width - len(r.tokens)) + r.tokens for r in rows])  # a no-op pad
+            scores = rules(ids, logits.float())
+            if not cfg.do_sample:
+                return scores.argmax(dim=-1).tolist()
+            top, where = scores.topk(min(cfg.top_k or scores.shape[-1], scores.shape[-1]), dim=-1)
+            picked = torch.multinomial(torch.softmax(warpers(ids, top), dim=-1), 1)  # top-p over the top k only:
+            return where.gather(1, picked).squeeze(1).tolist()  # the same draw, without sorting the vocabulary
+
+        return choose
 
     @functools.cached_property
     def bad_words(self) -> list[list[int]] | None:
@@ -60,22 +186,3 @@ class Drafter:
             vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
             seqs |= {(i,) for i, t in enumerate(vocab) if t and ("\u010a" in t or "\n" in t)}  # byte-level "\n" is U+010A
         return [list(s) for s in sorted(seqs) if s] or None
-
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int, end: float, sampling: dict) -> list[Draft]:
-        """One left-padded ``generate`` over prompts of similar length, stopping at ``end`` (monotonic)."""
-        tok = self.chat.tok
-        batch = tok.pad({"input_ids": prompts}, padding_side="left", return_tensors="pt")
-        width = batch["input_ids"].shape[1]
-        with torch.inference_mode(), decoding():
-            out = self.model.generate(
-                **batch, max_new_tokens=max_new_tokens, max_time=max(0.5, end - time.monotonic()),
-                eos_token_id=self.stops, pad_token_id=tok.pad_token_id, bad_words_ids=self.bad_words, **sampling,
-            )
-        drafts = []
-        for row in out[:, width:].tolist():
-            ended = next((k for k, t in enumerate(row) if t in self.stops), None)
-            new = row[:ended] if ended is not None else row
-            text = tok.decode(new, skip_special_tokens=True)  # stripped by the caller, after the opening
-            stop = "end" if ended is not None else "cap" if len(new) >= max_new_tokens else "deadline"
-            drafts.append(Draft(text, truncated=ended is None, tokens=len(new), stop=stop))
-        return drafts

@@ -8,8 +8,6 @@ reused. Contextual calibration divides out the label prior measured on content-f
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
 import math
 from dataclasses import dataclass, field
 
@@ -17,6 +15,7 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
+from worker import kvcache
 from worker.batching import buckets, head_and_tail
 from worker.chat import Chat
 from worker.prompts import PromptSet
@@ -68,6 +67,9 @@ class Scorer:
         if calibrate is None:
             calibrate = self.prompts.languages[lang].sentiment.calibration
         bias = self.calibration(lang) if calibrate else []
+        prior = self.prompts.languages[lang].sentiment.label_bias
+        if prior:  # subtracted like the calibration's bias
+            bias = [b - prior.get(label, 0.0) for b, label in zip(bias or [0.0] * len(self.labels), self.labels)]
         encoded = [head_and_tail(self.chat.encode(self.chat.clean(t)), self.max_text_tokens) for t in texts]
         results: list[Judgement | None] = [None] * len(texts)
         for bucket in buckets(encoded, max_batch):
@@ -113,7 +115,7 @@ class Scorer:
         if self.cached:
             with torch.inference_mode():
                 out = self.model(torch.tensor([plan.prefix_ids]), use_cache=True)
-                plan.cache = out.cache if "cache" in out else out.past_key_values
+                plan.cache = kvcache.returned(out)
         return plan
 
     def label_logprobs(self, plan: Plan, encoded: list[list[int]]) -> list[list[float]]:
@@ -141,14 +143,6 @@ class Scorer:
                 offset += steps * len(encoded)
         return out.tolist()
 
-    @functools.cached_property
-    def _cache_name(self) -> str:
-        """transformers >= 5.2x calls the KV cache argument ``cache`` (``past_key_values`` is deprecated)."""
-        return "cache" if "cache" in inspect.signature(type(self.model.base_model).forward).parameters else "past_key_values"
-
-    def _cache_arg(self, cache) -> dict:
-        return {self._cache_name: cache}
-
     def label_states(self, plan: Plan, encoded: list[list[int]]) -> dict[tuple, torch.Tensor]:
         """Hidden states that predict each label token: [texts, len(label prefix)+1, hidden] per group.
 
@@ -167,7 +161,7 @@ class Scorer:
             if n > 1:
                 cache.batch_repeat_interleave(n)
             states = self.model.base_model(
-                input_ids=ids, attention_mask=mask, use_cache=True, **self._cache_arg(cache),
+                input_ids=ids, attention_mask=mask, use_cache=True, **kvcache.cache_arg(self.model, cache),
                 position_ids=torch.arange(p, p + width).unsqueeze(0).expand(n, -1)).last_hidden_state
             last = states[torch.arange(n), lengths - 1].unsqueeze(1)
             for pre in plan.groups:
@@ -176,7 +170,7 @@ class Scorer:
                     continue
                 k = len(pre)
                 more = self.model.base_model(
-                    input_ids=torch.tensor([list(pre)] * n), use_cache=True, **self._cache_arg(cache),
+                    input_ids=torch.tensor([list(pre)] * n), use_cache=True, **kvcache.cache_arg(self.model, cache),
                     attention_mask=torch.cat([mask, torch.ones(n, k, dtype=mask.dtype)], dim=1),
                     position_ids=(p + lengths).unsqueeze(1) + torch.arange(k).unsqueeze(0)).last_hidden_state
                 cache.crop(-k)  # drop the label tokens again, for the next group
