@@ -54,7 +54,7 @@ class Timings(BaseModel):
     sentiment_ms: float | None = None
     reply_ms: float | None = None
     sentiment_batch: int | None = None  # messages scored in the same pass
-    reply_batch: int | None = None      # replies drafted in the same generate call
+    reply_batch: int | None = None      # messages its reply task had taken on when this reply was stored
 
 
 class Record(BaseModel):

@@ -207,10 +207,23 @@ def reply(self: StageTask, mid: str) -> str:
     size = 1 if rec.conversation_id else self.batch_size(rec, s.reply_batch_size)
     batch = [rec] + claim(store(), "reply", rec, size - 1, replyable(s))
     earlier = _earlier_turns(self, rec, eng, started)
-    histories = [_history(earlier)] + [[] for _ in batch[1:]]
-    drafts = eng.draft_many([(r.text, r.label, r.lang, hist) for r, hist in zip(batch, histories)],
-                            **s.draft_options())
-    for r, draft in zip(batch, drafts):
+    options = s.draft_options()
+    until = time.monotonic() + options["deadline_s"]
+
+    def items():
+        """This task's messages, then, while a reply ends in the first half of the deadline, one more
+        waiting message per freed slot (continuous batching: the batch stays full)."""
+        yield rec.text, rec.label, rec.lang, _history(earlier)
+        yield from ((r.text, r.label, r.lang, []) for r in batch[1:])
+        while size > 1 and until - time.monotonic() > options["deadline_s"] / 2:
+            more = claim(store(), "reply", rec, 1, replyable(s))
+            if not more:
+                return
+            batch.append(more[0])
+            yield more[0].text, more[0].label, more[0].lang, []
+
+    for i, draft in eng.drafter.stream(items(), slots=size, until=until, **options):
+        r = batch[i]
         if r is not rec and draft.stop == "deadline":
             continue  # a batch-mate the deadline cut: its own reply task, still queued, drafts it afresh
         store().update(r.id, _done(draft, earlier if r is rec else [], started, len(batch), self.request.hostname))
