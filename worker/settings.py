@@ -71,7 +71,9 @@ class Settings(BaseSettings):
                                   "Off: with them the 0.5B model copied 8+ tokens of its previous reply into 29-38 % "
                                   "of second replies, 4 % without (bench/conversations.py).")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for replies (0 = greedy).")
-    top_p: float = Field(0.9, gt=0, le=1)
+    top_p: float = Field(0.9, gt=0, le=1, description="Replies sample from the most likely tokens that make up this share of the probability.")
+    top_k: int = Field(50, ge=0, description="... and at most this many of them (0 = no limit: every step then sorts the "
+                       "whole 150k-token vocabulary, which took 40 % of a batch-of-8 draft).")
     repetition_penalty: float = Field(1.1, ge=1)
     no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating n-grams of this size in replies (0 = off).")
 
@@ -134,7 +136,7 @@ class Settings(BaseSettings):
         """Keyword arguments for ``generate`` when drafting replies."""
         args: dict = {"do_sample": self.temperature > 0, "repetition_penalty": self.repetition_penalty}
         if self.temperature > 0:
-            args.update(temperature=self.temperature, top_p=self.top_p)
+            args.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         if self.no_repeat_ngram_size:
             args["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return args
