@@ -119,13 +119,33 @@ def test_calibration_prior_comes_from_content_free_inputs_and_is_divided_out(eng
     assert cal.probs["positive"] == pytest.approx(ratio, abs=1e-3)
 
 
-def test_three_label_prompt_file_works(engine):
-    prompts = load_prompts(DATA / "three_labels.yaml")
+def test_the_shipped_three_label_file_answers_questions_neutral(engine):
+    """prompts/three-labels.yaml (one setting away): clear praise and complaints keep their label, and
+    customer questions come out neutral (bench/labels.py measures 81-83 % on 96 such questions)."""
+    prompts = load_prompts(PROMPTS_FILE.parent / "three-labels.yaml")
     three = Engine(Loaded(engine.model, engine.tok, engine.model_id, 0, True), prompts)
-    results = three.judge(["I love it!", "The package arrived on Tuesday.", "This is awful."], "en")
-    assert all(j.label in ("positive", "neutral", "negative") for j in results)
-    assert all(set(j.probs) == {"positive", "neutral", "negative"} for j in results)
-    assert results[0].label == "positive" and results[2].label == "negative"
+    clear = {"en": (["I love it, works perfectly!", "This is awful, it broke in a day."], ["positive", "negative"]),
+             "zh": (["质量很好，非常满意！", "太差了，用了一天就坏了。"], ["positive", "negative"])}
+    questions = {"en": ["Do you ship to Canada?", "Can I pay cash on delivery?", "Where is my order?",
+                        "How do I change my delivery address?"],
+                 "zh": ["请问怎么修改收货地址？", "可以开发票吗？", "你们周末发货吗？", "我的订单到哪里了？"]}
+    neutral = 0
+    for lang in ("en", "zh"):
+        texts, labels = clear[lang]
+        assert [j.label for j in three.judge(texts, lang)] == labels
+        results = three.judge(questions[lang], lang)
+        assert all(set(j.probs) == {"positive", "neutral", "negative"} for j in results)
+        neutral += sum(j.label == "neutral" for j in results)
+    assert neutral >= 6, neutral  # 7 of 8 on both CPU classes when written
+
+
+def test_label_bias_shifts_the_choice(engine):
+    """A prompt file's label_bias is added to a label's log-probability before the choice."""
+    data = load_prompts(PROMPTS_FILE).model_dump()
+    data["languages"]["en"]["sentiment"]["label_bias"] = {"negative": 50.0}
+    biased = Engine(Loaded(engine.model, engine.tok, engine.model_id, 0, True), PromptSet.model_validate(data))
+    plain, shifted = engine.judge(["I love it!"], "en")[0], biased.judge(["I love it!"], "en")[0]
+    assert plain.label == "positive" and shifted.label == "negative" and shifted.scores == plain.scores
 
 
 def test_reply_stops_at_its_deadline(engine):

@@ -36,6 +36,8 @@ class SentimentPrompt(Strict):
     calibrate: list[str] = Field(default_factory=lambda: ["", "N/A", "[MASK]"],
                                  description="Content-free inputs whose label prior calibration divides out.")
     calibration: bool = Field(True, description="Apply contextual calibration by default (eval can override).")
+    label_bias: dict[str, float] = Field(default_factory=dict, description="Per label: added to its log-probability "
+                                         "before the choice (a prior measured on data, e.g. to make neutral rarer).")
 
     def render_user(self, text: str) -> str:
         return Template(self.user).substitute(text=text)
@@ -77,6 +79,8 @@ class PromptSet(Strict):
                     f"{where}.label_words must name exactly the labels {sorted(labels)}, got {sorted(s.label_words)}")
             if len(set(s.label_words.values())) != len(labels):
                 raise ValueError(f"{where}.label_words must be distinct words")
+            if set(s.label_bias) - labels:
+                raise ValueError(f"{where}.label_bias: unknown labels {sorted(set(s.label_bias) - labels)}")
             for i, ex in enumerate(s.examples):
                 if ex.label not in labels:
                     raise ValueError(f"{where}.examples[{i}]: unknown label {ex.label!r} (labels: {sorted(labels)})")
