@@ -57,7 +57,7 @@ def test_the_cached_system_prompt_gives_the_same_greedy_reply_as_none(engine):
     opts = {"max_new_tokens": 10, "deadline_s": 60, "sampling": GREEDY}
     cached = [tiny.draft_many([it], **opts)[0].text for it in items]
     assert len(tiny.drafter._prefixes) == 2  # en/negative (with or without history) and zh/positive
-    tiny.chat.reply_prefix = lambda label, lang: []  # no cached prefix: the whole prompt prefilled
+    tiny.chat.reply_prefix = lambda label, lang: ()  # no cached prefix: the whole prompt prefilled
     tiny.drafter._prefixes.clear()
     assert [tiny.draft_many([it], **opts)[0].text for it in items] == cached
     assert not tiny.drafter._prefixes

@@ -3,6 +3,8 @@ the sanitising that keeps user text from forging chat turns. Needs a tokenizer, 
 
 from __future__ import annotations
 
+import functools
+
 from transformers import PreTrainedTokenizerBase
 
 from worker.prompts import Language, PromptSet
@@ -55,10 +57,11 @@ class Chat:
         chat.append({"role": "user", "content": self.clean(text)})
         return chat
 
-    def reply_prefix(self, label: str, lang: str) -> list[int]:
+    @functools.lru_cache(maxsize=None)  # noqa: B019 (a Chat lives as long as its process; few label x language keys)
+    def reply_prefix(self, label: str, lang: str) -> tuple[int, ...]:
         """Token ids of the reply conversation's fixed start, its system turn for (label, language):
-        the same for every message, so its KV cache is computed once (worker.drafting)."""
-        return self.encode(self.render(self.reply_messages("", label, lang, [])[:1], generation=False))
+        the same for every message, so it is tokenized once and its KV cache computed once (worker.drafting)."""
+        return tuple(self.encode(self.render(self.reply_messages("", label, lang, [])[:1], generation=False)))
 
     def opening(self, label: str, lang: str) -> str:
         """The words the assistant turn starts with (response priming), from the prompt file."""

@@ -108,16 +108,15 @@ class Drafter:
                 for r, token in zip(rows, choose(rows, out.logits[:, -1])):
                     r.tokens.append(token)
 
-    def _prefill(self, prompt: list[int], prefix: list[int]):
+    def _prefill(self, prompt: list[int], prefix: tuple[int, ...]):
         """One prompt's KV cache and its next-token logits, reusing the cached system prompt when the
         prompt starts with it."""
         cache, done = None, 0
-        if 0 < len(prefix) < len(prompt) and prompt[:len(prefix)] == prefix:
-            key = tuple(prefix)
-            if key not in self._prefixes:
+        if 0 < len(prefix) < len(prompt) and tuple(prompt[:len(prefix)]) == prefix:
+            if prefix not in self._prefixes:
                 out = self.model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1)
-                self._prefixes[key] = kvcache.returned(out)
-            cache, done = copy.deepcopy(self._prefixes[key]), len(prefix)
+                self._prefixes[prefix] = kvcache.returned(out)
+            cache, done = copy.deepcopy(self._prefixes[prefix]), len(prefix)
         out = self.model(input_ids=torch.tensor([prompt[done:]]), position_ids=torch.arange(done, len(prompt))[None],
                          use_cache=True, logits_to_keep=1, **kvcache.cache_arg(self.model, cache))
         return kvcache.returned(out), out.logits[:, -1]
