@@ -107,3 +107,25 @@ def test_two_sweepers_never_take_the_same_unpublished_record(store):
     assert {f"sw-{i}" for i in range(5)} <= set(first)
     assert not {f"sw-{i}" for i in range(5)} & set(store.take_unpublished(0.5))  # renewed: not old enough again
     store.published([f"sw-{i}" for i in range(5)])
+
+
+def test_update_returns_the_record_it_wrote_after_a_watch_conflict(store):
+    """redis-py runs the change again when another client wrote the record between our read and our write
+    (WATCH): the record returned is the one finally written, not the aborted attempt's."""
+    import redis
+
+    store.add([Message(id="st-watch", text="x")], replace=True)
+    other = redis.Redis.from_url(store.s.redis_url, decode_responses=True)
+    calls = []
+
+    def count(rec):
+        calls.append(1)
+        if len(calls) == 1:  # a concurrent writer bumps the count under our feet
+            bumped = store.get("st-watch")
+            bumped.attempts["sentiment"] = 5
+            other.set(store.k.rec("st-watch"), bumped.model_dump_json())
+        rec.attempts["sentiment"] = rec.attempts.get("sentiment", 0) + 1
+
+    rec = store.update("st-watch", count)
+    assert len(calls) == 2
+    assert rec.attempts["sentiment"] == store.get("st-watch").attempts["sentiment"] == 6

@@ -111,12 +111,11 @@ class Store:
 
         ``also`` may add commands to the same transaction (they run only if the record does)."""
         key = self.k.rec(mid)
-        result: list[Record] = []
 
-        def txn(pipe: redis.client.Pipeline) -> None:
+        def txn(pipe: redis.client.Pipeline) -> Record | None:
             raw = pipe.get(key)
             if raw is None:
-                return
+                return None
             rec = parse(raw, mid)
             before = rec.status
             change(rec)
@@ -131,10 +130,10 @@ class Store:
             pipe.sadd(self.k.status(rec.status), mid)
             if also:
                 also(pipe, rec)
-            result.append(rec)
+            return rec
 
-        self.r.transaction(txn, key)
-        return result[0] if result else None
+        # A WATCH conflict runs txn again; the value returned is the last (the committed) attempt's.
+        return self.r.transaction(txn, key, value_from_callable=True)
 
     def reset_failed(self, mid: str) -> tuple[Record, str] | None:
         """Put a failed record back for another try; returns it and the stage to resume at.
