@@ -129,3 +129,31 @@ def test_update_returns_the_record_it_wrote_after_a_watch_conflict(store):
     rec = store.update("st-watch", count)
     assert len(calls) == 2
     assert rec.attempts["sentiment"] == store.get("st-watch").attempts["sentiment"] == 6
+
+
+def test_prune_keeps_an_id_that_is_added_again_while_it_runs(settings):
+    """Follow and stream ids are deterministic, so an expired id can come back while prune runs: the check
+    that its record is gone and the removal are one step, and the new record keeps its status and places."""
+    from worker.settings import load_settings
+    from worker.store import Store
+
+    s = load_settings(redis_url=settings.redis_url, key_prefix=f"{settings.key_prefix}-prune-race")
+    own = Store(s)
+    try:
+        own.add([Message(id="pr-1", text="old")])
+        own.r.delete(own.k.rec("pr-1"))  # expired
+        real, hooked = own.r.execute_command, []
+
+        def add_again_before_the_first_removal(*args, **options):
+            if not hooked and args[0] in ("SREM", "ZREM", "EVALSHA", "EVAL"):
+                hooked.append(args[0])
+                Store(s).add([Message(id="pr-1", text="new")])  # another producer, between check and removal
+            return real(*args, **options)
+
+        own.r.execute_command = add_again_before_the_first_removal
+        own.prune()
+        assert hooked and own.get("pr-1").text == "new"
+        assert own.ids("pending") == ["pr-1"] and own.ids() == ["pr-1"]
+        assert own.r.zscore(own.k.todo("sentiment"), "pr-1") is not None and own.unpublished(0)
+    finally:
+        own.delete_all()

@@ -39,3 +39,21 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, AR
 for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return ids
 """
+
+
+# KEYS: one status set or sorted set. ARGV: the record key prefix, 1 for a set (0 for a sorted set), then
+# ids. Removes the ids whose record no longer exists, checking and removing in one step (an id added
+# again meanwhile keeps its place). Returns how many it removed.
+PRUNE_SCRIPT = """
+local removed = 0
+for i = 3, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+    if ARGV[2] == '1' then
+      removed = removed + redis.call('SREM', KEYS[1], ARGV[i])
+    else
+      removed = removed + redis.call('ZREM', KEYS[1], ARGV[i])
+    end
+  end
+end
+return removed
+"""

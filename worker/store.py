@@ -7,7 +7,6 @@ twice rewrites the same record.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +18,7 @@ from redis.retry import Retry
 
 from worker.errors import BadMessage
 from worker.keys import STATUSES
-from worker.redis_scripts import ADD_SCRIPT, TAKE_SCRIPT
+from worker.redis_scripts import ADD_SCRIPT, PRUNE_SCRIPT, TAKE_SCRIPT
 from worker.schemas import Message, Record
 from worker.settings import Settings
 
@@ -242,19 +241,31 @@ class Store:
         """Drop ids whose record has expired (``record_ttl_days``) from the status sets, the index and the
         waiting lists, so ``watch`` never waits for, and ``failed`` never lists, a record that is gone.
         One pass over every id, ``chunk`` per round trip; returns how many entries it removed."""
-        removed = 0
-        zsets = [self.k.index, self.k.todo("sentiment"), self.k.todo("reply"), self.k.unpublished]
-        for key in [*map(self.k.status, STATUSES), *zsets]:
-            is_set = key not in zsets
-            ids = self.r.sscan_iter(key, count=chunk) if is_set else (m for m, _ in self.r.zscan_iter(key, count=chunk))
-            while batch := list(itertools.islice(ids, chunk)):
-                exists = self.r.pipeline(transaction=False)
-                for mid in batch:
-                    exists.exists(self.k.rec(mid))
-                if gone := [mid for mid, e in zip(batch, exists.execute()) if not e]:
-                    (self.r.srem if is_set else self.r.zrem)(key, *gone)
-                    removed += len(gone)
-        return removed
+        position, removed = (0, 0), 0
+        while True:
+            position, n = self.prune_step(position, chunk)
+            removed += n
+            if position == (0, 0):
+                return removed
+
+    def prune_step(self, position: tuple[int, int] = (0, 0), chunk: int = 500) -> tuple[tuple[int, int], int]:
+        """One bounded piece of :meth:`prune`: up to about ``chunk`` ids of one key, from ``position`` (which
+        key, SCAN cursor). Returns the next position ((0, 0) after a full round) and how many it removed.
+        Checking that a record is gone and removing its id are one script: an id added again meanwhile stays."""
+        keys = [*((self.k.status(st), True) for st in STATUSES),
+                *((k, False) for k in (self.k.index, self.k.todo("sentiment"), self.k.todo("reply"), self.k.unpublished))]
+        which, cursor = position
+        key, is_set = keys[which]
+        cursor, found = self.r.sscan(key, cursor, count=chunk) if is_set else self.r.zscan(key, cursor, count=chunk)
+        ids = found if is_set else [member for member, _ in found]
+        removed = self._prune_script(keys=[key], args=[self.k.rec(""), int(is_set), *ids]) if ids else 0
+        if cursor == 0:
+            which = (which + 1) % len(keys)
+        return (which, cursor), removed
+
+    @functools.cached_property
+    def _prune_script(self):
+        return self.r.register_script(PRUNE_SCRIPT)
 
     def delete_all(self) -> int:
         """Remove every key under this prefix (tests and `moodq purge`)."""
