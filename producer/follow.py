@@ -156,12 +156,7 @@ class Follower:
         while not until():
             if time.monotonic() - reclaimed_at > reclaim_idle_s / 2:
                 reclaimed_at = time.monotonic()
-                claimed = r.xautoclaim(stream, group, consumer, min_idle_time=int(reclaim_idle_s * 1000),
-                                       start_id="0-0", count=batch)[1]
-                if claimed := [e for e in claimed if e and e[1]]:
-                    self.on_event(f"took over {len(claimed)} entries of {stream} a stopped consumer never acknowledged")
-                    self._push_entries(r, stream, group, claimed)
-                    continue
+                self._take_over(r, stream, group, consumer, reclaim_idle_s, batch)
             got = r.xreadgroup(group, consumer, {stream: pending_first}, count=batch, block=1000)
             entries = got[0][1] if got else []
             if pending_first == "0" and not entries:
@@ -169,6 +164,20 @@ class Follower:
                 continue
             if entries:
                 self._push_entries(r, stream, group, entries)
+
+    def _take_over(self, r, stream: str, group: str, consumer: str, idle_s: float, batch: int) -> None:
+        """Take over every entry idle for ``idle_s``: XAUTOCLAIM scans a bounded window of the pending list
+        per call, so the cursor it returns is followed through the whole list (idle entries behind a live
+        consumer's long run of pending ones are reached too)."""
+        cursor = "0-0"
+        while True:
+            cursor, claimed, *_ = r.xautoclaim(stream, group, consumer, min_idle_time=int(idle_s * 1000),
+                                               start_id=cursor, count=batch)
+            if claimed := [e for e in claimed if e and e[1]]:  # entries deleted from the stream come back empty
+                self.on_event(f"took over {len(claimed)} entries of {stream} a stopped consumer never acknowledged")
+                self._push_entries(r, stream, group, claimed)
+            if cursor in ("0-0", b"0-0"):
+                return
 
     def _push_entries(self, r, stream: str, group: str, entries: list) -> None:
         """Enqueue stream entries (id ``<stream>:<entry id>``), then acknowledge them."""

@@ -173,6 +173,25 @@ def test_follow_redis_stream_and_back_pressure(follow_settings):
     assert f.totals["paused_s"] >= 1.0
 
 
+def test_stream_takeover_walks_past_entries_that_are_not_idle(follow_settings):
+    """XAUTOCLAIM scans a bounded window of the pending list (10 x COUNT entries): idle entries of a dead
+    consumer behind a live consumer's long run of pending ones are reached by following the cursor."""
+    store = Store(follow_settings)
+    stream = follow_settings.keys.test("takeover")
+    r = store.r
+    r.xgroup_create(stream, "moodq", id="0", mkstream=True)
+    live = [r.xadd(stream, {"text": f"in progress {i}"}) for i in range(25)]
+    dead = [r.xadd(stream, {"text": f"orphaned {i}"}) for i in range(3)]
+    r.xreadgroup("moodq", "dead-consumer", {stream: ">"}, count=100)  # read, never acknowledged
+    time.sleep(0.6)
+    r.xclaim(stream, "moodq", "live-consumer", 0, live)  # a live consumer holds these: not idle
+    calls = []
+    f = _follower(follow_settings)
+    f.follow_redis_stream(stream, batch=2, reclaim_idle_s=0.5, until=lambda: calls.append(1) or len(calls) > 1)  # one round
+    assert {rec.text for rec in store.iter_records()} == {f"orphaned {i}" for i in range(3)}
+    assert {e["message_id"] for e in r.xpending_range(stream, "moodq", "-", "+", 100)} == set(live)
+
+
 @pytest.mark.worker
 @pytest.mark.model
 def test_triage_drafts_replies_for_the_most_negative_first(store, settings):
@@ -287,8 +306,9 @@ def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
         assert out.exit_code == 0 and "prompt_version=" in out.output and "model=embedded" in out.output
         from worker import cpu
 
-        assert f"cpu={cpu.cpu_class()}" in out.output and f"path={cpu.pick('auto', 'auto')}" in out.output
-        assert store.get(ids[0]).path == str(cpu.pick("auto", "auto"))  # the record names its path too
+        path = store.get(ids[0]).path  # the record names its path, and it is the one the probe picked
+        assert path and " score:" in path and " decode:" in path
+        assert f"cpu={cpu.cpu_class()}" in out.output and f"path={path}" in out.output
     finally:
         launch.stop(flower, grace=10)
     assert auth.split(":")[1] not in log.read_text()
