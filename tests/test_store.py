@@ -157,3 +157,14 @@ def test_prune_keeps_an_id_that_is_added_again_while_it_runs(settings):
         assert own.r.zscore(own.k.todo("sentiment"), "pr-1") is not None and own.unpublished(0)
     finally:
         own.delete_all()
+
+
+def test_replace_keeps_a_conversation_turn_in_its_place(store):
+    """`enqueue --replace` of an earlier turn re-processes it where it was: it does not become the newest."""
+    msgs = [Message(id=f"rt-{i}", text=f"turn {i}", conversation_id="conv-rt") for i in range(3)]
+    store.add(msgs)
+    seqs = [store.get(m.id).seq for m in msgs]
+    store.add([Message(id="rt-1", text="turn 1, corrected", conversation_id="conv-rt")], replace=True)
+    assert store.get("rt-1").seq == seqs[1] and store.get("rt-1").text == "turn 1, corrected"
+    assert [r.id for r in store.history(store.get("rt-2"), turns=5)] == ["rt-0", "rt-1"]
+    assert [r.id for r in store.history(store.get("rt-1"), turns=5)] == ["rt-0"]

@@ -63,15 +63,18 @@ class Store:
         """Create pending records; returns (accepted, duplicate ids). Two round trips per call.
 
         An id that already has a record is a duplicate and is left alone, unless ``replace`` is
-        set, in which case its record is reset to pending. Record, index, status set and
+        set, in which case its record is reset to pending, keeping its seq (its place in a conversation). Record, index, status set and
         conversation are written in one atomic script, together with the id's entry in the
         ``unpublished`` set; :meth:`published` takes it out once its task is on the queue, so a
         producer that dies in between leaves a trace the sweep can heal.
         """
         if not messages:
             return [], []
-        first = self.r.incrby(self.k.seq, len(messages)) - len(messages) + 1
-        records = [Record.from_message(m, seq=first + i) for i, m in enumerate(messages)]
+        kept = self._seqs([m.id for m in messages]) if replace else {}  # a replaced message keeps its place
+        fresh = [m for m in messages if m.id not in kept]
+        first = self.r.incrby(self.k.seq, len(fresh)) - len(fresh) + 1 if fresh else 0
+        numbers = iter(range(first, first + len(fresh)))
+        records = [Record.from_message(m, seq=kept.get(m.id) or next(numbers)) for m in messages]
         args = [json.dumps([self.ttl or 0, int(replace), CONVERSATION_KEEP, TODO_KEEP, time.time()])]
         for rec in records:
             args += [rec.id, rec.model_dump_json(), rec.seq, rec.conversation_id or ""]
@@ -80,6 +83,11 @@ class Store:
         accepted = [rec for rec, ok in zip(records, created) if ok]
         dupes = [rec.id for rec, ok in zip(records, created) if not ok]
         return accepted, dupes
+
+    def _seqs(self, ids: list[str]) -> dict[str, int]:
+        """The seq of each id that has a record (its place in the index, the waiting lists, its conversation)."""
+        scores = self.r.zmscore(self.k.index, ids)
+        return {mid: int(score) for mid, score in zip(ids, scores) if score is not None}
 
     def published(self, ids: list[str]) -> None:
         """Their tasks are on the queue: nothing for the sweep to do."""
