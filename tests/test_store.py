@@ -41,8 +41,8 @@ def test_history_is_the_earlier_turns_of_the_same_conversation(store):
 
 def test_a_sentiment_claim_stays_within_its_character_budget(settings):
     """A task takes waiting messages in rank order while they fit its budget; the rest, and
-    what it does not accept, go back with their ranks; a corrupt record is left out, to fail
-    alone in its own task (real Redis; the claim logic only)."""
+    what it does not accept, keep their ranks; a corrupt record is left out, to fail
+    alone in its own task, and dropped from the list (real Redis; the claim logic only)."""
     from worker.claims import claim
     from worker.settings import load_settings
     from worker.store import Store
@@ -56,7 +56,7 @@ def test_a_sentiment_claim_stays_within_its_character_budget(settings):
     try:
         taken = claim(own, "sentiment", leader, 10, lambda r: r.text != "skip me", chars=40)
         assert [r.id for r in taken] == ["c-2", "c-3"]  # c-0 is the leader itself, c-1 (50) does not fit
-        assert own.claim("sentiment", 10) == {"c-1": 1.0, "c-4": 5.0}
+        assert own.claim("sentiment", 10) == {"c-0": 0.0, "c-1": 1.0, "c-4": 5.0}  # the leader's task removes c-0
     finally:
         own.delete_all()  # everything under its own prefix, todo list included
 
@@ -168,3 +168,26 @@ def test_replace_keeps_a_conversation_turn_in_its_place(store):
     assert store.get("rt-1").seq == seqs[1] and store.get("rt-1").text == "turn 1, corrected"
     assert [r.id for r in store.history(store.get("rt-2"), turns=5)] == ["rt-0", "rt-1"]
     assert [r.id for r in store.history(store.get("rt-1"), turns=5)] == ["rt-0"]
+
+
+def test_messages_a_claim_rejects_do_not_block_the_ones_behind_them(settings):
+    """Ten waiting messages no claim of this kind accepts sit at the head of the list: a claim still takes
+    the acceptable ones behind them, leaves the rejected in place, and drops ids nothing waits for any more."""
+    from worker.claims import claim
+    from worker.settings import load_settings
+    from worker.store import Store
+
+    own = Store(load_settings(redis_url=settings.redis_url, key_prefix=f"{settings.key_prefix}-hol"))
+    try:
+        own.add([Message(id=f"en-{i}", text=f"English {i}") for i in range(10)]
+                + [Message(id=f"zh-{i}", text=f"中文消息 {i}") for i in range(4)] + [Message(id="done-1", text="x")])
+        own.update("done-1", lambda r: setattr(r, "status", "done"))
+        own.r.zadd(own.k.todo("sentiment"), {"done-1": -1})
+        leader = own.get("zh-0")
+        taken = claim(own, "sentiment", leader, 2, lambda r: r.text.startswith("中文"))
+        assert [r.id for r in taken] == ["zh-1", "zh-2"]
+        left = own.waiting("sentiment", 100)
+        assert [f"en-{i}" for i in range(10)] == [i for i in left if i.startswith("en-")]  # rejected: kept in place
+        assert "done-1" not in left and "zh-3" in left and "zh-1" not in left
+    finally:
+        own.delete_all()

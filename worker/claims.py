@@ -2,7 +2,10 @@
 
 A sentiment task takes pending messages of the same language (up to a character budget); a reply
 task takes labeled messages outside conversations (those go one at a time, in turn order). Their
-own tasks still run and find the work done. A message not taken goes back with its rank.
+own tasks still run and find the work done. A claim looks at the first WINDOW x n waiting ids and
+removes only those it takes: one it does not accept (another language, over its budget) stays where
+it is for another claim, without blocking this one; one no claim can take any more (its record is
+gone, corrupt, or no longer waiting for this stage) is dropped from the list.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Callable
 
 from worker.errors import BadMessage
 from worker.prompts import PromptSet
-from worker.schemas import FINAL, Record
+from worker.schemas import Record
 from worker.settings import Settings
 from worker.store import Store
 
@@ -28,24 +31,30 @@ def language(rec: Record, prompts: PromptSet, max_chars: int) -> str:
         raise BadMessage(f"no prompts for language {rec.lang!r} (have {', '.join(prompts.languages)})") from None
 
 
+WINDOW = 4  # a claim for n messages looks at the first WINDOW x n waiting ids (at least MIN_WINDOW)
+MIN_WINDOW = 32
+WAITS_FOR = {"sentiment": "pending", "reply": "labeled"}  # the status a message waiting for each stage has
+
+
 def claim(store: Store, stage: str, own: Record, n: int, accept: Callable[[Record], bool],
           chars: int | None = None) -> list[Record]:
-    """Up to ``n`` waiting messages of ``stage`` to process with ``own`` in one go.
-
-    A waiting message not accepted (another language, bad input, over the ``chars`` budget) goes
-    back to the list with its rank; a corrupt stored record is left to its own task, which fails
-    it alone.
-    """
-    ranked = store.claim(stage, n)
-    taken, back = [], {}
-    for rec in store.get_many([i for i in ranked if i != own.id], skip_corrupt=True):  # in rank order
-        if accept(rec) and (chars is None or len(rec.text) <= chars):
-            taken.append(rec)
+    """Up to ``n`` waiting messages of ``stage`` to process with ``own`` in one go, first-ranked first,
+    within ``chars`` characters if given. A corrupt stored record is left to its own task, which fails it alone."""
+    if n <= 0:
+        return []
+    ids = [i for i in store.waiting(stage, max(WINDOW * n, MIN_WINDOW)) if i != own.id]
+    records = {r.id: r for r in store.get_many(ids, skip_corrupt=True)}
+    picked, dead = [], []
+    for mid in ids:
+        rec = records.get(mid)
+        if rec is None or rec.status != WAITS_FOR[stage]:
+            dead.append(mid)
+        elif len(picked) < n and accept(rec) and (chars is None or len(rec.text) <= chars):
+            picked.append(rec)
             chars = None if chars is None else chars - len(rec.text)
-        elif rec.status not in FINAL:
-            back[rec.id] = ranked[rec.id]
-    store.give_back(stage, back)
-    return taken
+    store.take(stage, dead)
+    taken = store.take(stage, [r.id for r in picked])
+    return [r for r in picked if r.id in taken]
 
 
 def same_language(lang: str, prompts: PromptSet, max_chars: int) -> Callable[[Record], bool]:

@@ -53,6 +53,19 @@ class Store:
             return {}
         return dict(self.r.zpopmin(self.k.todo(stage), n))
 
+    def waiting(self, stage: str, n: int) -> dict[str, float]:
+        """The first ``n`` ids waiting for ``stage`` (id -> rank), left in the list."""
+        return dict(self.r.zrange(self.k.todo(stage), 0, n - 1, withscores=True)) if n > 0 else {}
+
+    def take(self, stage: str, ids: list[str]) -> set[str]:
+        """Remove ``ids`` from the waiting list; the ones this call removed (another claim may have been first)."""
+        if not ids:
+            return set()
+        pipe = self.r.pipeline(transaction=False)
+        for mid in ids:
+            pipe.zrem(self.k.todo(stage), mid)
+        return {mid for mid, removed in zip(ids, pipe.execute()) if removed}
+
     def give_back(self, stage: str, ranked: dict[str, float]) -> None:
         """Return claimed ids with their ranks."""
         if ranked:
