@@ -13,10 +13,14 @@ DEV = Path(os.environ.get("MOODQ_DEV_DATA", Path(__file__).resolve().parents[2] 
 
 
 def header() -> str:
-    """The first line of every bench script: no figure is read without its hardware."""
+    """The first lines of every bench script: no figure is read without its hardware and the kernel
+    probe's table for it (the kernels each phase runs here, and why)."""
     from worker import cpu
+    from worker.loading import measured_plan
+    from worker.probe import table_text
+    from worker.settings import load_settings
 
-    return cpu.describe()
+    return f"{cpu.describe()}\n{table_text(measured_plan(load_settings()))}"
 
 
 def best_of(fn, repeat: int = 5) -> float:

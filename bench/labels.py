@@ -33,13 +33,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prompts", nargs="+", type=Path)
     ap.add_argument("--n", type=int, default=200, help="lines of each dev set")
+    ap.add_argument("--quant", default="auto", help="MOODQ_QUANT for the loaded model (none: float scoring)")
     args = ap.parse_args()
     print(header())
-    settings = load_settings(threads=2)
+    settings = load_settings(threads=2, quant=args.quant)
     loaded = load(settings)
     sets = {"zh_dev": read_labeled(DEV / "zh_dev.jsonl")[: args.n], "en_dev": read_labeled(DEV / "en_dev.jsonl")[: args.n],
             "neutral": read_labeled(NEUTRAL)}
-    print(f"model {loaded.model_id}, path {loaded.path}; {args.n} lines per dev set, {len(sets['neutral'])} neutral questions")
+    print(f"model {loaded.model_id}, path {loaded.plan}; {args.n} lines per dev set, {len(sets['neutral'])} neutral questions")
     for file in args.prompts:
         eng = Engine(loaded, load_prompts(file), max_text_tokens=settings.sentiment_max_tokens)
         print(f"\n{file} ({eng.prompts.version}), labels {eng.labels}")

@@ -1,11 +1,12 @@
-"""Compute paths side by side, one run: sentiment accuracy, label agreement with float32, msg/s.
+"""Which kernels may score labels: accuracy of each (dtype, scoring kernel) on both dev sets, one run.
 
-For each path (MOODQ_DTYPE x MOODQ_QUANT) the embedded model is loaded once and both dev sets
-are labeled as `moodq eval` labels them (claims of 64, length buckets of MOODQ_SENTIMENT_BATCH_SIZE).
-A path may become a default only if it stays within 1 point of float32 on both sets.
+For each path the embedded model is loaded once in the dtype, its Linear layers set to the scoring
+kernel (worker.kernels.apply: the first and the last decoder layer stay float, as the worker runs
+them; --edges 0 puts every layer on the kernel), and both dev sets are labeled as `moodq eval`
+labels them. A kernel may go into worker.kernels.LABEL_SAFE only if it stays within 1 point of
+float32 on both sets; the probe never lets speed alone choose a scoring kernel.
 
-Usage:  python bench/paths.py [--n 400] [--paths float32/none,float32/int8,bfloat16/none,...]
-        (float32/int8:down_proj = int8 scoring with every down_proj kept float)
+Usage:  python bench/paths.py [--n 400] [--paths float32:float32,float32:int8-fbgemm,...] [--edges 1]
 """
 
 from __future__ import annotations
@@ -23,33 +24,37 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench.common import DEV, header  # noqa: E402
+from worker import kernels  # noqa: E402
 from worker.evaluate import judge_all, languages, read_labeled  # noqa: E402
 from worker.loading import load  # noqa: E402
 from worker.model import Engine  # noqa: E402
 from worker.prompts import load_prompts  # noqa: E402
-from worker.quant import quantize  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
+
+PATHS = ("float32:float32,float32:int8-fbgemm,float32:int8-intmm,"
+         "bfloat16:bfloat16,bfloat16:int8-fbgemm,bfloat16:int8-intmm")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=400, help="lines of each dev set")
-    ap.add_argument("--paths", default="float32/none,float32/int8,bfloat16/none,bfloat16/int8")
+    ap.add_argument("--paths", default=PATHS, help="comma list of dtype:scoring-kernel")
+    ap.add_argument("--edges", type=int, default=kernels.SCORE_FLOAT_LAYERS,
+                    help="decoder layers at each end that score in float when the kernel is int8")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     print(header())
     torch.set_num_threads(args.threads)
+    kernels.SCORE_FLOAT_LAYERS = args.edges
     sets = {name: read_labeled(DEV / f"{name}_dev.jsonl")[: args.n] for name in ("zh", "en")}
     reference: dict[str, list[str]] = {}
-    print(f"{'path':<34}{'set':>4}{'acc':>8}{'agree w/ fp32':>15}{'msg/s':>8}")
+    print(f"{'dtype:scoring kernel':<26}{'set':>4}{'acc':>8}{'vs float32':>12}{'agree w/ fp32':>15}{'msg/s':>8}")
     for spec in args.paths.split(","):
-        dtype, quant = spec.split("/")
-        quant, _, keep = quant.partition(":")  # e.g. int8:down_proj keeps down_proj float for scoring
-        settings = load_settings(dtype=dtype, quant="none" if keep else quant, threads=args.threads)
+        dtype, kernel = spec.split(":")
+        settings = load_settings(dtype=dtype, quant="none", threads=args.threads)
         loaded = load(settings)
-        if keep:
-            quantize(loaded.model, quant, keep_float=tuple(keep.split("+")))
-            loaded.path = f"{loaded.path}+{quant} ({keep} float)"
+        swapped = kernels.apply(loaded.model, dtype, kernel, dtype)
+        assert kernel == dtype or swapped, "no layer was swapped: the comparison would prove nothing"
         eng = Engine(loaded, load_prompts(settings.prompts), max_text_tokens=settings.sentiment_max_tokens)
         for name, rows in sets.items():
             langs = languages(eng, rows)
@@ -58,11 +63,12 @@ def main() -> None:
             labels = [j.label for j in judge_all(eng, rows, langs, batch_size=settings.sentiment_batch_size)]
             rate = len(rows) / (time.perf_counter() - t0)
             acc = sum(lab == r["label"] for lab, r in zip(labels, rows)) / len(rows)
-            if spec == "float32/none":
-                reference[name] = labels
-            agree = (f"{sum(a == b for a, b in zip(labels, reference[name])) / len(rows):.1%}"
-                     if name in reference else "-")
-            print(f"{str(loaded.path):<34}{name:>4}{acc:>8.3f}{agree:>15}{rate:>8.1f}", flush=True)
+            if spec == "float32:float32":
+                reference[name] = (labels, acc)
+            base = reference.get(name)
+            agree = f"{sum(a == b for a, b in zip(labels, base[0])) / len(rows):.1%}" if base else "-"
+            delta = f"{(acc - base[1]) * 100:+.1f} pt" if base else "-"
+            print(f"{spec:<26}{name:>4}{acc:>8.3f}{delta:>12}{agree:>15}{rate:>8.1f}", flush=True)
         del eng, loaded
         gc.collect()
 

@@ -4,9 +4,8 @@ For each MOODQ_QUANT value in --quant the model is loaded once (dtype from --dty
 auto) and the same replies are drafted one at a time and in batches of each --batch size.
 The last line gives every path's tokens/s at the largest batch as a ratio to the first path's.
 
-Usage:  python bench/replies.py --n 16 --batch 1,8 --tokens 48 [--dtype float32] [--quant none,int8-decode]
-A quant value ending in "/unshared" quantises the q/k/v (and gate/up) inputs once per projection,
-as before 2026-11-24 (e.g. --quant int8-decode/unshared,int8-decode).
+Usage:  python bench/replies.py --n 16 --batch 1,8 --tokens 48 [--dtype float32] [--quant none,auto]
+(each MOODQ_QUANT value runs the kernels the probe picks for it on this host: none = float only.)
 --method continuous,bucketed also drafts every batch the way moodq did before continuous batching
 (transformers' ``generate`` over length buckets, no system-prompt cache; kept here as the reference),
 on the same loaded model, and prints the ratio. "continuous" drafts each batch of b as one reply task
@@ -35,7 +34,7 @@ from worker.evaluate import read_labeled  # noqa: E402
 from worker.loading import load  # noqa: E402
 from worker.model import Engine  # noqa: E402
 from worker.prompts import load_prompts  # noqa: E402
-from worker.quant import decoding  # noqa: E402
+from worker.kernels import decoding  # noqa: E402
 from worker.settings import load_settings  # noqa: E402
 
 
@@ -46,18 +45,14 @@ def main() -> None:
     ap.add_argument("--batch", default="1,8", help="comma list of batch sizes")
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--quant", default="none,int8-decode", help="comma list of MOODQ_QUANT values")
+    ap.add_argument("--quant", default="none,auto", help="comma list of MOODQ_QUANT values")
     ap.add_argument("--greedy", action="store_true", help="greedy instead of the configured sampling")
     ap.add_argument("--method", default="continuous", help="comma list: continuous (moodq), refill, bucketed (before)")
     args = ap.parse_args()
     print(header())
     batches = [int(b) for b in args.batch.split(",")]
     at_max: dict[str, float] = {}
-    from worker import quant as int8
-
-    for spec in args.quant.split(","):
-        quant, _, variant = spec.partition("/")
-        int8.SHARE_INPUTS = variant != "unshared"
+    for quant in args.quant.split(","):
         settings = load_settings(threads=2, dtype=args.dtype, quant=quant)
         loaded = load(settings)
         eng = Engine(loaded, load_prompts(settings.prompts), max_text_tokens=settings.sentiment_max_tokens)
@@ -80,7 +75,7 @@ def main() -> None:
                 print(f"  batch {b:>3} {method:>10}: {made} tokens in {secs:.1f} s = {made / secs:.1f} tok/s, "
                       f"{args.n / secs:.2f} replies/s; ended at end of turn {sum(not d.truncated for d in drafts)}/"
                       f"{args.n}", flush=True)
-                at_max[f"{eng.path}{'/' + variant if variant else ''} {method}"] = made / secs
+                at_max[f"{eng.path} {method}"] = made / secs
         print("  e.g.", drafts[0].text.replace("\n", " ")[:120])
         del eng, loaded
         gc.collect()

@@ -2,15 +2,13 @@
 
 Prints, in this order:
   1. the CPU class (first line, as every bench script does);
-  2. GEMM peak at a prefill shape (1024 tokens x 896 -> 4864, the MLP's up projection) in
-     float32, bfloat16, int8 W8A8 (per-token int8 activations x per-channel int8 weights,
-     torch._int_mm: what MOODQ_QUANT=int8-decode / int8 run) and int8 weight-only
-     (aten._weight_int8pack_mm, tried and not used);
+  2. GEMM peak at a prefill shape (1024 tokens x 896 -> 4864, the MLP's up projection) of every
+     candidate kernel of worker/kernels.py (the ones the kernel probe times);
   3. weight-streaming bandwidth: a GEMV (1 row) over 24 such matrices (more than the caches),
-     and the decode-shape table (1..32 rows) of int8 weight-only vs the float dtype;
-  4. the worker's path (MOODQ_DTYPE / MOODQ_QUANT as set, default auto): sentiment GFLOP/s as a share
-     of that dtype's GEMM peak, and reply tokens/s as a share of the bandwidth limit
-     (bandwidth / weight bytes read per decode step x batch).
+     and the decode-shape table (1..32 rows) of every candidate;
+  4. the worker's path (as the probe picked it, or MOODQ_DTYPE / MOODQ_QUANT): sentiment G(FL)OP/s
+     as a share of its scoring kernel's GEMM peak, and reply tokens/s as a share of the bandwidth
+     limit (bandwidth / weight bytes read per decode step x batch).
 
 Usage:  python bench/roofline.py [--n 64] [--batch 8] [--tokens 48]
 To see the AVX2 class on a bf16 host:  ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/roofline.py
@@ -31,33 +29,24 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.common import DEV, best_of, header  # noqa: E402
-from worker.quant import Int8Linear  # noqa: E402
+from worker import kernels  # noqa: E402
 
 K, N, M_PREFILL, LAYERS = 896, 4864, 1024, 24
 
 
-def _weight_only(lin: nn.Linear):
-    """int8 weight-only (aten._weight_int8pack_mm, bf16 activations): tried for decode, not used."""
-    w = lin.weight.detach().float()
-    scale = w.abs().amax(dim=1) / 127
-    q, s = torch.round(w / scale[:, None]).to(torch.int8), scale.to(torch.bfloat16)
-    return lambda x: torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), q, s)
-
-
-def gemm_peaks(floats: list[torch.dtype]) -> dict[str, float]:
-    """GFLOP/s (GOP/s for int8) at the prefill shape."""
-    x32 = torch.randn(M_PREFILL, K)
-    lin = nn.Linear(K, N, bias=False)
+def gemm_peaks() -> dict[str, float]:
+    """G(FL)OP/s of every candidate kernel at the prefill shape."""
+    x = torch.randn(M_PREFILL, K)
+    w = torch.randn(N, K) * 0.02
     flop = 2 * M_PREFILL * K * N
     out = {}
     with torch.inference_mode():
-        for dt in floats:
-            w, x = lin.weight.to(dt), x32.to(dt)
-            out[str(dt).removeprefix("torch.")] = flop / best_of(lambda: x @ w.T) / 1e9
-        q = Int8Linear(lin, always=True)
-        out["int8 W8A8 (moodq's Int8Linear)"] = flop / best_of(lambda: q(x32)) / 1e9
-        wo = _weight_only(lin)
-        out["int8 weight-only (not used)"] = flop / best_of(lambda: wo(x32)) / 1e9
+        for name, kernel in kernels.candidates().items():
+            state = kernel.prepare(w)
+            try:
+                out[name] = flop / best_of(lambda: kernel.run(state, x), repeat=3) / 1e9
+            except RuntimeError as exc:
+                print(f"  {name}: fails ({str(exc).splitlines()[0][:60]})")
     return out
 
 
@@ -75,28 +64,26 @@ def bandwidth_gbs(dtype: torch.dtype) -> float:
         return nbytes / best_of(run) / 1e9
 
 
-def decode_table(dtype: torch.dtype, rows=(1, 2, 4, 8, 16, 32)) -> list[tuple[int, float, float, float]]:
-    """(rows, float ms, moodq int8 ms, int8 weight-only ms) over LAYERS matrices of ``dtype``."""
-    lins = [nn.Linear(K, N, bias=False).to(dtype) for _ in range(LAYERS)]
-    qs = [Int8Linear(lin, always=True) for lin in lins]
-    wos = [_weight_only(lin) for lin in lins]
+def decode_table(rows=(1, 2, 4, 8, 16, 32)) -> list[tuple[int, dict[str, float]]]:
+    """(rows, kernel -> ms) over LAYERS matrices."""
+    ws = [torch.randn(N, K) * 0.02 for _ in range(LAYERS)]
+    prepared = {name: (k, [k.prepare(w) for w in ws]) for name, k in kernels.candidates().items()}
     table = []
     with torch.inference_mode():
         for m in rows:
-            x = torch.randn(m, K).to(dtype)
-            f = best_of(lambda: [x @ lin.weight.T for lin in lins])
-            q = best_of(lambda: [ql(x) for ql in qs])
-            w = best_of(lambda: [wo(x) for wo in wos])
-            table.append((m, f * 1000, q * 1000, w * 1000))
+            x = torch.randn(m, K)
+            table.append((m, {name: best_of(lambda: [k.run(st, x) for st in states]) * 1000
+                              for name, (k, states) in prepared.items()}))
     return table
 
 
 def weight_bytes_per_step(model: nn.Module) -> int:
-    """Bytes of weights one decode step reads: each Linear once (its int8 copy where it has one)."""
+    """Bytes of weights one decode step reads: each Linear once, in the format its decode kernel reads."""
     total = 0
     for mod in model.modules():
-        if isinstance(mod, Int8Linear):
-            total += mod.qweight_t.numel() + mod.wscale.numel() * 4
+        if isinstance(mod, kernels.PhaseLinear):
+            kernel = mod.kernels["decode"][0]
+            total += mod.in_features * mod.out_features * (1 if kernel.int8 else kernel.dtype.itemsize)
         elif isinstance(mod, nn.Linear):
             total += mod.weight.numel() * mod.weight.element_size()
     return total
@@ -111,8 +98,8 @@ def worker_path(args, peaks: dict[str, float], bandwidth: float) -> None:
     eng = resident(settings)
     model = eng.model
     head = model.get_output_embeddings()
-    layers = sum(m.weight.numel() for m in model.modules()
-                 if isinstance(m, (nn.Linear, Int8Linear)) and m is not head)  # 2 FLOP each per token
+    layers = sum(m.in_features * m.out_features for m in model.modules()
+                 if isinstance(m, (nn.Linear, kernels.PhaseLinear)) and m is not head)  # 2 FLOP each per token
     print(f"\n== the worker's path: {eng.path} ({eng.model_id}, {layers / 1e6:.0f} M weights in the decoder layers)")
     rows = read_labeled(DEV / "zh_dev.jsonl")[: args.n]
     texts = [r["text"] for r in rows]
@@ -122,10 +109,10 @@ def worker_path(args, peaks: dict[str, float], bandwidth: float) -> None:
     seconds = best_of(lambda: eng.judge(texts, "zh", max_batch=settings.sentiment_batch_size), repeat=2)
     # Per token: 2 FLOP per weight of the layers (the head runs only at the label positions).
     gflops = 2 * layers * tokens / seconds / 1e9
-    peak = peaks[eng.path.split("/")[1].split("+")[0]]
+    peak = peaks[eng.plan.score]
     print(f"sentiment: {len(texts)} messages ({tokens} tokens beyond the cached prefix) in {seconds:.2f} s = "
-          f"{len(texts) / seconds:.1f} msg/s, {gflops:.0f} GFLOP/s = {gflops / peak:.0%} of the "
-          f"{peak:.0f} GFLOP/s GEMM peak")
+          f"{len(texts) / seconds:.1f} msg/s, {gflops:.0f} G(FL)OP/s = {gflops / peak:.0%} of the "
+          f"{peak:.0f} G(FL)OP/s GEMM peak of {eng.plan.score}")
 
     items = [(r["text"][:300], r["label"], "zh", []) for r in rows[: args.batch * 2]]
     common = {"max_new_tokens": args.tokens, "deadline_s": 600, "sampling": {"do_sample": False}}
@@ -153,7 +140,7 @@ def main() -> None:
     print(header())
     torch.set_num_threads(args.threads)
 
-    peaks = gemm_peaks([torch.float32, torch.bfloat16])
+    peaks = gemm_peaks()
     print(f"\n== GEMM peak, {M_PREFILL}x{K} @ {K}x{N}, {args.threads} threads")
     for name, v in peaks.items():
         print(f"  {name:<34}{v:>8.1f} G(FL)OP/s")
@@ -161,12 +148,12 @@ def main() -> None:
     print(f"\n== weight streaming (1-row GEMV over {LAYERS} matrices of {K}x{N})")
     for name, v in bw.items():
         print(f"  {name:<34}{v:>8.1f} GB/s")
-    for dt in (torch.float32, torch.bfloat16):
-        print(f"\n== decode shapes, {LAYERS} matrices: {str(dt).removeprefix('torch.')} weights vs moodq's int8 "
-              "W8A8 (MOODQ_QUANT=int8-decode) and int8 weight-only (not used)")
-        print(f"  {'rows':>5}{'float ms':>10}{'W8A8 ms':>10}{'speed-up':>10}{'w-only ms':>11}{'speed-up':>10}")
-        for m, f, q, w in decode_table(dt):
-            print(f"  {m:>5}{f:>10.2f}{q:>10.2f}{f / q:>9.2f}x{w:>11.2f}{f / w:>9.2f}x")
+    table = decode_table()
+    names = list(table[0][1])
+    print(f"\n== decode shapes, {LAYERS} matrices, ms (ratio to float32)")
+    print(f"  {'rows':>5}" + "".join(f"{n:>24}" for n in names))
+    for m, ms in table:
+        print(f"  {m:>5}" + "".join(f"{f'{ms[n]:.2f} ({ms[kernels.FLOAT32] / ms[n]:.2f}x)':>24}" for n in names))
     if not args.kernels_only:
         worker_path(args, peaks, max(bw.values()))
 

@@ -12,11 +12,11 @@ from worker.settings import PROMPTS_FILE, load_settings
 
 @pytest.fixture(scope="module")
 def chat():
-    from worker import cpu, embedded, loading
+    from worker import embedded, loading
 
     s = load_settings()
-    converted = loading._converted_dir(s, embedded.SHA256, cpu.pick(s.dtype, s.quant).dtype)
-    if loading._ready(converted):
+    converted = loading._any_converted(s, embedded.SHA256)
+    if converted:
         tok = loading._tokenizer(str(converted))
     else:  # a fresh machine: read the tokenizer out of the GGUF (no weights are de-quantised)
         from transformers import AutoTokenizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker import cpu, embedded
+from worker import embedded
 from worker.errors import ModelError
 from worker.loading import check_model, load
 from worker.model import Engine
@@ -66,7 +66,7 @@ def test_warm_start_check_neither_hashes_nor_assembles_the_gguf(tmp_path, engine
     from worker import loading
 
     real = load_settings()
-    converted = loading._converted_dir(real, embedded.SHA256, cpu.pick(real.dtype, real.quant).dtype)
+    converted = loading._converted_dir(real, embedded.SHA256, engine.plan.dtype)
     assert loading._ready(converted)  # the session's engine fixture made it
     (tmp_path / "converted").mkdir()
     (tmp_path / "converted" / converted.name).symlink_to(converted)

@@ -14,7 +14,7 @@ from tests.reference import ReferenceScorer
 from worker.loading import Loaded
 from worker.model import Engine
 from worker.prompts import PromptSet, load_prompts
-from worker.settings import PROMPTS_FILE
+from worker.settings import PROMPTS_FILE, load_settings
 
 pytestmark = pytest.mark.model
 
@@ -122,8 +122,13 @@ def test_calibration_prior_comes_from_content_free_inputs_and_is_divided_out(eng
 def test_the_shipped_three_label_file_answers_questions_neutral(engine):
     """prompts/three-labels.yaml (one setting away): clear praise and complaints keep their label, and
     customer questions come out neutral (bench/labels.py measures 81-83 % on 96 such questions)."""
-    prompts = load_prompts(PROMPTS_FILE.parent / "three-labels.yaml")
-    three = Engine(Loaded(engine.model, engine.tok, engine.model_id, 0, True), prompts)
+    from worker.loading import load
+
+    file = PROMPTS_FILE.parent / "three-labels.yaml"
+    prompts = load_prompts(file)
+    loaded = load(load_settings(threads=2, prompts=str(file)))
+    assert not prompts.int8_scoring and loaded.plan.score in ("float32", "bfloat16")  # its bias was fitted on float
+    three = Engine(loaded, prompts)
     clear = {"en": (["I love it, works perfectly!", "This is awful, it broke in a day."], ["positive", "negative"]),
              "zh": (["质量很好，非常满意！", "太差了，用了一天就坏了。"], ["positive", "negative"])}
     questions = {"en": ["Do you ship to Canada?", "Can I pay cash on delivery?", "Where is my order?",
@@ -185,7 +190,7 @@ def test_label_scores_are_not_rounded_to_bfloat16_steps(engine):
     differences between the cached and the plain pass: 0.16 measured on 2026-11-24 as the AVX2 class).
     """
     plan = engine.scorer.plans["en"]
-    noise = 0.3 if str(engine.path).endswith("+int8") else 0.15
+    noise = 0.3 if engine.plan.score.startswith("int8") else 0.15  # int8 scoring: wider cache noise
     texts = ["The room was fine, I guess.", "Meh.", "Not bad at all, but the food was cold.", "ok"]
     for text, judged in zip(texts, engine.judge(texts, "en", calibrate=False)):
         margin = judged.scores["positive"] - judged.scores["negative"]

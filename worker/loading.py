@@ -1,6 +1,7 @@
 """Find, verify and load the configured model; cache converted GGUF weights for warm starts.
 
-The only module besides ``worker.model`` that imports torch/transformers.
+Before the weights load, the kernel probe (worker.probe) decides the float dtype and each phase's
+kernel from the model's config; after, worker.kernels swaps the Linear layers accordingly.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from worker import cpu, embedded
+from worker import embedded, kernels, probe
 from worker.errors import ModelError
+from worker.prompts import load_prompts
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,46 +35,72 @@ class Loaded:
     model_id: str
     seconds: float
     warm: bool
-    path: cpu.ComputePath | None = None  # CPU class, dtype and quantisation it runs with
+    plan: probe.Plan | None = None  # the float dtype and each phase's kernel, with the probe's table
 
 
 def _dtype(name: str) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
-def load(settings: Settings) -> Loaded:
-    """Load the model named by ``settings.model``; one clear ModelError if that is impossible."""
-    started = time.perf_counter()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    name, path = settings.model, cpu.pick(settings.dtype, settings.quant)
+@dataclass
+class _Source:
+    """Where a model comes from: its id, its config (read without the weights), and how to load it in a dtype."""
+
+    model_id: str
+    config: Callable[[], object]
+    weights: Callable[[str], tuple]  # dtype -> (model, tokenizer, warm)
+
+
+def _source(settings: Settings) -> _Source:
+    name = settings.model
+    if name in embedded.MODELS:
+        packaged = embedded.MODELS[name]
+        locate = lambda: embedded.ensure_gguf(settings.cache_dir, packaged)  # noqa: E731
+        return _Source(packaged.model_id, lambda: _gguf_config(locate, packaged.sha256, settings),
+                       lambda dtype: _load_gguf(locate, packaged.sha256, settings, dtype))
+    if name.endswith(".gguf"):
+        file = Path(name).expanduser()
+        if not file.is_file():
+            raise ModelError(f"GGUF file not found: {file}")
+        sha = embedded.sha256_of(file)
+        return _Source(f"gguf:{file.name}", lambda: _gguf_config(lambda: file, sha, settings),
+                       lambda dtype: _load_gguf(lambda: file, sha, settings, dtype))
+    return _Source(name, lambda: AutoConfig.from_pretrained(name),
+                   lambda dtype: (AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(dtype)), _tokenizer(name), False))
+
+
+def measured_plan(settings: Settings, fresh: bool = False, source: _Source | None = None) -> probe.Plan:
+    """The kernel probe's plan for the configured model on this host (measured now if ``fresh`` or not cached).
+    Labels are scored in int8 only if the prompt file allows it (``int8_scoring``: measured with it)."""
     try:
-        if name in embedded.MODELS:
-            packaged = embedded.MODELS[name]
-            model, tok, warm = _load_gguf(lambda: embedded.ensure_gguf(settings.cache_dir, packaged), packaged.sha256,
-                                          settings, path.dtype)
-            model_id = packaged.model_id
-        elif name.endswith(".gguf"):
-            file = Path(name).expanduser()
-            if not file.is_file():
-                raise ModelError(f"GGUF file not found: {file}")
-            model, tok, warm = _load_gguf(lambda: file, embedded.sha256_of(file), settings, path.dtype)
-            model_id = f"gguf:{file.name}"
-        else:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(path.dtype))
-            tok, warm, model_id = _tokenizer(name), False, name
+        source = source or _source(settings)
+        return probe.plan_for(settings, source.config(), source.model_id, fresh=fresh,
+                              int8_scoring=load_prompts(settings.prompts).int8_scoring)
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
+        raise ModelError(f"cannot read the config of model {settings.model!r}: {str(exc).splitlines()[0]}") from None
+
+
+def load(settings: Settings) -> Loaded:
+    """Load the model named by ``settings.model`` on the path the kernel probe measured fastest here;
+    one clear ModelError if that is impossible."""
+    started = time.perf_counter()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        source = _source(settings)
+        plan = measured_plan(settings, source=source)
+        model, tok, warm = source.weights(plan.dtype)
+    except ModelError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load model {settings.model!r}: {str(exc).splitlines()[0]}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.eval()
-    if path.quant != "none":
-        from worker.quant import quantize
-
-        quantize(model, path.quant)
-    return Loaded(model, tok, model_id, time.perf_counter() - started, warm, path)
+    kernels.apply(model, plan.dtype, plan.score, plan.decode)
+    return Loaded(model, tok, source.model_id, time.perf_counter() - started, warm, plan)
 
 
 def check_model(settings: Settings) -> None:
@@ -85,8 +113,8 @@ def check_model(settings: Settings) -> None:
     name = settings.model
     if name in embedded.MODELS:
         packaged = embedded.MODELS[name]
-        converted = _converted_dir(settings, packaged.sha256, cpu.pick(settings.dtype, settings.quant).dtype)
-        if _ready(converted):  # made only from a verified file: no need to hash the GGUF again
+        converted = _any_converted(settings, packaged.sha256)
+        if converted:  # made only from a verified file: no need to hash the GGUF again
             _tokenizer(str(converted))
         else:
             embedded.ensure_gguf(settings.cache_dir, packaged)
@@ -132,6 +160,20 @@ def _converted_dir(settings: Settings, sha: str, dtype: str) -> Path:
 
 def _ready(converted: Path) -> bool:
     return (converted / "READY").exists()
+
+
+def _any_converted(settings: Settings, sha: str) -> Path | None:
+    """A converted copy of this GGUF in any dtype (config and tokenizer are the same in all)."""
+    return next((d for d in sorted((settings.cache_dir / "converted").glob(f"{sha[:16]}-*")) if _ready(d)), None)
+
+
+def _gguf_config(locate: Callable[[], Path], sha: str, settings: Settings):
+    """The model's config: from a converted copy when there is one, else from the GGUF's metadata."""
+    converted = _any_converted(settings, sha)
+    if converted:
+        return AutoConfig.from_pretrained(converted)
+    path = locate()
+    return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
 
 
 def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings, dtype: str):

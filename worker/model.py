@@ -6,6 +6,7 @@ from __future__ import annotations
 from worker.chat import Chat, History
 from worker.drafting import Draft, Drafter, Item
 from worker.loading import Loaded
+from worker.pace import Pace
 from worker.prompts import PromptSet
 from worker.scoring import Judgement, Scorer
 
@@ -16,16 +17,22 @@ class Engine:
     def __init__(self, loaded: Loaded, prompts: PromptSet, max_text_tokens: int = 0, scorer: type[Scorer] = Scorer):
         self.model, self.tok = loaded.model, loaded.tokenizer
         self.model_id = loaded.model_id
-        self.path = str(loaded.path) if loaded.path else None  # e.g. avx2/float32+int8-decode
+        self.plan = loaded.plan
+        self.path = str(loaded.plan) if loaded.plan else None  # e.g. avx2/float32 score:int8-fbgemm decode:int8-fbgemm
+        self.pace = Pace(loaded.plan)  # this process's measured speed (sizes claims and reply batches)
         self.prompts = prompts
         self.labels = prompts.labels
         self.chat = Chat(self.tok, prompts)
-        self.scorer = scorer(self.model, self.chat, prompts, max_text_tokens)
-        self.drafter = Drafter(self.model, self.chat)
+        self.scorer = scorer(self.model, self.chat, prompts, max_text_tokens, pace=self.pace)
+        self.drafter = Drafter(self.model, self.chat, pace=self.pace)
 
     def judge(self, texts: list[str], lang: str, calibrate: bool | None = None, max_batch: int = 16) -> list[Judgement]:
         """Label each text (same language); see :meth:`worker.scoring.Scorer.judge`."""
         return self.scorer.judge(texts, lang, calibrate, max_batch)
+
+    def passes(self, texts: list[str], lang: str, max_batch: int = 16):
+        """Label texts pass by pass, the first text's pass first; see :meth:`worker.scoring.Scorer.passes`."""
+        return self.scorer.passes(texts, lang, max_batch=max_batch)
 
     def draft(self, text: str, label: str, lang: str, history: History, *, max_new_tokens: int,
               deadline_s: float, sampling: dict) -> Draft:

@@ -64,6 +64,9 @@ class Language(Strict):
 class PromptSet(Strict):
     version: str = Field(min_length=1)
     labels: list[str] = Field(min_length=2)
+    int8_scoring: bool = Field(False, description="int8 kernels may score labels with this file: set only where its "
+                               "labels were measured within 1 point of float scoring (bench/paths.py, bench/labels.py). "
+                               "Off, labels are scored in float, whatever the kernel probe measured fastest.")
     languages: dict[str, Language] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -43,9 +43,20 @@ def engine(settings: Settings | None = None):
                 except Exception as exc:
                     _load_error = str(exc)
                     raise ModelError(f"model could not be loaded in this worker process: {exc}") from exc
-                log.info("model %s ready in %.1f s (%s start, pid %s, %d threads, path %s)", loaded.model_id,
-                         loaded.seconds, "warm" if loaded.warm else "cold", os.getpid(), _threads(), loaded.path)
+                log.info("model %s ready in %.1f s (%s start, pid %s, %d threads, path %s; kernel probe %s)",
+                         loaded.model_id, loaded.seconds, "warm" if loaded.warm else "cold", os.getpid(), _threads(),
+                         _engine.path, loaded.plan.source if loaded.plan else "-")
+                _warn_if_a_reply_cannot_fit(_engine, s)
     return _engine
+
+
+def _warn_if_a_reply_cannot_fit(eng, s: Settings) -> None:
+    """A host too slow for one full-length reply inside the deadline is told so once, with what to change."""
+    deadline, need = s.draft_options()["deadline_s"], eng.pace.reply_seconds(s.max_reply_tokens, 1)
+    if need > deadline:
+        log.warning("at this host's speed a %d-token reply takes ~%.0f s, more than the reply deadline (%.0f s, "
+                    "80 %% of MOODQ_REPLY_SOFT_LIMIT): raise MOODQ_REPLY_SOFT_LIMIT and MOODQ_REPLY_HARD_LIMIT, or "
+                    "lower MOODQ_MAX_REPLY_TOKENS", s.max_reply_tokens, need, deadline)
 
 
 def _threads() -> int:
@@ -63,8 +74,8 @@ def _note_pool_size(sender=None, instance=None, **_):
     from worker import cpu
 
     s = get_settings()
-    log.info("%s; compute path %s (MOODQ_DTYPE=%s, MOODQ_QUANT=%s)", cpu.describe(), cpu.pick(s.dtype, s.quant),
-             s.dtype, s.quant)
+    log.info("%s; each process measures (or reads its cached measure of) the kernels it runs fastest "
+             "(MOODQ_DTYPE=%s, MOODQ_QUANT=%s)", cpu.describe(), s.dtype, s.quant)
 
 
 @worker_process_init.connect
@@ -77,12 +88,12 @@ def _load_at_process_start(**_):
     from worker.upkeep import report_model
 
     try:
-        engine(s)
+        eng = engine(s)
     except ModelError as exc:  # stop the worker: its messages wait for one that can run them
         log.critical("%s", exc)
         report_model(_node, False, str(exc))
         return
-    report_model(_node, True)
+    report_model(_node, True, path=eng.path)
 
 
 def threads_per_process(concurrency: int, settings: Settings) -> int:
@@ -92,13 +103,13 @@ def threads_per_process(concurrency: int, settings: Settings) -> int:
 @inspect_command()
 def moodq(state):
     """What this worker runs: `celery inspect moodq`, `moodq workers`."""
-    from worker.prompts import load_prompts
-
     from worker import cpu
+    from worker.prompts import load_prompts
+    from worker.upkeep import path_of
 
     s = get_settings()
     concurrency = state.consumer.controller.concurrency
-    return {"model": s.model, "cpu": cpu.cpu_class(), "path": str(cpu.pick(s.dtype, s.quant)),
+    return {"model": s.model, "cpu": cpu.cpu_class(), "path": path_of(s, state.consumer.hostname),
             "prompt_version": load_prompts(s.prompts).version,
             "queue": s.queue, "concurrency": concurrency, "threads_per_process": threads_per_process(concurrency, s),
             "sentiment_batch_size": s.sentiment_batch_size, "claim_size": s.claim_size, "sentiment_max_tokens": s.sentiment_max_tokens,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +20,7 @@ from transformers import PreTrainedModel
 from worker import kvcache
 from worker.batching import buckets, head_and_tail
 from worker.chat import Chat
+from worker.pace import Pace
 from worker.prompts import PromptSet
 
 
@@ -47,21 +50,33 @@ class Plan:
 class Scorer:
     cached = True  # reuse the prefix's KV cache (tests/reference.py overrides this with the plain way)
 
-    def __init__(self, model: PreTrainedModel, chat: Chat, prompts: PromptSet, max_text_tokens: int = 0):
+    def __init__(self, model: PreTrainedModel, chat: Chat, prompts: PromptSet, max_text_tokens: int = 0,
+                 pace: Pace | None = None):
         self.model, self.chat, self.prompts = model, chat, prompts
         self.labels = prompts.labels
         self.max_text_tokens = max_text_tokens  # sentiment reads at most this many (0 = all)
+        self.pace = pace or Pace()
         self.plans = {code: self._plan(code) for code in prompts.languages}
         for code, lang in prompts.languages.items():
             if lang.sentiment.calibration:
                 self.calibration(code)
 
     def judge(self, texts: list[str], lang: str, calibrate: bool | None = None, max_batch: int = 16) -> list[Judgement]:
-        """Label each text (same language). Always returns configured labels.
+        """Label each text (same language). Always returns configured labels; see :meth:`passes`."""
+        results: list[Judgement | None] = [None] * len(texts)
+        for bucket, judgements in self.passes(texts, lang, calibrate, max_batch):
+            for i, judgement in zip(bucket, judgements):
+                results[i] = judgement
+        return results
+
+    def passes(self, texts: list[str], lang: str, calibrate: bool | None = None, max_batch: int = 16,
+               first: int = 0) -> Iterator[tuple[list[int], list[Judgement]]]:
+        """Label texts pass by pass: (indices, judgements) of each forward pass, the one holding text
+        ``first`` first, so a caller can store what is done and stop between passes.
 
         Texts are sorted by token length and scored in buckets of similar length, so a batch
         pays little padding. A text longer than ``max_text_tokens`` is read as its first and
-        last halves of that.
+        last halves of that. Each pass is timed into the process's pace.
         """
         plan = self.plans[lang]
         if calibrate is None:
@@ -71,12 +86,11 @@ class Scorer:
         if prior:  # subtracted like the calibration's bias
             bias = [b - prior.get(label, 0.0) for b, label in zip(bias or [0.0] * len(self.labels), self.labels)]
         encoded = [head_and_tail(self.chat.encode(self.chat.clean(t)), self.max_text_tokens) for t in texts]
-        results: list[Judgement | None] = [None] * len(texts)
-        for bucket in buckets(encoded, max_batch):
+        for bucket in sorted(buckets(encoded, max_batch), key=lambda b: first not in b):
+            started = time.perf_counter()
             raw = self.label_logprobs(plan, [encoded[i] for i in bucket])
-            for i, scores in zip(bucket, raw):
-                results[i] = self.decide(scores, bias)
-        return results
+            self.pace.scored(lang, sum(len(texts[i]) for i in bucket), time.perf_counter() - started)
+            yield bucket, [self.decide(scores, bias) for scores in raw]
 
     def calibration(self, lang: str) -> list[float]:
         """log p(label | content-free input), averaged over the prompt's inputs; computed once."""

@@ -1,0 +1,214 @@
+"""The linear kernels a worker can run, and the layer that runs, per phase, the one measured fastest.
+
+Two phases: ``score`` (label scoring: a claim's messages in one pass, hundreds of rows per call) and
+``decode`` (reply drafting, inside :func:`decoding`: each prompt's prefill, then one row per running
+reply per step). Which kernel runs in each phase is measured on the host by :mod:`worker.probe`;
+nothing here reads CPU flags.
+
+Candidates (each takes activations of any float dtype and returns that dtype):
+- ``float32``, ``bfloat16``: ``F.linear`` on weights of that dtype.
+- ``int8-fbgemm``: W8A8 dynamic int8 by torch.ao's quantized linear (fbgemm, engine x86; 7-bit
+  activations, so no int16 saturation without VNNI). fbgemm gives the activations one scale per
+  call; each row is first divided by its own max-abs, so that scale acts per token (a padded batch
+  of short and long rows otherwise cost labels, ../shared/MEASURED.md), and multiplied back after.
+- ``int8-intmm``: W8A8 with one scale per token and per output channel on ``torch._int_mm``
+  (oneDNN where the CPU has VNNI; a scalar loop, 5-25x slower than float32, where it does not).
+- ``int8-weight-only``: int8 weights, bfloat16 activations (``torch._weight_int8pack_mm``).
+
+A layer keeps only the weights its kernels read: where both phases run the same int8 kernel, the
+float weight is dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+FLOAT32, BFLOAT16 = "float32", "bfloat16"
+FBGEMM, INTMM, WEIGHT_ONLY = "int8-fbgemm", "int8-intmm", "int8-weight-only"
+PHASES = ("score", "decode")
+
+# (kernel, activation dtype) that may score labels: each kept both dev sets within 1 point of float32,
+# with the first and the last decoder layer scoring in float (SCORE_FLOAT_LAYERS). Measured offline on
+# all 400 lines of each set, 2026-11-30: `python bench/paths.py` (bench/README.md, "Which kernels may
+# label"). int8-fbgemm with bfloat16 activations lost 1.3 points on en and is not here; int8-weight-only
+# was never measured. Speed alone never adds a kernel here.
+LABEL_SAFE = frozenset({(FLOAT32, FLOAT32), (BFLOAT16, BFLOAT16), (FBGEMM, FLOAT32), (INTMM, FLOAT32),
+                        (INTMM, BFLOAT16)})
+SCORE_FLOAT_LAYERS = 1  # decoder layers at each end that score in float when scoring runs int8
+
+_decoding: ContextVar[bool] = ContextVar("moodq_decoding", default=False)
+
+
+@contextmanager
+def decoding():
+    """Within this block (one step of reply drafting) every layer runs its ``decode`` kernel."""
+    token = _decoding.set(True)
+    try:
+        yield
+    finally:
+        _decoding.reset(token)
+
+
+def _per_channel_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 weights (out, in) and their float32 scales, one per output channel."""
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127
+    return torch.round(w / scale[:, None]).to(torch.int8), scale
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+class Kernel:
+    """How one linear layer runs: ``prepare`` turns a float weight (out, in) into what ``run`` reads."""
+
+    name = ""
+    int8 = True
+
+    def prepare(self, weight: torch.Tensor):
+        raise NotImplementedError
+
+    def run(self, state, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Float(Kernel):
+    int8 = False
+
+    def __init__(self, dtype: str):
+        self.name, self.dtype = dtype, getattr(torch, dtype)
+
+    def prepare(self, weight):
+        return weight.detach().to(self.dtype).contiguous()  # no copy when the model holds this dtype already
+
+    def run(self, w, x):
+        return F.linear(x.to(self.dtype), w).to(x.dtype)
+
+
+class Fbgemm(Kernel):
+    name = FBGEMM
+
+    def prepare(self, weight):
+        q, scale = _per_channel_int8(weight)
+        with warnings.catch_warnings():  # quantized tensors are deprecated upstream; torch < 2.14 is pinned
+            warnings.simplefilter("ignore")
+            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
+            return torch.ops.quantized.linear_prepack(qw, None)
+
+    def run(self, packed, x):
+        a = _rows(x).float()
+        peak = a.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8)
+        y = torch.ops.quantized.linear_dynamic(a / peak, packed, True).mul_(peak)
+        return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+
+
+class _LastActivation(threading.local):
+    """The last input quantised, per thread: q/k/v projections (and gate/up) get the very same tensor
+    object, so it is quantised once for the three (two) of them. Held here, the object cannot be freed
+    and its id reused; transformers' decoder layers never change a projection's input in place."""
+
+    x: torch.Tensor | None = None
+    quantised: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+_last = _LastActivation()
+
+
+def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 rows and their scales (one per token), reused while the same unchanged tensor comes again."""
+    if _last.x is x:
+        return _last.quantised
+    a = _rows(x).float()
+    ascale = a.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8).div_(127)
+    aq = (a / ascale).round_().to(torch.int8)  # |a / ascale| <= 127 by construction
+    _last.x, _last.quantised = x, (aq, ascale)
+    return aq, ascale
+
+
+class IntMM(Kernel):
+    name = INTMM
+
+    def prepare(self, weight):
+        q, scale = _per_channel_int8(weight)
+        return q.t(), scale  # _int_mm takes the transposed (in, out) view
+
+    def run(self, state, x):
+        qweight_t, wscale = state
+        aq, ascale = quantise_rows(x)
+        y = torch._int_mm(aq, qweight_t).float().mul_(ascale).mul_(wscale)
+        return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+
+
+class WeightOnly(Kernel):
+    name = WEIGHT_ONLY
+
+    def prepare(self, weight):
+        q, scale = _per_channel_int8(weight)
+        return q, scale.bfloat16()
+
+    def run(self, state, x):
+        q, scale = state
+        y = torch._weight_int8pack_mm(_rows(x).bfloat16().contiguous(), q, scale)
+        return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+
+
+def candidates(dtype: str | None = None) -> dict[str, Kernel]:
+    """Every kernel the probe may time; with ``dtype``, the float ones reduced to that dtype."""
+    floats = [FLOAT32, BFLOAT16] if dtype is None else [dtype]
+    return {k.name: k for k in [*map(Float, floats), Fbgemm(), IntMM(), WeightOnly()]}
+
+
+class PhaseLinear(nn.Module):
+    """A Linear that runs ``score``'s kernel, or ``decode``'s inside :func:`decoding`.
+
+    Only the weights those kernels read are kept (one copy when both phases run the same kernel);
+    ``keep_weight`` keeps the float parameter as well (an output head: scoring reads its rows, and a
+    tied input embedding shares it)."""
+
+    def __init__(self, linear: nn.Linear, score: Kernel, decode: Kernel, keep_weight: bool = False):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        states = {k.name: k.prepare(linear.weight) for k in (score, decode)}
+        self.kernels = {"score": (score, states[score.name]), "decode": (decode, states[decode.name])}
+        self.bias = linear.bias
+        if keep_weight:
+            self.weight = linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel, state = self.kernels["decode" if _decoding.get() else "score"]
+        y = kernel.run(state, x)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"score={self.kernels['score'][0]}, decode={self.kernels['decode'][0]}")
+
+
+def apply(model: nn.Module, dtype: str, score: str, decode: str) -> int:
+    """Swap ``model``'s Linear layers for :class:`PhaseLinear` ones running ``score`` / ``decode``;
+    returns how many were swapped. The output head scores in float (worker.scoring reads its rows)
+    and drafts with ``decode``; with int8 scoring, the first and last decoder layers score in float."""
+    if score == dtype and decode == dtype:
+        return 0  # the plain float model: nothing to swap
+    kernels = candidates(dtype)
+    head = model.get_output_embeddings()
+    last = getattr(model.config, "num_hidden_layers", 1) - 1
+    edges = {f"layers.{i}." for i in [*range(SCORE_FLOAT_LAYERS), *range(last, last - SCORE_FLOAT_LAYERS, -1)]}
+    targets = [(f"{path}.{name}".lstrip("."), parent, name, child) for path, parent in model.named_modules()
+               for name, child in parent.named_children() if type(child) is nn.Linear]
+    for full, parent, name, child in targets:
+        float_scoring = child is head or any(e in full for e in edges)
+        layer_score = kernels[dtype] if float_scoring and kernels[score].int8 else kernels[score]
+        setattr(parent, name, PhaseLinear(child, layer_score, kernels[decode], keep_weight=child is head))
+    return len(targets)

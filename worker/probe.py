@@ -1,0 +1,268 @@
+"""Which kernels this host runs fastest, measured once per host and cached (FFTW's wisdom, PyTorch's TunableOp).
+
+Before a process loads its model, every candidate of :mod:`worker.kernels` is timed on the model's
+own linear shapes (one decoder layer, random weights) at the row counts of the two phases: a scoring
+pass (``MOODQ_SENTIMENT_BATCH_SIZE`` messages of ~40 tokens) and reply drafting (decode steps of 1 and
+``MOODQ_REPLY_BATCH_SIZE`` rows, and a reply prompt's prefill). Each result is compared with
+float32's: a kernel further off than ``MAX_ERROR`` (a saturating int8 GEMM) is out. The fastest
+correct kernel wins each phase; scoring only considers the kernels ``kernels.LABEL_SAFE`` lists.
+
+The table is cached as JSON in ``MOODQ_CACHE_DIR/probe``, keyed by the CPU model and flags, torch's
+version, the thread count, the ISA caps in the environment, the model and the rows; later starts
+read it. ``moodq probe`` prints it. CPU flags are only part of the key: they never pick a kernel.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from worker import kernels
+from worker.kernels import BFLOAT16, FLOAT32
+
+log = logging.getLogger(__name__)
+VERSION = 1  # bump when what is measured changes: every host probes again
+MAX_ERROR = 0.05  # relative (Frobenius) error against float32; int8 kernels are ~0.01, a saturating one ~1
+SKIP_SLOWER = 4.0  # a kernel this much slower than float32 is not timed at larger row counts
+TOKENS_PER_MESSAGE = 40  # rows one message adds to a scoring pass (zh/en dev lines: 20-60 tokens)
+PREFILL_ROWS = 128  # a reply prompt's own tokens beyond the cached system prompt
+REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+Shape = tuple[int, int, int]  # in features, out features, how many per decoder layer
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows per call in each phase: a scoring pass, a decode step at the reply batch size, a prefill."""
+
+    score: int
+    batch: int
+    prefill: int = PREFILL_ROWS
+
+    @classmethod
+    def of(cls, settings) -> "Rows":
+        return cls(score=min(1024, max(64, settings.sentiment_batch_size * TOKENS_PER_MESSAGE)),
+                   batch=settings.reply_batch_size)
+
+    def measured(self) -> list[int]:
+        return sorted({1, self.batch, self.prefill, self.score})
+
+
+@dataclass
+class Plan:
+    """What a process runs: the float dtype, and the kernel of each phase, with the table behind them."""
+
+    dtype: str
+    score: str
+    decode: str
+    cpu: str = ""  # the host's class as its flags describe it: for people, never for the choice
+    table: dict = field(default_factory=dict)  # kernel -> rows -> {"ms", "error", "note"}
+    rows: Rows | None = None
+    layers: int = 0
+    source: str = "measured"  # measured, cached (read from the probe's file), set (no probe: the float path)
+    seconds: float = 0.0  # what the probe took
+
+    def __str__(self) -> str:
+        return f"{self.cpu + '/' if self.cpu else ''}{self.dtype} score:{self.score} decode:{self.decode}"
+
+    def layer_ms(self, kernel: str, rows: int) -> float | None:
+        cell = self.table.get(kernel, {}).get(str(rows), {})
+        return cell.get("ms") if cell.get("error") is not None and cell["error"] <= MAX_ERROR else None
+
+
+def linear_shapes(config) -> list[Shape]:
+    """(in, out, count) of the Linear layers in one decoder layer of a model with this config (built on
+    the meta device: no memory, no weights)."""
+    from torch import nn
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    counts: dict[tuple[int, int], int] = {}
+    for m in model.modules():
+        if type(m) is nn.Linear and m is not head:
+            counts[(m.in_features, m.out_features)] = counts.get((m.in_features, m.out_features), 0) + 1
+    layers = max(1, getattr(config, "num_hidden_layers", 1))
+    return sorted((i, o, max(1, round(n / layers))) for (i, o), n in counts.items())
+
+
+def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, kernels.Kernel] | None = None,
+            min_seconds: float = 0.08, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Time every candidate on ``shapes`` at every row count, ascending; check each against float32.
+
+    Returns kernel -> str(rows) -> {"ms": per decoder layer, "error": relative error, "note"}. A kernel
+    ``SKIP_SLOWER`` times slower than float32 is not timed at larger row counts (it cannot win there,
+    and a scalar loop at a thousand rows would take minutes); a weight-only kernel is not timed at
+    the scoring rows (it may not label)."""
+    candidates = candidates or kernels.candidates()
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(o, i, generator=gen) * 0.02 for i, o, _ in shapes]
+    table: dict[str, dict] = {name: {} for name in candidates}
+    reference = kernels.Float(FLOAT32)
+    out_of_race: dict[str, str] = {}
+    with torch.inference_mode():
+        for m in rows.measured():
+            xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes]
+            refs = [reference.run(reference.prepare(w), x) for w, x in zip(weights, xs)]
+            base = None
+            for name in [FLOAT32, *(n for n in candidates if n != FLOAT32)]:
+                kernel = candidates.get(name) or reference
+                if name in out_of_race or (m == rows.score and m > rows.prefill and name == kernels.WEIGHT_ONLY):
+                    table.setdefault(name, {})[str(m)] = {"ms": None, "error": None,
+                                                          "note": out_of_race.get(name, "decode only")}
+                    continue
+                cell = _time_one(kernel, weights, xs, refs, shapes, min_seconds, clock)
+                table.setdefault(name, {})[str(m)] = cell
+                if name == FLOAT32:
+                    base = cell["ms"]
+                elif cell["ms"] is None or (base and cell["ms"] > SKIP_SLOWER * base):
+                    out_of_race[name] = cell["note"] or f"{cell['ms'] / base:.0f}x slower than float32 at {m} rows"
+    return table
+
+
+def _time_one(kernel, weights, xs, refs, shapes, min_seconds, clock) -> dict:
+    """One kernel at one row count: its error against float32 and its median time per decoder layer."""
+    try:
+        states = [kernel.prepare(w) for w in weights]
+        outs = [kernel.run(s, x) for s, x in zip(states, xs)]  # also the warm-up
+    except (RuntimeError, NotImplementedError) as exc:
+        return {"ms": None, "error": None, "note": f"fails: {str(exc).splitlines()[0][:80]}"}
+    error = max(float((o.float() - r).norm() / r.norm().clamp(min=1e-12)) for o, r in zip(outs, refs))
+    if not error <= MAX_ERROR:  # NaN too
+        return {"ms": None, "error": error, "note": f"wrong: error {error:.3g} against float32"}
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < 3 or spent < min_seconds:
+        t0 = clock()
+        for (_, _, count), s, x in zip(shapes, states, xs):
+            for _ in range(count):
+                kernel.run(s, x)
+        times.append(clock() - t0)
+        spent += times[-1]
+    return {"ms": round(statistics.median(times) * 1000, 4), "error": round(error, 5), "note": ""}
+
+
+def phase_ms(table: dict, kernel: str, phase: str, rows: Rows) -> float | None:
+    """What a kernel costs per decoder layer in a phase: one scoring pass; or one reply, its prefill
+    plus its share of ``REPLY_TOKENS`` decode steps at the batch size. None if not measured or wrong."""
+    def ms(m: int) -> float | None:
+        cell = table.get(kernel, {}).get(str(m), {})
+        return cell.get("ms") if cell.get("error") is not None and cell["error"] <= MAX_ERROR else None
+
+    if phase == "score":
+        return ms(rows.score)
+    step, prefill = ms(rows.batch), ms(rows.prefill)
+    return None if step is None or prefill is None else REPLY_TOKENS / rows.batch * step + prefill
+
+
+def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
+           int8_scoring: bool = True) -> tuple[str, str, str]:
+    """(dtype, score kernel, decode kernel): the fastest correct kernel per phase among those the
+    settings allow. ``dtype`` auto is bfloat16 where its GEMM measured faster than float32's.
+    ``quant``: none (float only), int8-decode (int8 replies), int8 (int8 both), auto (fastest).
+    ``int8_scoring`` False (the prompt file's labels were not measured with int8): scoring in float."""
+    def cost(kernel: str, phase: str) -> float | None:
+        return phase_ms(table, kernel, phase, rows)
+
+    if dtype == "auto":
+        bf16, fp32 = cost(BFLOAT16, "score"), cost(FLOAT32, "score")
+        dtype = BFLOAT16 if bf16 is not None and fp32 is not None and bf16 < fp32 else FLOAT32
+    int8 = [kernels.FBGEMM, kernels.INTMM, kernels.WEIGHT_ONLY]
+    safe = [k for k in int8 if (k, dtype) in kernels.LABEL_SAFE] if int8_scoring else []
+    pools = {"score": {"none": [dtype], "int8-decode": [dtype], "int8": safe, "auto": [dtype, *safe]}[quant],
+             "decode": {"none": [dtype], "int8-decode": int8, "int8": int8, "auto": [dtype, *int8]}[quant]}
+    picked = {}
+    for phase, pool in pools.items():
+        timed = [(c, k) for k in pool if (c := cost(k, phase)) is not None]
+        picked[phase] = min(timed)[1] if timed else dtype
+    return dtype, picked["score"], picked["decode"]
+
+
+def host_key(model_id: str, shapes: list[Shape], rows: Rows) -> dict:
+    """Everything a measurement depends on; a change in any of them means measuring again."""
+    from worker import cpu
+
+    return {"version": VERSION, "cpu": cpu.model_name(), "flags": hashlib.sha256(" ".join(cpu.flags()).encode()).hexdigest()[:16],
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "isa_caps": {k: os.environ.get(k) for k in ISA_CAPS}, "model": model_id,
+            "shapes": [list(s) for s in shapes], "rows": asdict(rows)}
+
+
+def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Callable = measure,
+             int8_scoring: bool = True) -> Plan:
+    """The plan for this host and model: read from the cache, or measured (once per host: a file lock
+    keeps a second process waiting for the first one's table instead of measuring beside it)."""
+    from worker import cpu
+
+    shapes, rows = linear_shapes(config), Rows.of(settings)
+    key = host_key(model_id, shapes, rows)
+    folder = Path(settings.cache_dir) / "probe"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    file = folder / f"{name}.json"
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = _read(file, key) if not fresh else None
+        if saved is None:
+            started = time.perf_counter()
+            table = measurer(shapes, rows)
+            saved = {"key": key, "table": table, "seconds": round(time.perf_counter() - started, 2),
+                     "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+            tmp = file.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(saved, indent=1))
+            os.replace(tmp, file)
+            source = "measured"
+            log.info("kernel probe: measured in %.1f s, saved to %s", saved["seconds"], file)
+        else:
+            source = "cached"
+    dtype, score, decode = choose(saved["table"], rows, settings.dtype, settings.quant, int8_scoring)
+    return Plan(dtype, score, decode, cpu.cpu_class(), saved["table"], rows,
+                getattr(config, "num_hidden_layers", 0), source, saved["seconds"])
+
+
+def _read(file: Path, key: dict) -> dict | None:
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if saved.get("key") == key else None
+
+
+def table_text(plan: Plan) -> str:
+    """The probe's table as an operator reads it: candidates x row counts and phases, ms and ratio."""
+    rows, table = plan.rows, plan.table
+    cols = rows.measured()
+    base = {m: (table.get(FLOAT32, {}).get(str(m)) or {}).get("ms") for m in cols}
+    phase_base = {p: phase_ms(table, FLOAT32, p, rows) for p in ("score", "decode")}
+    picked = {"score": plan.score, "decode": plan.decode}
+    head = (["kernel"] + [f"{m} rows" for m in cols]
+            + [f"scoring pass ({rows.score} rows)", f"reply (prefill + {REPLY_TOKENS} steps at {rows.batch})"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, cells in table.items():
+        row = [name]
+        for m in cols:
+            c = cells.get(str(m), {})
+            row.append(f"{c['ms']:.2f} ms ({base[m] / c['ms']:.2f}x)" if c.get("ms") and base[m]
+                       else c.get("note") or "-")
+        for phase in ("score", "decode"):
+            ms = phase_ms(table, name, phase, rows)
+            mark = " **picked**" if picked[phase] == name else ""
+            if phase == "score" and ms is not None and kernels.candidates()[name].int8 and \
+                    (name, plan.dtype) not in kernels.LABEL_SAFE:
+                mark = " (not label-safe)"
+            row.append(f"{ms:.2f} ms ({phase_base[phase] / ms:.2f}x){mark}" if ms and phase_base[phase] else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join([f"kernel probe ({plan.source}; measured in {plan.seconds:.1f} s): time per decoder layer, "
+                      f"ratio = float32's time / the kernel's (above 1: faster)", *lines,
+                      f"path: {plan}"])
