@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from producer.cli import main
 from producer.follow import Follower
-from tests.conftest import (ROOT, RUN, assert_one_final_record_each, eventually, send, start_fault_worker, wait_final,
+from tests.conftest import (FINISHED, ROOT, RUN, assert_one_final_record_each, eventually, limit, send, start_fault_worker, wait_final,
                             worker_log)
 from worker import launch
 from worker import queue as task_queue
@@ -100,18 +100,44 @@ def test_records_whose_task_was_never_published_are_swept(worker, store, setting
     out = CliRunner().invoke(main, ["sweep", "--older-than", "0"])
     assert out.exit_code == 0 and "republished 3" in out.output, out.output
     recs = wait_final(store, [m.id for m in msgs])
-    assert all(r.status == "done" and r.republished == 1 for r in recs.values()), recs
+    assert all(r.status in FINISHED and r.republished == 1 for r in recs.values()), recs
     again = CliRunner().invoke(main, ["sweep", "--older-than", "0"])
     assert "republished 0" in again.output  # their marks were cleared: no second task
 
 
 @pytest.mark.worker
 @pytest.mark.model
-def test_kill_9_of_the_whole_worker_loses_nothing(own, store, tmp_path):
+def test_a_worker_sweeps_and_prunes_on_its_own(own, tmp_path):
+    """Without `moodq sweep`: a running worker publishes what a dead producer wrote but never sent, and
+    clears the ids of expired records from the sets, in its upkeep thread, while it keeps consuming."""
+    from worker.schemas import Message
+
+    env = {"MOODQ_KEY_PREFIX": own.key_prefix, "MOODQ_QUEUE": own.queue, "MOODQ_REPLY_LABELS": "none",
+           "MOODQ_SWEEP_INTERVAL_S": "0.5", "MOODQ_SWEEP_AFTER_S": "1"}
+    store = Store(own)
+    store.add([Message(id="orphan-1", text="The parcel never came."), Message(id="ghost-1", text="gone")])
+    store.r.delete(store.k.rec("ghost-1"))  # expired: only its ids are left
+    proc = start_fault_worker("upkeep", env, tmp_path / "upkeep.log")
+    try:
+        recs = wait_final(store, ["orphan-1"])
+        assert recs["orphan-1"].status == "done" and recs["orphan-1"].republished == 1
+        eventually(lambda: "ghost-1" not in store.ids() and "ghost-1" not in store.ids("pending")
+                   and not store.unpublished(0), timeout=60, what="the expired id pruned")
+        later = send(own, {"id": "after-upkeep", "text": "Thanks, all fine."})
+        assert wait_final(store, later)["after-upkeep"].status == "done"
+    finally:
+        launch.stop(proc)
+    assert "sweep:" in (tmp_path / "upkeep.log").read_text()
+
+
+@pytest.mark.worker
+@pytest.mark.model
+def test_kill_9_of_the_whole_worker_loses_nothing(own, store, tmp_path, slowness):
     """SIGKILL of the main process and its pool mid-task: with a short MOODQ_VISIBILITY_TIMEOUT (12 s), Redis hands
     the unacknowledged task to the next worker, and every message ends with exactly one final record."""
-    limits = {"MOODQ_SENTIMENT_SOFT_LIMIT": "8", "MOODQ_SENTIMENT_HARD_LIMIT": "10", "MOODQ_REPLY_SOFT_LIMIT": "8",
-              "MOODQ_REPLY_HARD_LIMIT": "10", "MOODQ_VISIBILITY_TIMEOUT": "12", "MOODQ_REPLY_LABELS": "none"}
+    soft, hard = limit(8, slowness), limit(10, slowness)
+    limits = {"MOODQ_SENTIMENT_SOFT_LIMIT": soft, "MOODQ_SENTIMENT_HARD_LIMIT": hard, "MOODQ_REPLY_SOFT_LIMIT": soft,
+              "MOODQ_REPLY_HARD_LIMIT": hard, "MOODQ_VISIBILITY_TIMEOUT": limit(12, slowness), "MOODQ_REPLY_LABELS": "none"}
     env = {"MOODQ_KEY_PREFIX": own.key_prefix, "MOODQ_QUEUE": own.queue, **limits}
     s = load_settings(**{k[6:].lower(): v for k, v in env.items()})
     first = start_fault_worker("kill9-1", env, tmp_path / "kill9-1.log")
@@ -144,7 +170,7 @@ def test_conversation_turns_are_replied_in_order_under_triage(worker, store):
                 "conversation_id": cid})
     recs = wait_final(store, ids)
     first, second = recs[ids[0]], recs[ids[1]]
-    assert first.status == second.status == "done" and first.reply and second.reply
+    assert first.status in FINISHED and second.status in FINISHED and first.reply and second.reply
     assert first.finished_at <= second.finished_at  # turn 1's reply was drafted first
     assert second.context_ids == [first.id]
 
@@ -204,5 +230,5 @@ def test_replace_of_an_id_in_flight_ends_in_one_status_with_the_new_text(fault_w
     eventually(lambda: store.r.get(key), timeout=120, what="the old text reaching the model")
     send(fault_worker, {"id": "inflight-1", "text": "Broken on arrival, I want a refund."})  # replace=True
     rec = wait_final(store, ["inflight-1"])["inflight-1"]
-    assert rec.status == "done" and rec.text.startswith("Broken") and rec.label == "negative", rec
+    assert rec.status in FINISHED and rec.text.startswith("Broken") and rec.label == "negative", rec
     assert_one_final_record_each(store, ["inflight-1"])

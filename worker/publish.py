@@ -50,7 +50,8 @@ def publish(app: Celery, store: Store, records: list[tuple[Record, str]], queue:
     store.published([rec.id for rec, _ in records])
 
 
-def sweep(settings: Settings, app: Celery, store: Store, older_than_s: float | None = None) -> dict[str, int]:
+def sweep(settings: Settings, app: Celery, store: Store, older_than_s: float | None = None,
+          limit: int = 1000) -> dict[str, int]:
     """Publish again the tasks of records whose producer died between writing them and publishing.
 
     Only ids still marked ``unpublished`` after ``older_than_s`` (a producer clears its marks right
@@ -64,7 +65,7 @@ def sweep(settings: Settings, app: Celery, store: Store, older_than_s: float | N
 
     counts = {"republished": 0, "final": 0, "gone": 0}
     again, done = [], []
-    for mid in store.take_unpublished(older):  # each id to one sweeper, though every worker sweeps
+    for mid in store.take_unpublished(older, limit):  # each id to one sweeper, though every worker sweeps
         rec = store.update(mid, bump)
         if rec is not None and rec.status in ("pending", "labeled"):
             again.append((rec, "sentiment" if rec.status == "pending" else "reply"))
