@@ -19,8 +19,8 @@ def watch(store: Store, timeout: float, interval: float) -> dict[str, int]:
         while True:
             counts = store.counts()
             bar.total = sum(counts.values())
-            bar.n = counts["done"] + counts["failed"]
-            bar.set_postfix(done=counts["done"], failed=counts["failed"],
+            bar.n = counts["done"] + counts["review"] + counts["failed"]
+            bar.set_postfix(done=counts["done"], review=counts["review"], failed=counts["failed"],
                             pending=counts["pending"] + counts["labeled"], refresh=True)
             if counts["pending"] + counts["labeled"] == 0:
                 break

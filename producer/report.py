@@ -32,6 +32,7 @@ def figures(records: list[Record], negative: str) -> dict:
         "failures_by_stage": dict(Counter(r.error_stage or "?" for r in failed)),
         "failure_reasons": Counter(r.error for r in failed).most_common(10),
         "replies_cut": sum(bool(r.reply_truncated) for r in records),
+        "needs_review": sum(r.status == "review" for r in records),
         "most_negative": sorted((r for r in labeled if r.probs and negative in r.probs),
                                 key=lambda r: -r.probs[negative])[:20],
     }
@@ -64,9 +65,10 @@ def picture(records: list[Record], negative: str) -> bytes:
     ax[1][0].set(title="confidence of the label", xlabel="probability of the chosen label", ylabel="messages")
     fails = Counter(r.error_stage or "?" for r in records if r.status == "failed")
     status = Counter(r.status for r in records)
-    names = [f"{s}" for s in ("done", "labeled", "pending", "failed")] + [f"failed: {k}" for k in fails]
-    ax[1][1].barh(names, [status.get(s, 0) for s in ("done", "labeled", "pending", "failed")] + list(fails.values()),
-                  color=["tab:green", "tab:blue", "tab:gray", "tab:red"] + ["salmon"] * len(fails))
+    shown = ("done", "review", "labeled", "pending", "failed")  # review: a reply a rule flags, for a person to read
+    names = list(shown) + [f"failed: {k}" for k in fails]
+    ax[1][1].barh(names, [status.get(s, 0) for s in shown] + list(fails.values()),
+                  color=["tab:green", "tab:orange", "tab:blue", "tab:gray", "tab:red"] + ["salmon"] * len(fails))
     ax[1][1].set(title="records by status, failures by stage", xlabel="messages")
     fig.suptitle(f"moodq: {len(records)} messages, negative = '{negative}'")
     fig.tight_layout()
@@ -77,8 +79,11 @@ def picture(records: list[Record], negative: str) -> bytes:
 
 
 def _reply_cell(r: Record) -> str:
-    """The drafted reply; one cut by the token cap or the deadline says so first, in red."""
+    """The drafted reply; one that needs a person's review (a rule flags it, or it was cut) says why first, in red."""
     text = html.escape(r.reply or "")
+    if r.status == "review":
+        why = html.escape(", ".join(r.flags) or "flagged")
+        return f'<b class="review" style="color:#b00">[NEEDS REVIEW: {why}]</b> {text}'
     return f'<b class="cut" style="color:#b00">[CUT, not a finished draft]</b> {text}' if r.reply_truncated else text
 
 
@@ -100,7 +105,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}</style></head>
 <h1>moodq report</h1><p>Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.
 <b id="messages">{facts['messages']}</b> messages &mdash; status: <span id="status">{esc(counts)}</span>;
 labels: <span id="labels">{esc(labels)}</span>;
-replies cut before their end (not finished drafts): <b id="replies-cut">{facts['replies_cut']}</b>.</p>
+replies cut before their end (not finished drafts): <b id="replies-cut">{facts['replies_cut']}</b>;
+replies that need a person's review before they are sent: <b id="needs-review">{facts['needs_review']}</b>.</p>
 <img alt="charts" src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <h2>Most negative messages (read these first)</h2>
 <table><tr><th>P({esc(negative)})</th><th>id</th><th>text</th><th>drafted reply</th></tr>{rows}</table>

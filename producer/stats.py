@@ -29,6 +29,7 @@ def window(records: Iterable[Record], now: float, seconds: float, negative: str)
         "mean_confidence": round(statistics.fmean(r.confidence for r in labeled), 4) if labeled else None,
         "failures": sum(r.status == "failed" for r in inside),
         "replies_cut": sum(bool(r.reply_truncated) for r in inside),  # cut by the token cap or deadline
+        "needs_review": sum(r.status == "review" for r in inside),  # replies a rule still flags
     }
 
 
@@ -60,10 +61,10 @@ def table(figures: dict, negative: str, now: float) -> str:
 
     lines = [f"moodq stats at {time.strftime('%H:%M:%S', time.localtime(now))}",
              f"{'window':>7} {'messages':>9} {'labeled':>8} {negative + ' share':>15} {'mean conf':>10} {'failures':>9}"
-             f" {'replies cut':>12}"]
+             f" {'replies cut':>12} {'needs review':>13}"]
     for name, w in figures.items():
         share = "-" if w["negative_share"] is None else f"{w['negative_share']:.1%}"
         conf = "-" if w["mean_confidence"] is None else f"{w['mean_confidence']:.3f}"
         lines.append(f"{name:>7} {w['messages']:>9} {w['labeled']:>8} {share:>15} {conf:>10} {w['failures']:>9}"
-                     f" {w['replies_cut']:>12}")
+                     f" {w['replies_cut']:>12} {w['needs_review']:>13}")
     return "\n".join(lines)

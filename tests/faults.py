@@ -1,10 +1,12 @@
 """TEST-ONLY fault injection for a real worker: the Celery app of worker.tasks, with the
-model's ``judge`` wrapped so that marked messages fail on purpose.
+model's ``passes`` (what the sentiment task scores with) wrapped so that marked messages fail on purpose.
 
   "[transient:N] ..."  raises a Transient error on its first N attempts, then works
   "[slow] ..."         sleeps past the soft time limit on every attempt
   "[hold:S] ..."       notes its process id in Redis (key fault:holding:<text>), then sleeps S seconds
   "[crash] ..."        SIGKILLs its own process (the one holding the model) on every attempt
+  "[draft-hold:S] ..."  when its reply starts drafting: notes its process id (key fault:drafting:<text>), sleeps S
+  "[draft-slow:S] ..."  every decode step of a batch drafting its reply sleeps S seconds (a slow host)
 
 Everything else (retries, limits, records) is the production code path.
 """
@@ -16,27 +18,66 @@ import re
 import signal
 import time
 
-from worker import model, tasks
+from worker import drafting, model, tasks
 from worker.app import app  # noqa: F401  (celery -A tests.faults)
 from worker.errors import Transient
 
-_real_judge = model.Engine.judge
+_real_passes = model.Engine.passes
 
 
-def _judge(self, texts, lang, *args, **kwargs):
+def _passes(self, texts, lang, *args, **kwargs):
     for text in texts:
         if m := re.match(r"\[transient:(\d+)\]", text):
             tries = tasks.store().r.incr(tasks.s.keys.test("fault", text))
             if tries <= int(m.group(1)):
                 raise Transient(f"injected transient fault {tries}/{m.group(1)}")
         if text.startswith("[slow]"):
-            time.sleep(60)
+            time.sleep(tasks.s.sentiment_hard_limit + 60)  # the soft limit interrupts it
         if m := re.match(r"\[hold:(\d+(?:\.\d+)?)\]", text):
             tasks.store().r.set(tasks.s.keys.test("fault", "holding", text), os.getpid(), ex=600)
             time.sleep(float(m.group(1)))
         if text.startswith("[crash]"):
             os.kill(os.getpid(), signal.SIGKILL)
-    return _real_judge(self, texts, lang, *args, **kwargs)
+    return _real_passes(self, texts, lang, *args, **kwargs)
 
 
-model.Engine.judge = _judge
+model.Engine.passes = _passes
+
+_real_stream = drafting.Drafter.stream
+
+
+class _Held:
+    """The drafter's items, holding on a marked one; like the items it wraps, it may run dry and go on later."""
+
+    def __init__(self, items):
+        self.items = iter(items)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = next(self.items)
+        if m := re.match(r"\[draft-hold:(\d+(?:\.\d+)?)\]", item[0]):
+            tasks.store().r.set(tasks.s.keys.test("fault", "drafting", item[0]), os.getpid(), ex=600)
+            time.sleep(float(m.group(1)))
+        return item
+
+
+def _stream(self, items, **options):
+    return _real_stream(self, _Held(items), **options)
+
+
+_real_step = drafting.Drafter._step
+
+
+def _step(self, batch, choose):
+    for row in batch.rows:
+        if not hasattr(row, "slow"):  # read once per row, from its prompt
+            m = re.search(r"\[draft-slow:(\d+(?:\.\d+)?)\]", self.chat.tok.decode(row.tokens[:row.start]))
+            row.slow = float(m.group(1)) if m else 0.0
+    time.sleep(max((row.slow for row in batch.rows), default=0.0))
+    return _real_step(self, batch, choose)
+
+
+drafting.Drafter.stream = _stream
+drafting.Drafter._step = _step

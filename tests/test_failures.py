@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import send, wait_final
+from tests.conftest import FINISHED, send, wait_final
 
 pytestmark = [pytest.mark.worker, pytest.mark.model]
 
@@ -13,7 +13,7 @@ def test_transient_failure_is_retried_then_succeeds(fault_worker, store):
     """A message whose first two attempts raise a transient error ends done on the third."""
     ids = send(fault_worker, {"id": "flaky-1", "text": "[transient:2] I love it"})
     rec = wait_final(store, ids)["flaky-1"]
-    assert rec.status == "done", rec.error
+    assert rec.status in FINISHED, rec.error
     assert rec.attempts["sentiment"] == 3 and rec.label == "positive"
 
 
@@ -24,10 +24,10 @@ def test_time_limit_is_retried_then_failed_and_worker_keeps_serving(fault_worker
     recs = wait_final(store, ids)
     slow = recs["slow-1"]
     assert slow.status == "failed"
-    assert slow.error == "sentiment exceeded its time limit of 3 s"
+    assert slow.error == f"sentiment exceeded its time limit of {fault_worker.sentiment_soft_limit:g} s"
     assert slow.error_stage == "sentiment" and slow.attempts["sentiment"] == 3  # 1 + max_retries (2)
     assert slow.finished_at and slow.finished_at >= slow.enqueued_at
-    assert recs["after-slow"].status == "done"
+    assert recs["after-slow"].status in FINISHED
 
 
 def test_bad_input_is_failed_once_with_its_reason(fault_worker, store):

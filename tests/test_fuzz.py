@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from producer import sources
 from producer.enqueue import enqueue
-from tests.conftest import RUN, assert_one_final_record_each, wait_final
+from tests.conftest import FINISHED, RUN, assert_one_final_record_each, wait_final
 from worker.app import make_app
 from worker.schemas import Message, Record
 
@@ -81,7 +81,7 @@ def test_fuzzed_messages_through_a_real_worker(fault_worker, store, texts):
     enqueue(msgs, fault_worker, make_app(fault_worker), replace=True)
     FUZZED.append(len(msgs))
     for rec in wait_final(store, [m.id for m in msgs]).values():
-        if rec.status != "done":
+        if rec.status not in FINISHED:
             assert rec.status == "failed" and rec.error and rec.error_stage in ("sentiment", "reply"), rec
             assert "Traceback" not in rec.error and len(rec.error) < 300
     assert_one_final_record_each(store, [m.id for m in msgs])  # one record, in exactly one status set
@@ -100,6 +100,6 @@ def test_tasks_with_wrong_arguments_or_garbage_do_not_kill_the_worker(fault_work
             app.send_task(task, args=args, queue=fault_worker.queue)
     enqueue([Message(id="after-garbage", text="All good, thanks")], fault_worker, app, replace=True)
     rec = wait_final(store, ["after-garbage"])["after-garbage"]
-    assert rec.status == "done" and rec.label in LABELS
+    assert rec.status in FINISHED and rec.label in LABELS
     assert any(name.startswith(f"faults-{RUN}@") for reply in app.control.ping(timeout=2) for name in reply)
     store.r.delete(fault_worker.keys.rec("corrupt-1"))

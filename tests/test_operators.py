@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from producer.cli import main
 from producer.follow import Follower
 from producer.stats import NegativeAlert, rolling
-from tests.conftest import RUN, _start_worker, eventually, free_port, send, wait_final, worker_log
+from tests.conftest import FINISHED, RUN, _start_worker, eventually, free_port, send, wait_final, worker_log
 from worker import launch
 from worker import queue as task_queue
 from worker.app import make_app
@@ -54,14 +54,15 @@ def test_rolling_stats_match_a_hand_computed_case():
         _rec(6, "negative", 0.5, now - 7200),                                        # outside every window
         Record(id="p", text="x"),                                                    # pending: no outcome yet
     ]
-    records[2].reply_truncated = True  # its reply was cut by the token cap
+    records[2].reply_truncated = True  # its reply was cut by the token cap,
+    records[2].status, records[2].flags = "review", ["cut"]  # so it waits for a person's review
     got = rolling(records, now, "negative")
     assert got["1m"] == {"messages": 2, "labeled": 2, "negative_share": 0.5, "mean_confidence": 0.8, "failures": 0,
-                         "replies_cut": 0}
+                         "replies_cut": 0, "needs_review": 0}
     assert got["5m"] == {"messages": 4, "labeled": 3, "negative_share": 0.6667, "mean_confidence": 0.8, "failures": 1,
-                         "replies_cut": 1}
+                         "replies_cut": 1, "needs_review": 1}
     assert got["60m"] == {"messages": 5, "labeled": 4, "negative_share": 0.5, "mean_confidence": 0.75, "failures": 1,
-                          "replies_cut": 1}
+                          "replies_cut": 1, "needs_review": 1}
 
 
 def test_negative_alert_fires_once_per_crossing():
@@ -181,7 +182,8 @@ def test_stream_takeover_walks_past_entries_that_are_not_idle(follow_settings):
     r = store.r
     r.xgroup_create(stream, "moodq", id="0", mkstream=True)
     live = [r.xadd(stream, {"text": f"in progress {i}"}) for i in range(25)]
-    dead = [r.xadd(stream, {"text": f"orphaned {i}"}) for i in range(3)]
+    for i in range(3):
+        r.xadd(stream, {"text": f"orphaned {i}"})
     r.xreadgroup("moodq", "dead-consumer", {stream: ">"}, count=100)  # read, never acknowledged
     time.sleep(0.6)
     r.xclaim(stream, "moodq", "live-consumer", 0, live)  # a live consumer holds these: not idle
@@ -286,7 +288,7 @@ def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
                    what="Flower receiving the worker's events")
         long_text = "The delivery was late again and nobody answered my emails for a week."
         ids = send(load_settings(), {"id": f"fl-{RUN}", "text": long_text})
-        assert wait_final(store, ids)[ids[0]].status == "done"
+        assert wait_final(store, ids)[ids[0]].status in FINISHED
         assert _get(f"{base}/api/tasks")[0] == 401  # auth required
         assert _get(f"{base}/metrics")[0] == 401  # for the metrics too (Flower alone serves them to anyone)
         tasks: dict = {}

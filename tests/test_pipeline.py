@@ -13,7 +13,7 @@ import pytest
 
 from producer.enqueue import enqueue
 from producer.sources import to_message
-from tests.conftest import DATA, ROOT, eventually, wait_final
+from tests.conftest import DATA, FINISHED, ROOT, eventually, wait_final
 
 pytestmark = [pytest.mark.worker, pytest.mark.model]
 
@@ -40,7 +40,7 @@ def test_file_enqueued_through_cli_is_processed_end_to_end(worker, store, settin
 
     records = wait_final(store, ["e2e-1", "e2e-2", "e2e-3", "e2e-4"])
     for rec in records.values():
-        assert rec.status == "done", rec.error
+        assert rec.status in FINISHED, rec.error
         assert rec.label in ("positive", "negative")
         assert 0.5 <= rec.confidence <= 1.0
         assert rec.reply and rec.reply.strip()
@@ -57,7 +57,7 @@ def test_file_enqueued_through_cli_is_processed_end_to_end(worker, store, settin
     rows = {r["id"]: r for r in csv.DictReader(io.StringIO(out.stdout))}
     assert json.loads(rows["e2e-1"]["metadata"]) == {"ticket": 101}
     assert json.loads(rows["e2e-2"]["metadata"]) == {"channel": "email"}
-    assert rows["e2e-3"]["status"] == "done" and rows["e2e-3"]["label"] == "negative"
+    assert rows["e2e-3"]["status"] in FINISHED and rows["e2e-3"]["label"] == "negative"
 
 
 def test_seed_messages_get_sensible_labels(worker, store, settings):
@@ -79,7 +79,7 @@ def test_reenqueueing_an_id_does_not_duplicate_its_record(worker, store, setting
     second = enqueue([msg, msg], settings, app)
     assert first.accepted == ["dup-1"] and second.accepted == [] and second.duplicates == ["dup-1", "dup-1"]
     rec = wait_final(store, ["dup-1"])["dup-1"]
-    assert rec.status == "done" and rec.attempts == {"sentiment": 1, "reply": 1}
+    assert rec.status in FINISHED and rec.attempts == {"sentiment": 1, "reply": 1}
     assert store.ids().count("dup-1") == 1
     assert len(store.r.keys(settings.keys.rec("dup-1"))) == 1
 
@@ -111,7 +111,7 @@ def test_worker_batches_waiting_messages_but_keeps_one_record_each(worker, store
     msgs = [to_message({"id": f"batch-{i}", "text": t}, settings.max_chars) for i, t in enumerate(texts)]
     enqueue(msgs, settings, app, replace=True)
     records = wait_final(store, [m.id for m in msgs])
-    assert all(r.status == "done" and r.reply for r in records.values())
+    assert all(r.status in FINISHED and r.reply for r in records.values())
     # Each message's own tasks still run (and find the work done): wait for the last of them.
     eventually(lambda: all(r.attempts == {"sentiment": 1, "reply": 1} for r in store.get_many(list(records))),
                what="every message's own sentiment and reply task ran once")

@@ -67,7 +67,7 @@ def test_a_long_message_never_cuts_its_short_batch_mates(engine):
     """One 1,900-character message and five short ones in one call: the short ones end at their own
     end of turn, as they do alone; the long one runs in its own bucket."""
     long = ("I ordered a sofa in March and it is now June. " * 45)[:1900]
-    items = [(long, "negative", "en", [])] + [(t, "negative", "en", []) for t in SHORT]
+    items = [(long, "negative", "en", [])] + [(t, "positive" if "Thanks" in t else "negative", "en", []) for t in SHORT]
     opts = {"max_new_tokens": 96, "deadline_s": 120, "sampling": GREEDY}
     alone = [engine.draft_many([it], **opts)[0] for it in items[1:]]
     together = engine.draft_many(items, **opts)
@@ -94,10 +94,11 @@ def test_eval_replies_writes_one_line_per_message(engine, tmp_path):
     assert report["sentiment"]["n"] == 4
     figures = report["replies"]["languages"]
     assert set(figures) == {"zh", "en"} and all(f["replies"] == 2 for f in figures.values())
-    assert {"refusal", "wrong_language", "echo", "not_addressing", "loop", "empty", "end_of_turn"} <= set(
+    assert {"refusal", "wrong_language", "echo", "not_addressing", "loop", "empty", "cut"} <= set(
         figures["en"]["rates"])
+    assert {"needs_review", "redrafted", "first_draft_rates", "sendable"} <= set(figures["en"])
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(lines) == 4
     for line in lines:
-        assert {"text", "label", "reply", "stop", "flags", "lang", "gold"} <= set(line)
+        assert {"text", "label", "reply", "stop", "flags", "first_flags", "drafts", "lang", "gold"} <= set(line)
         assert line["reply"] and line["stop"] in ("end", "cap", "deadline")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import (ROOT, RUN, _start_worker, assert_one_final_record_each, free_port, send,
+from tests.conftest import (FINISHED, ROOT, RUN, _start_worker, assert_one_final_record_each, free_port, send,
                             start_fault_worker, wait_final, worker_log)
 from worker import launch
 from worker.app import make_app
@@ -42,7 +42,7 @@ def test_pool_process_killed_mid_task_is_retried_and_nothing_is_lost(fault_worke
     os.kill(_holding_pid(store, hold), signal.SIGKILL)
     recs = wait_final(store, ids)
     assert_one_final_record_each(store, ids)
-    assert all(r.status == "done" for r in recs.values()), {i: r.error for i, r in recs.items()}
+    assert all(r.status in FINISHED for r in recs.values()), {i: r.error for i, r in recs.items()}
     assert recs["kill-1"].attempts["sentiment"] == 2  # killed once, then done by the restarted process
     assert recs["kill-1"].label == "positive"
 
@@ -57,7 +57,7 @@ def test_message_that_kills_its_worker_every_time_ends_failed(fault_worker, stor
     assert poison.status == "failed" and poison.error_stage == "sentiment"
     assert poison.error.startswith("sentiment: the worker process died on this message 3 times"), poison.error
     assert "SIGKILL" in poison.error and poison.attempts["sentiment"] == 3
-    assert recs["after-poison"].status == "done"
+    assert recs["after-poison"].status in FINISHED
 
 
 def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings, tmp_path):
@@ -72,7 +72,7 @@ def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings
     os.kill(first.pid, signal.SIGTERM)  # to the main process only, as docker stop and kill do
     first.wait(120)
     held = store.get("grace-hold")
-    assert held.status in ("labeled", "done") and held.attempts["sentiment"] == 1, held
+    assert held.status in ("labeled", *FINISHED) and held.attempts["sentiment"] == 1, held
     assert sum(store.get(i).status == "pending" for i in ids) >= 2  # still queued, not dropped
     second = start_fault_worker("graceful-2", env, tmp_path / "graceful-2.log")
     try:
@@ -80,7 +80,7 @@ def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings
     finally:
         launch.stop(second)
     assert_one_final_record_each(store, ids)
-    assert all(r.status == "done" for r in recs.values())
+    assert all(r.status in FINISHED for r in recs.values())
     assert recs["grace-hold"].attempts["sentiment"] == 1  # not run twice
 
 
@@ -133,7 +133,7 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path):
         first = send(s, *[{"id": f"r1-{i}", "text": f"Delivery {i} was late and the box was damaged."}
                            for i in range(30)])
         deadline = time.monotonic() + 300
-        while store.counts()["done"] < 3 and time.monotonic() < deadline:
+        while store.counts()["done"] + store.counts()["review"] < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         server.stop()
         time.sleep(3)  # Redis stays down for 3 s: the outage itself, not a wait for something
@@ -141,7 +141,7 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path):
         second = send(s, *[{"id": f"r2-{i}", "text": f"Order {i} arrived early, thanks!"} for i in range(30)])
         recs = wait_final(store, first + second, timeout=400)
         assert_one_final_record_each(store, first + second)
-        assert all(r.status == "done" for r in recs.values()), {i: r.error for i, r in recs.items() if r.error}
+        assert all(r.status in FINISHED for r in recs.values()), {i: r.error for i, r in recs.items() if r.error}
         assert store.r.zcard(s.keys.index) == 60
     finally:
         launch.stop(proc)
@@ -163,7 +163,7 @@ def test_pickle_payload_is_refused_not_executed(fault_worker, store, tmp_path):
 
     make_app(fault_worker).send_task("sentiment", args=(Payload(),), queue=fault_worker.queue, serializer="pickle")
     ids = send(fault_worker, {"id": "after-pickle", "text": "Works fine"})
-    assert wait_final(store, ids)["after-pickle"].status == "done"
+    assert wait_final(store, ids)["after-pickle"].status in FINISHED
     assert not marker.exists()
     assert "Refusing to deserialize untrusted content of type pickle" in worker_log("faults").read_text()
 
@@ -187,7 +187,7 @@ def test_dead_letters_are_listed_and_requeued_from_their_records(fault_worker, w
     out = CliRunner().invoke(main, ["retry-failed", "dead-1", "no-such-id"])
     assert out.exit_code == 1 and "re-queued 1, skipped 1" in out.output, out.output
     rec = wait_final(store, ids)["dead-1"]
-    assert rec.status == "done" and rec.requeued == 1 and rec.error is None
+    assert rec.status in FINISHED and rec.requeued == 1 and rec.error is None
     assert rec.attempts["sentiment"] == 1 and rec.label in ("positive", "negative")
 
 

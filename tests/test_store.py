@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from worker.keys import STATUSES
 from worker.schemas import Message
 
 
@@ -79,7 +80,7 @@ def test_replace_moves_the_id_to_pending_in_one_step(store):
     store.add([Message(id="rep-1", text="first text")])
     store.update("rep-1", lambda r: setattr(r, "status", "done"))
     store.add([Message(id="rep-1", text="second text")], replace=True)
-    sets = [s for s in ("pending", "labeled", "done", "failed") if store.r.sismember(store.k.status(s), "rep-1")]
+    sets = [s for s in STATUSES if store.r.sismember(store.k.status(s), "rep-1")]
     assert sets == ["pending"] and store.get("rep-1").text == "second text"
 
 
@@ -94,7 +95,7 @@ def test_prune_drops_the_ids_of_expired_records_from_every_set(settings):
         own.update("p-1", lambda r: setattr(r, "status", "failed"))
         own.r.delete(own.k.rec("p-0"), own.k.rec("p-1"))  # as the TTL would
         assert own.prune(chunk=2) == 2 + 2 + 2 + 2  # pending/failed, index, todo:sentiment, unpublished
-        assert own.counts() == {"pending": 3, "labeled": 0, "done": 0, "failed": 0}
+        assert own.counts() == {"pending": 3, "labeled": 0, "done": 0, "review": 0, "failed": 0}
         assert own.ids() == ["p-2", "p-3", "p-4"] and own.prune() == 0
     finally:
         own.delete_all()

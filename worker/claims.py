@@ -3,9 +3,10 @@
 A sentiment task takes pending messages of the same language (up to a character budget); a reply
 task takes labeled messages outside conversations (those go one at a time, in turn order). Their
 own tasks still run and find the work done. A claim looks at the first WINDOW x n waiting ids and
-removes only those it takes: one it does not accept (another language, over its budget) stays where
-it is for another claim, without blocking this one; one no claim can take any more (its record is
-gone, corrupt, or no longer waiting for this stage) is dropped from the list.
+removes only those it takes: a message a sentiment claim does not accept (another language, over its
+budget) stays where it is for another claim, without blocking this one; one no claim can take (its
+record is gone, corrupt, or no longer waiting for this stage; for replies, anything not accepted: a
+reply claim's rules are the same for every task) is dropped from the list.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ WAITS_FOR = {"sentiment": "pending", "reply": "labeled"}  # the status a message
 
 
 def claim(store: Store, stage: str, own: Record, n: int, accept: Callable[[Record], bool],
-          chars: int | None = None) -> list[Record]:
+          chars: int | None = None, keep_rejected: bool = True) -> list[Record]:
     """Up to ``n`` waiting messages of ``stage`` to process with ``own`` in one go, first-ranked first,
     within ``chars`` characters if given. A corrupt stored record is left to its own task, which fails it alone."""
     if n <= 0:
@@ -47,7 +48,7 @@ def claim(store: Store, stage: str, own: Record, n: int, accept: Callable[[Recor
     picked, dead = [], []
     for mid in ids:
         rec = records.get(mid)
-        if rec is None or rec.status != WAITS_FOR[stage]:
+        if rec is None or rec.status != WAITS_FOR[stage] or not (keep_rejected or accept(rec)):
             dead.append(mid)
         elif len(picked) < n and accept(rec) and (chars is None or len(rec.text) <= chars):
             picked.append(rec)

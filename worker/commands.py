@@ -92,7 +92,10 @@ def flower(port, address, flower_args):
              "(refusals, wrong language, echo, not addressing the customer, loops, end of turn, tok/s).")
 @option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
         help="With --replies: write one JSON line per message (text, lang, label, gold, reply, stop, flags).")
-def evaluate(file, as_json, calibrate, batch_size, lang, limit, replies, out):
+@option("--judge", default=None, metavar="MODEL",
+        help="With --replies: also have a larger model grade every reply sendable or not (e.g. embedded-large, "
+             "which needs pip install '.[large]'); slow, and not exact either (bench/grader.py).")
+def evaluate(file, as_json, calibrate, batch_size, lang, limit, replies, out, judge):
     """Accuracy of the sentiment path on a JSONL file with `text` and `label` fields."""
     from tqdm import tqdm
 
@@ -100,9 +103,9 @@ def evaluate(file, as_json, calibrate, batch_size, lang, limit, replies, out):
     from worker.evaluate import read_labeled
     from worker.resident import engine
 
-    if out and not replies:
-        raise click.UsageError("--out needs --replies")
-    rows = read_labeled(file)
+    if (out or judge) and not replies:
+        raise click.UsageError("--out and --judge need --replies")
+    rows = read_labeled(file, need_label=not replies)
     rows = rows[:limit] if limit else rows
     eng = engine()
     with tqdm(total=len(rows), desc="eval", unit="msg", disable=quiet() or None) as bar:
@@ -114,6 +117,10 @@ def evaluate(file, as_json, calibrate, batch_size, lang, limit, replies, out):
 
     with tqdm(desc="replies", unit="reply", disable=quiet() or None) as bar:
         replies_report, lines = evaluate_replies(eng, rows, get_settings(), lang=lang, progress=bar.update)
+    if judge:
+        from worker.reply_eval import add_judge
+
+        add_judge(replies_report, lines, judge)
     if as_json:  # one document: {"sentiment": ..., "replies": ...}
         click.echo(f'{{"sentiment": {report.as_json()},\n"replies": {replies_report.as_json()}}}')
     else:
@@ -122,6 +129,34 @@ def evaluate(file, as_json, calibrate, batch_size, lang, limit, replies, out):
         with open(out, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
         click.echo(f"wrote {len(lines)} lines to {out}", err=True)
+
+
+@click.command()
+@option("--fresh", is_flag=True, help="Measure again instead of reading this host's cached table.")
+@option("-c", "--concurrency", type=click.IntRange(1), default=1,
+        help="Time with the threads each process of a worker with this many processes gets.")
+@option("--json", "as_json", is_flag=True, help="Print the plan and the table as JSON.")
+def probe(fresh, concurrency, as_json):
+    """Why a worker runs the kernels it runs: the probe's table for this host and model (candidate
+    kernels x row counts and phases, ms per decoder layer and ratio to float32) and the path it picks.
+
+    Measured once per host and cached in MOODQ_CACHE_DIR/probe; workers read the same table."""
+    import torch
+
+    from worker.loading import measured_plan
+    from worker.probe import table_text
+    from worker.resident import threads_per_process
+
+    s = get_settings()
+    torch.set_num_threads(threads_per_process(concurrency, s))
+    plan = measured_plan(s, fresh=fresh)
+    if as_json:
+        click.echo(json.dumps({"path": str(plan), "dtype": plan.dtype, "score": plan.score, "decode": plan.decode,
+                               "source": plan.source, "threads": torch.get_num_threads(), "table": plan.table}))
+    else:
+        from worker import cpu
+
+        click.echo(f"{cpu.describe()}; {torch.get_num_threads()} threads per process\n{table_text(plan)}")
 
 
 @click.command()

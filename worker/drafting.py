@@ -10,7 +10,7 @@ import copy
 import functools
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import (
@@ -20,7 +20,8 @@ from transformers import (
 
 from worker import kvcache
 from worker.chat import Chat, History
-from worker.quant import decoding
+from worker.kernels import decoding
+from worker.pace import Pace
 
 Item = tuple[str, str, str, History]  # (text, label, lang, history)
 
@@ -47,9 +48,19 @@ class _Row:
         return self.tokens[self.start:]
 
 
+@dataclass
+class _Batch:
+    """The replies being drafted together: their rows, their joined KV cache and attention mask."""
+
+    rows: list[_Row] = field(default_factory=list)
+    cache: object = None
+    mask: torch.Tensor | None = None
+
+
 class Drafter:
-    def __init__(self, model: PreTrainedModel, chat: Chat):
+    def __init__(self, model: PreTrainedModel, chat: Chat, pace: Pace | None = None):
         self.model, self.chat = model, chat
+        self.pace = pace or Pace()
         self.stops = chat.stop_ids(model.generation_config.eos_token_id)
         self.rows_join = kvcache.rows_can_join(model)
         self._prefixes: dict[tuple[int, ...], object] = {}  # system prompt ids -> their KV cache
@@ -68,45 +79,63 @@ class Drafter:
         ``items`` is read lazily: the next item is taken only when a slot is free, so a caller can
         hand out work as it arrives. Each reply may take ``deadline_s`` from the moment it starts,
         and none runs past ``until`` (monotonic); a reply cut by a deadline or the token cap is
-        ``truncated``, and ``stop`` says which.
+        ``truncated``, and ``stop`` says which. The model runs its decode kernels only inside each
+        step, never while the caller holds a draft.
         """
         slots = max(1, slots) if self.rows_join else 1
         choose, pending = self._chooser(sampling), iter(enumerate(items))
-        rows: list[_Row] = []
-        cache = mask = None
-        with torch.inference_mode(), decoding():
-            while True:
-                while len(rows) < slots and (nxt := next(pending, None)) is not None:  # a free slot: prefill alone, join
-                    i, (text, label, lang, history) = nxt
-                    prompt = self.chat.reply_prompt(text, label, lang, history)
-                    row_cache, logits = self._prefill(prompt, self.chat.reply_prefix(label, lang))
-                    deadline = time.monotonic() + deadline_s
-                    row = _Row(i, list(prompt), len(prompt), min(deadline, until or deadline), self.chat.opening(label, lang))
-                    row.tokens += choose([row], logits)
-                    cache, mask = kvcache.join(cache, row_cache), self._join_masks(mask, len(prompt))
-                    rows.append(row)
-                if not rows:
+        batch = _Batch()
+        while True:
+            with torch.inference_mode(), decoding():
+                self._fill(batch, pending, slots, choose, deadline_s, until)
+                if not batch.rows:
                     return
-                for r in rows:
-                    r.stop = self._stop(r, max_new_tokens)
-                if any(r.stop for r in rows):
-                    yield from ((r.index, self._draft(r)) for r in rows if r.stop)
-                    kept = [j for j, r in enumerate(rows) if not r.stop]
-                    rows = [rows[j] for j in kept]
-                    if not rows:
-                        cache = mask = None
-                        continue
-                    mask = mask[kept]
-                    first = int(mask.any(dim=0).nonzero()[0])  # columns before it pad every kept row
-                    cache, mask = kvcache.keep(cache, kept, first), mask[:, first:]
-                mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-                out = self.model(
-                    input_ids=torch.tensor([[r.tokens[-1]] for r in rows]), attention_mask=mask,
-                    position_ids=torch.tensor([[len(r.tokens) - 1] for r in rows]), use_cache=True, logits_to_keep=1,
-                    **kvcache.cache_arg(self.model, cache))
-                cache = kvcache.returned(out)
-                for r, token in zip(rows, choose(rows, out.logits[:, -1])):
-                    r.tokens.append(token)
+                ended = self._drop_ended(batch, max_new_tokens)
+                if batch.rows and not ended:
+                    self._step(batch, choose)
+            yield from ended
+
+    def _fill(self, batch: _Batch, pending, slots: int, choose, deadline_s: float, until: float | None) -> None:
+        """Free slots take the next items: each prompt prefilled alone, then joined to the batch."""
+        while len(batch.rows) < slots and (nxt := next(pending, None)) is not None:
+            i, (text, label, lang, history) = nxt
+            prompt = self.chat.reply_prompt(text, label, lang, history)
+            row_cache, logits = self._prefill(prompt, self.chat.reply_prefix(label, lang))
+            deadline = time.monotonic() + deadline_s
+            row = _Row(i, list(prompt), len(prompt), min(deadline, until or deadline), self.chat.opening(label, lang))
+            row.tokens += choose([row], logits)
+            batch.cache, batch.mask = kvcache.join(batch.cache, row_cache), self._join_masks(batch.mask, len(prompt))
+            batch.rows.append(row)
+
+    def _drop_ended(self, batch: _Batch, max_new_tokens: int) -> list[tuple[int, Draft]]:
+        """The drafts of rows that ended (end of turn, token cap, deadline), taken out of the batch."""
+        for r in batch.rows:
+            r.stop = self._stop(r, max_new_tokens)
+        ended = [(r.index, self._draft(r)) for r in batch.rows if r.stop]
+        if ended:
+            kept = [j for j, r in enumerate(batch.rows) if not r.stop]
+            batch.rows = [batch.rows[j] for j in kept]
+            if not batch.rows:
+                batch.cache = batch.mask = None
+            else:
+                mask = batch.mask[kept]
+                first = int(mask.any(dim=0).nonzero()[0])  # columns before it pad every kept row
+                batch.cache, batch.mask = kvcache.keep(batch.cache, kept, first), mask[:, first:]
+        return ended
+
+    def _step(self, batch: _Batch, choose) -> None:
+        """One decode step for every running row (timed into the process's pace)."""
+        started = time.perf_counter()
+        rows = batch.rows
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(rows), 1)], dim=1)
+        out = self.model(
+            input_ids=torch.tensor([[r.tokens[-1]] for r in rows]), attention_mask=batch.mask,
+            position_ids=torch.tensor([[len(r.tokens) - 1] for r in rows]), use_cache=True, logits_to_keep=1,
+            **kvcache.cache_arg(self.model, batch.cache))
+        batch.cache = kvcache.returned(out)
+        for r, token in zip(rows, choose(rows, out.logits[:, -1])):
+            r.tokens.append(token)
+        self.pace.stepped(len(rows), time.perf_counter() - started)
 
     def _prefill(self, prompt: list[int], prefix: tuple[int, ...]):
         """One prompt's KV cache and its next-token logits, reusing the cached system prompt when the
@@ -117,8 +146,10 @@ class Drafter:
                 out = self.model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1)
                 self._prefixes[prefix] = kvcache.returned(out)
             cache, done = copy.deepcopy(self._prefixes[prefix]), len(prefix)
+        started = time.perf_counter()
         out = self.model(input_ids=torch.tensor([prompt[done:]]), position_ids=torch.arange(done, len(prompt))[None],
                          use_cache=True, logits_to_keep=1, **kvcache.cache_arg(self.model, cache))
+        self.pace.prefilled(len(prompt) - done, time.perf_counter() - started)
         return kvcache.returned(out), out.logits[:, -1]
 
     @staticmethod

@@ -46,15 +46,18 @@ class Report:
         return "\n".join(lines)
 
 
-def read_labeled(path: Path) -> list[dict]:
+def read_labeled(path: Path, need_label: bool = True) -> list[dict]:
+    """JSONL rows with a string ``text`` and a gold ``label`` (optional with ``need_label=False``)."""
     rows = []
     for no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row.get("text"), str) or not isinstance(row.get("label"), str):
-                raise ValueError("needs string fields 'text' and 'label'")
+            label_ok = isinstance(row.get("label"), str) or (not need_label and row.get("label") is None)
+            if not isinstance(row.get("text"), str) or not label_ok:
+                raise ValueError("needs string fields 'text' and 'label'" if need_label
+                                 else "needs a string field 'text' (and 'label', if any, a string)")
         except ValueError as exc:
             raise BadMessage(f"{path}:{no}: {exc}") from None
         rows.append(row)
@@ -88,6 +91,7 @@ def judge_all(engine: Engine, rows: list[dict], langs: list[str], *, batch_size:
 def evaluate(engine: Engine, rows: list[dict], *, batch_size: int = 8, calibrate: bool | None = None,
              lang: str | None = None, progress: Callable[[int], None] | None = None) -> Report:
     labels = engine.labels
+    rows = [r for r in rows if r.get("label") is not None]  # accuracy over the lines that have a gold label
     unknown = {r["label"] for r in rows} - set(labels)
     if unknown:
         raise BadMessage(f"gold labels {sorted(unknown)} are not in the prompt's label set {labels}")

@@ -8,7 +8,7 @@ never by hand-written key names.
   rec:<id>              the record, as JSON (expires ``record_ttl_days`` after its last change)
   seq                   counter giving each accepted message its order
   index                 sorted set of every record id, by seq
-  status:<status>       set of ids in that status (pending, labeled, done, failed)
+  status:<status>       set of ids in that status (pending, labeled, done, review, failed)
   events                sorted set of ids by the time they were labeled or failed (last day; stats)
   conv:<cid>            sorted set of a conversation's message ids, by seq (bounded)
   todo:<queue>:<stage>  sorted set of ids waiting for a stage; a running task claims a few to batch
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STATUSES = ("pending", "labeled", "done", "failed")
+STATUSES = ("pending", "labeled", "done", "review", "failed")
 
 
 @dataclass(frozen=True)

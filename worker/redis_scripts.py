@@ -1,7 +1,7 @@
 """The Lua scripts the store runs, each one atomic in Redis (keys: worker/keys.py)."""
 
-# KEYS: index, todo:sentiment, unpublished, status:pending/labeled/done/failed, then the rec: and conv:
-# prefixes. ARGV: [ttl, replace, conversation keep, todo keep, now] as JSON, then per message its id,
+# KEYS: index, todo:sentiment, unpublished, status:pending, then every other status set, then the rec:
+# and conv: prefixes. ARGV: [ttl, replace, conversation keep, todo keep, now] as JSON, then per message its id,
 # record JSON, seq and conversation id. Returns 1 per message created (or replaced), 0 per duplicate.
 ADD_SCRIPT = """
 local opts = cjson.decode(ARGV[1])
@@ -9,20 +9,21 @@ local ttl, replace, keep, todo_keep, now = opts[1], opts[2], opts[3], opts[4], o
 local out = {}
 for i = 2, #ARGV, 4 do
   local id, body, seq, cid = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local key = KEYS[8] .. id
+  local key = KEYS[#KEYS - 1] .. id
   if replace == 0 and redis.call('EXISTS', key) == 1 then
     table.insert(out, 0)
   else
     if ttl > 0 then redis.call('SET', key, body, 'EX', ttl) else redis.call('SET', key, body) end
     redis.call('ZADD', KEYS[1], seq, id)
-    for s = 5, 7 do redis.call('SREM', KEYS[s], id) end
+    for s = 5, #KEYS - 2 do redis.call('SREM', KEYS[s], id) end
     redis.call('SADD', KEYS[4], id)
     redis.call('ZADD', KEYS[2], seq, id)
     redis.call('ZADD', KEYS[3], now, id)
     if cid ~= '' then
-      redis.call('ZADD', KEYS[9] .. cid, seq, id)
-      redis.call('ZREMRANGEBYRANK', KEYS[9] .. cid, 0, -keep - 1)
-      if ttl > 0 then redis.call('EXPIRE', KEYS[9] .. cid, ttl) end
+      local conv = KEYS[#KEYS] .. cid
+      redis.call('ZADD', conv, seq, id)
+      redis.call('ZREMRANGEBYRANK', conv, 0, -keep - 1)
+      if ttl > 0 then redis.call('EXPIRE', conv, ttl) end
     end
     table.insert(out, 1)
   end

@@ -3,7 +3,8 @@
 Each rule is deliberately simple and written down here, so a person can check a flag by eye:
 
 - refusal: the reply declines to help ("抱歉，我不能…", "I'm sorry, but I can't assist…") or
-  talks about being an AI — a phrase from ``_REFUSAL``.
+  talks about being an AI or a language model, or about not having feelings ("As an artificial
+  language model, I don't have feelings…", "作为一个人工智能…", "我没有感情") — a phrase from ``_REFUSAL``.
 - wrong_language: a zh reply with less than 30 % CJK among its letters, or an en reply with
   more than 10 % CJK.
 - echo: the reply contains, verbatim, a stretch of the message at least half as long as the
@@ -27,10 +28,14 @@ from worker.prompts import _CJK, _LETTER
 _REFUSAL = re.compile(
     r"(抱歉|对不起|很遗憾)[，,]?\s*(我|我们)?(不能|无法|没办法)(为您|为你|协助|提供|回答|帮助|帮您|帮你|完成|处理这个请求)"
     r"|我(们)?(不能|无法)(为您|为你|帮您|帮你)?(提供任何|回答这个|协助完成|继续这个)"
-    r"|作为(一个|一名)?(AI|人工智能|语言模型|AI助手)|我(只)?是(一个)?(AI|人工智能|语言模型)"
+    r"|作为(一个|一名)?(AI|人工智能|语言模型|AI助手|机器人|智能助手)|我(只)?是(一个)?(AI|人工智能|语言模型|机器人|虚拟助手)"
+    r"|(我|AI|人工智能)(并)?没有(个人)?(感情|情感|情绪|感受)|语言模型|人工智能(助手|模型|程序)"
+    r"|涉及(版权|知识产权)"
     r"|I('m| am) sorry,? but I (can('|’)?t|cannot|am unable to|won('|’)?t)"
     r"|I (can('|’)?t|cannot|am unable to) (assist|help) with (that|this)"
-    r"|as an AI|I('m| am) (just |only )?an AI|as a language model",
+    r"|as an? (AI|artificial|virtual)|I('m| am) (just |only )?an? (AI|artificial|virtual|language model|bot|chatbot)"
+    r"|language model|artificial intelligence|AI (assistant|model)"
+    r"|I (don('|’)?t|do not) have (personal )?(feelings|emotions|experiences|a body|opinions)",
     re.IGNORECASE)
 _SECOND_PERSON = {"zh": re.compile(r"[您你]"), "en": re.compile(r"\b(you|your|you're|yours)\b", re.IGNORECASE)}
 _THIRD_PERSON = {

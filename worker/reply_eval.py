@@ -1,9 +1,12 @@
 """Quality and speed of drafted replies on a file, through the worker's own path (`moodq eval --replies`).
 
 Every line is labeled as a worker labels it; the lines whose label gets a reply
-(``MOODQ_REPLY_LABELS``) are drafted in batches of ``MOODQ_REPLY_BATCH_SIZE`` with the
-worker's prompts, token cap, deadline and sampling (``Settings.draft_options``), and every
-reply is checked by the rules in ``worker.reply_checks``.
+(``MOODQ_REPLY_LABELS``) are drafted as a reply task drafts them: continuous batching with as many
+slots as this process's measured pace allows (up to ``MOODQ_REPLY_BATCH_SIZE``), a freed slot taking
+the next line, every draft checked by ``worker.reply_checks`` and drafted again while flagged
+(``worker.replying.checked``). Lines of a graded file (bench/data/desk_graded.jsonl: ``must`` /
+``must_not``) are also checked for substance (``worker.substance``); "sendable" is a reply that
+breaks no form rule and no substance rule.
 """
 
 from __future__ import annotations
@@ -14,19 +17,28 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from worker import reply_checks
+from worker import reply_checks, substance
 from worker.evaluate import judge_all, languages
 from worker.model import Engine
+from worker.replying import CUT, Request, checked, slots_for
 from worker.settings import Settings
+
+RULES = (*reply_checks.RULES, CUT)
 
 
 @dataclass
 class LanguageFigures:
     replies: int
-    rates: dict[str, float]  # rule -> share of replies it flags; end_of_turn -> share ended by the model
+    rates: dict[str, float]  # rule -> share of stored replies it still flags (after redrafts)
+    first_draft_rates: dict[str, float]  # ... and of first drafts, before any redraft
+    needs_review: float  # share stored as `review`
+    redrafted: float  # share that needed more than one draft
+    sendable: float | None  # share with no form and no substance miss (graded lines only)
+    judge_sendable: float | None  # share the opt-in grader calls sendable (`--judge`)
+    substance: dict[str, float]  # substance code -> share of graded replies that miss it
     tokens_p50: float
     tokens_p95: float
-    tokens_per_s: float
+    tokens_per_s: float  # every drafted token, redrafts included
     seconds: float
 
 
@@ -36,6 +48,7 @@ class ReplyReport:
     languages: dict[str, LanguageFigures]
     batch_size: int
     max_reply_tokens: int
+    redrafts: int
     prompt_version: str
     model: str
     path: str | None
@@ -44,51 +57,84 @@ class ReplyReport:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
 
     def as_text(self) -> str:
-        names = [*reply_checks.RULES, "end_of_turn"]
         lines = [f"model {self.model} ({self.path})  prompts {self.prompt_version}",
-                 f"{self.messages} messages; replies in batches of {self.batch_size}, up to {self.max_reply_tokens} tokens",
-                 "", f"{'lang':<6}{'replies':>8}" + "".join(f"{n:>16}" for n in names)
-                 + f"{'tokens p50/p95':>16}{'tok/s':>8}"]
+                 f"{self.messages} messages; replies drafted {self.batch_size} at a time, up to {self.max_reply_tokens} "
+                 f"tokens, flagged ones drafted again up to {self.redrafts} times",
+                 "", "share of stored replies a rule still flags (first drafts in brackets)",
+                 f"{'lang':<6}{'replies':>8}" + "".join(f"{n:>18}" for n in RULES)
+                 + f"{'needs review':>14}{'sendable':>10}{'tokens p50/p95':>16}{'tok/s':>8}"]
         for code, f in self.languages.items():
-            lines.append(f"{code:<6}{f.replies:>8}" + "".join(f"{f.rates[n]:>16.1%}" for n in names)
-                         + f"{f'{f.tokens_p50:.0f}/{f.tokens_p95:.0f}':>16}{f.tokens_per_s:>8.1f}")
+            sendable = "-" if f.sendable is None else f"{f.sendable:.1%}"
+            if f.judge_sendable is not None:
+                sendable += f" (judge {f.judge_sendable:.0%})"
+            lines.append(f"{code:<6}{f.replies:>8}"
+                         + "".join(f"{f'{f.rates[n]:.1%} ({f.first_draft_rates[n]:.1%})':>18}" for n in RULES)
+                         + f"{f.needs_review:>14.1%}{sendable:>10}{f'{f.tokens_p50:.0f}/{f.tokens_p95:.0f}':>16}"
+                         + f"{f.tokens_per_s:>8.1f}")
+        for code, f in self.languages.items():
+            if f.substance:
+                lines.append(f"{code} substance misses: " + ", ".join(f"{k} {v:.1%}" for k, v in f.substance.items()))
         return "\n".join(lines)
 
 
 def evaluate_replies(engine: Engine, rows: list[dict], settings: Settings, *, lang: str | None = None,
                      progress: Callable[[int], None] | None = None) -> tuple[ReplyReport, list[dict]]:
-    """The report, and one dict per message: text, lang, label, gold, reply, stop, tokens, flags."""
+    """The report, and one dict per message: text, lang, label, gold, reply, stop, tokens, flags, drafts, ..."""
     langs = languages(engine, rows, lang)
     judged = judge_all(engine, rows, langs, batch_size=settings.sentiment_batch_size)
-    out = [{"text": r["text"], "lang": code, "label": j.label, "gold": r.get("label"), "reply": None,
-            "stop": None, "tokens": 0, "flags": []} for r, code, j in zip(rows, langs, judged)]
+    out = [{"id": r.get("id"), "text": r["text"], "lang": code, "label": j.label, "gold": r.get("label"),
+            "reply": None, "stop": None, "tokens": 0, "flags": [], "first_flags": [], "drafts": 0}
+           for r, code, j in zip(rows, langs, judged)]
+    options = settings.draft_options()
+    slots = slots_for(engine, settings.reply_batch_size, settings.max_reply_tokens, options["deadline_s"])
     figures = {}
-    size = settings.reply_batch_size
     for code in dict.fromkeys(langs):
         todo = [i for i, o in enumerate(out) if o["lang"] == code and settings.replies_for(o["label"])]
-        started = time.perf_counter()
-        for start in range(0, len(todo), size):
-            part = todo[start:start + size]
-            drafts = engine.draft_many([(out[i]["text"], out[i]["label"], code, []) for i in part],
-                                       **settings.draft_options())
-            for i, d in zip(part, drafts):
-                out[i].update(reply=d.text, stop=d.stop, tokens=d.tokens,
-                              flags=reply_checks.flags(d.text, out[i]["text"], code,
-                                                       opening=engine.chat.opening(out[i]["label"], code)))
+        requests = (Request(out[i]["text"], out[i]["label"], code) for i in todo)
+        started, drafted = time.perf_counter(), 0
+        for k, reply in checked(engine, requests, slots=slots, redrafts=settings.redrafts, **options):
+            line, draft = out[todo[k]], reply.draft
+            line.update(reply=draft.text, stop=draft.stop, tokens=draft.tokens, flags=reply.flags,
+                        first_flags=reply.first_flags, drafts=reply.drafts)
+            drafted += reply.tokens_drafted
+            if rows[todo[k]].get("must") is not None:
+                line["misses"] = substance.misses(draft.text, rows[todo[k]])
+                line["sendable"] = substance.sendable(reply.flags, line["misses"])
             if progress:
-                progress(len(part))
-        figures[code] = _figures([out[i] for i in todo], time.perf_counter() - started)
-    report = ReplyReport(messages=len(rows), languages=figures, batch_size=size,
-                         max_reply_tokens=settings.max_reply_tokens, prompt_version=engine.prompts.version,
-                         model=engine.model_id, path=engine.path)
+                progress(1)
+        figures[code] = _figures([out[i] for i in todo], time.perf_counter() - started, drafted)
+    report = ReplyReport(messages=len(rows), languages=figures, batch_size=slots,
+                         max_reply_tokens=settings.max_reply_tokens, redrafts=settings.redrafts,
+                         prompt_version=engine.prompts.version, model=engine.model_id, path=engine.path)
     return report, out
 
 
-def _figures(done: list[dict], seconds: float) -> LanguageFigures:
-    n = len(done)
-    rates = {rule: sum(rule in d["flags"] for d in done) / n if n else 0.0 for rule in reply_checks.RULES}
-    rates["end_of_turn"] = sum(d["stop"] == "end" for d in done) / n if n else 0.0
+def _share(lines: list[dict], hit: Callable[[dict], bool]) -> float:
+    return sum(map(hit, lines)) / len(lines) if lines else 0.0
+
+
+def _figures(done: list[dict], seconds: float, drafted: int) -> LanguageFigures:
+    graded = [d for d in done if "misses" in d]
     tokens = sorted(d["tokens"] for d in done) or [0]
     p95 = statistics.quantiles(tokens, n=20, method="inclusive")[-1] if len(tokens) > 1 else tokens[0]
-    return LanguageFigures(replies=n, rates=rates, tokens_p50=statistics.median(tokens), tokens_p95=p95,
-                           tokens_per_s=sum(tokens) / seconds if seconds else 0.0, seconds=round(seconds, 1))
+    return LanguageFigures(
+        replies=len(done),
+        rates={rule: _share(done, lambda d, r=rule: r in d["flags"]) for rule in RULES},
+        first_draft_rates={rule: _share(done, lambda d, r=rule: r in d["first_flags"]) for rule in RULES},
+        needs_review=_share(done, lambda d: bool(d["flags"])), redrafted=_share(done, lambda d: d["drafts"] > 1),
+        sendable=_share(graded, lambda d: d["sendable"]) if graded else None, judge_sendable=None,
+        substance={code: _share(graded, lambda d, c=code: c in d["misses"]) for code in substance.FAILS} if graded else {},
+        tokens_p50=statistics.median(tokens), tokens_p95=p95,
+        tokens_per_s=drafted / seconds if seconds else 0.0, seconds=round(seconds, 1))
+
+
+def add_judge(report: ReplyReport, lines: list[dict], model: str) -> None:
+    """Grade every drafted reply with the opt-in grader (worker.grader): ``judge_sendable`` per line and share."""
+    from worker.grader import Grader
+
+    drafted = [line for line in lines if line["reply"]]
+    for line, p in zip(drafted, Grader(model).sendable([(d["text"], d["reply"], d["lang"]) for d in drafted])):
+        line["judge_sendable"] = round(p, 4)
+    for code, figures in report.languages.items():
+        mine = [d for d in drafted if d["lang"] == code]
+        figures.judge_sendable = _share(mine, lambda d: d["judge_sendable"] >= 0.5) if mine else None

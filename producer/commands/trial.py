@@ -54,18 +54,24 @@ def ask(text, local, lang, timeout):
     enqueue([msg], s, app, store=store)
 
     def show(rec):
-        if rec.status in ("labeled", "done") and not getattr(show, "labeled", False):
+        if rec.status in ("labeled", "done", "review") and not getattr(show, "labeled", False):
             show.labeled = True
             click.echo(f"label: {rec.label} ({rec.confidence:.2f})")
-        if rec.status == "done":
-            click.echo(f"reply: {rec.reply or '(no reply drafted for this label)'}"
-                       + ("  [cut before its end]" if rec.reply_truncated else ""))
+        if rec.status in ("done", "review"):
+            click.echo(f"reply: {rec.reply or '(no reply drafted for this label)'}{_review_note(rec)}")
         if rec.status == "failed":
             click.echo(f"failed: {rec.error}", err=True)
 
     rec = wait_for(store, [msg.id], timeout, show)[0]
-    if rec.status != "done":
+    if rec.status not in ("done", "review"):
         sys.exit(1)
+
+
+def _review_note(rec) -> str:
+    """What a person must know before sending a stored reply: it needs review, and why."""
+    if rec.status == "review":
+        return f"  [NEEDS REVIEW: {', '.join(rec.flags)}]"
+    return "  [cut before its end]" if rec.reply_truncated else ""
 
 
 def _ask_local(msg, s) -> None:
@@ -76,8 +82,11 @@ def _ask_local(msg, s) -> None:
     j = eng.judge([msg.text], lang)[0]
     click.echo(f"label: {j.label} ({j.confidence:.2f})")
     if s.replies_for(j.label):
-        d = eng.draft(msg.text, j.label, lang, [], **s.draft_options())
-        click.echo(f"reply: {d.text}" + (f"  [cut: {d.stop}]" if d.truncated else ""))
+        from worker.replying import Request, checked
+
+        _, reply = next(checked(eng, [Request(msg.text, j.label, lang)], slots=1, redrafts=s.redrafts,
+                                **s.draft_options()))
+        click.echo(f"reply: {reply.draft.text}" + (f"  [NEEDS REVIEW: {', '.join(reply.flags)}]" if reply.flags else ""))
 
 
 def _table(records) -> str:
@@ -88,7 +97,7 @@ def _table(records) -> str:
         lines += [f"{rec.id}  {rec.status}  {rec.label or '-'} ({rec.confidence or 0:.2f})  "
                   f"sentiment {t.sentiment_ms or 0:.0f} ms, reply {t.reply_ms or 0:.0f} ms",
                   f"  message: {rec.text}",
-                  f"  reply:   {rec.reply or rec.error or '(none)'}" + ("  [cut before its end]" if rec.reply_truncated else ""),
+                  f"  reply:   {rec.reply or rec.error or '(none)'}{_review_note(rec)}",
                   ""]
     return "\n".join(lines).rstrip()
 
@@ -129,5 +138,5 @@ def demo(timeout, as_json):
     click.echo(f"demo finished in {time.perf_counter() - started:.1f} s (worker start and model load included); "
                "peak RSS of the worker processes: "
                + ", ".join(f"pid {p} {mb:.0f} MB" for p, mb in sorted(rss.items())), err=True)
-    if any(r.status != "done" for r in records):
+    if any(r.status not in ("done", "review") for r in records):
         sys.exit(1)

@@ -1,0 +1,104 @@
+"""The reply stage on real workers: what a reply task takes on, how long it may take, what it stores, and the
+races a review found (a replaced message, a running task's own id, ids no batch can take)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import (EXTRA_QUEUES, FINISHED, eventually, limit, send, start_fault_worker, wait_final)
+from worker import launch
+from worker.schemas import Message
+from worker.settings import load_settings
+from worker.store import Store
+
+pytestmark = [pytest.mark.worker, pytest.mark.model]
+
+
+def _worker(settings, tmp_path, name: str, concurrency: int = 1, **env):
+    """A fault-app worker on a queue of its own (removed at the end with the run's other extra queues)."""
+    assert name in EXTRA_QUEUES
+    env = {"MOODQ_QUEUE": f"{settings.queue}-{name}", **{f"MOODQ_{k.upper()}": str(v) for k, v in env.items()}}
+    proc = start_fault_worker(name, env, tmp_path / f"{name}.log", concurrency)
+    return proc, load_settings(**{k[6:].lower(): v for k, v in env.items()})
+
+
+@pytest.fixture(scope="module")
+def stage(settings, slowness, tmp_path_factory):
+    """Two processes, two reply slots each, replies of at most 6 tokens (every draft is cut), one redraft."""
+    proc, s = _worker(settings, tmp_path_factory.mktemp("stage"), "stage", concurrency=2, triage_label="",
+                      reply_batch_size=2, max_reply_tokens=6, redrafts=1)
+    yield s
+    launch.stop(proc)
+
+
+def test_a_reply_to_replaced_text_is_never_stored_on_the_new_record(store, stage, slowness):
+    """Two processes: the old text's reply is still drafting when the message is replaced, labeled again and
+    drafted again by the other process. The old reply must not land on the new record."""
+    old = f"[draft-hold:{limit(2, slowness)}] My parcel arrived broken and nobody answers my emails."
+    new = f"[draft-hold:{limit(5, slowness)}] Lovely service, thank you so much!"
+    send(stage, {"id": "race-1", "text": old})
+    eventually(lambda: store.r.get(store.k.test("fault", "drafting", old)), timeout=120, what="the old reply drafting")
+    send(stage, {"id": "race-1", "text": new})  # replace=True
+    rec = wait_final(store, ["race-1"])["race-1"]
+    assert rec.text == new and rec.label == "positive", rec
+    assert rec.reply.startswith("Thank you so much"), rec.reply  # the new text's opening, not "I'm so sorry"
+
+
+def test_freed_slots_take_waiting_replies_and_flagged_ones_are_drafted_again(store, stage):
+    """Two slots per task, seven replies of at most 6 tokens (so every draft is cut): a freed slot takes the
+    next waiting message, every reply is drafted twice (one redraft) and stored for review, flagged cut."""
+    texts = ["Broken again.", "Late again.", "Missing parts.", "Never arrived.", "Rude staff.", "Wrong colour.",
+             "Cracked screen."]
+    recs = wait_final(store, send(stage, *[{"id": f"refill-{i}", "text": t} for i, t in enumerate(texts)]))
+    assert max(r.timings.reply_batch or 0 for r in recs.values()) > 2  # more than its two slots: refilled
+    for rec in recs.values():
+        assert rec.status == "review" and "cut" in rec.flags and rec.drafts == 2 and rec.reply_truncated, rec
+
+
+def test_earlier_turns_and_the_reply_share_one_time_budget(store, settings, tmp_path, slowness):
+    """Turn 2's reply (more negative: triage serves it first) drafts turn 1's missing reply first. Both
+    draft slowly (injected: every decode step sleeps a tenth of the soft limit). Turn 2 gets what is left of
+    one budget and is stored for review, cut, inside its soft limit; a fresh deadline after turn 1 would
+    overrun the limit and retry."""
+    soft = float(limit(8, slowness))
+    proc, s = _worker(settings, tmp_path, "budget", reply_soft_limit=soft, reply_hard_limit=soft + 4,
+                      max_retries=1, max_reply_tokens=6, redrafts=1)
+    slow, cid = f"[draft-slow:{soft / 10:g}]", "budget-chat"
+    try:
+        ids = send(s, {"id": "budget-1", "text": f"{slow} Thanks, lovely shop!", "conversation_id": cid},
+                   {"id": "budget-2", "text": f"{slow} Now it is broken and I am furious.", "conversation_id": cid})
+        recs = wait_final(store, ids)
+    finally:
+        launch.stop(proc)
+    second = recs["budget-2"]
+    assert second.status == "review" and second.context_ids == ["budget-1"], second
+    assert second.attempts["reply"] == 1 and second.timings.reply_ms < soft * 1000, second
+
+
+def test_a_running_tasks_own_message_cannot_be_claimed(fault_worker, store):
+    """While a sentiment task runs, its message is out of the waiting list another task claims from."""
+    hold = "[hold:2] The lid does not close."
+    ids = send(fault_worker, {"id": "own-1", "text": hold})
+    eventually(lambda: store.r.get(store.k.test("fault", "holding", hold)), timeout=120, what="the task running")
+    assert Store(fault_worker).r.zscore(fault_worker.keys.todo("sentiment"), "own-1") is None
+    assert wait_final(store, ids)["own-1"].status in FINISHED
+
+
+def test_ids_no_reply_batch_can_take_do_not_shrink_the_batches(worker, store, settings):
+    """Six labeled conversation messages (which go one at a time) sit at the head of the reply waiting list:
+    the reply tasks still draft the other messages together, and those ids leave the list."""
+    junk = [Message(id=f"hol-{i}", text="turn", conversation_id=f"hol-chat-{i}") for i in range(6)]
+    store.add(junk, replace=True)
+    store.published([m.id for m in junk])
+    for m in junk:
+        store.update(m.id, lambda r: setattr(r, "status", "labeled"))
+    store.r.zadd(store.k.todo("reply"), {m.id: 0 for m in junk})
+    texts = ["Broken on arrival.", "The box was crushed.", "Wrong size sent.", "Still no refund.", "Rude driver."]
+    try:
+        ids = send(settings, *[{"id": f"hol-msg-{i}", "text": t} for i, t in enumerate(texts)])
+        recs = wait_final(store, ids)
+        assert max(r.timings.reply_batch or 0 for r in recs.values()) >= 4
+        assert not {m.id for m in junk} & set(store.waiting("reply", 1000))
+    finally:
+        for m in junk:
+            store.update(m.id, lambda r: setattr(r, "status", "done"))

@@ -1,0 +1,109 @@
+"""Replies as they are stored: drafted by continuous batching, checked by the reply rules as each one
+ends, and drafted again while a rule flags it and time allows. The worker's reply task and
+``moodq eval --replies`` both draft through :func:`checked`, so eval measures what a worker stores.
+
+A draft is flagged by ``worker.reply_checks`` (refusal or talk of being an AI, wrong language, echo,
+not addressing the customer, loop, empty) or as ``cut`` (ended by the token cap or the deadline, not
+by the model). A flagged draft is drafted again, another sample with the same settings, up to
+``redrafts`` times while a full-length reply still fits before ``until`` at the measured pace. One
+still flagged after that is returned with its flags: the worker stores it as ``review``, never ``done``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from worker import reply_checks
+from worker.chat import History
+from worker.drafting import Draft
+
+CUT = "cut"
+FIT_SHARE = 0.5  # replies drafted at once: as many as let a full-length one take at most this share of the deadline
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one reply is drafted from."""
+
+    text: str
+    label: str
+    lang: str
+    history: History = field(default_factory=list)
+
+
+@dataclass
+class Reply:
+    """The draft that is kept for a request, the rules it still breaks, and how many drafts it took."""
+
+    draft: Draft
+    flags: list[str]
+    drafts: int = 1
+    first_flags: list[str] = field(default_factory=list)  # what the first draft was flagged for
+    tokens_drafted: int = 0  # over every draft, the ones thrown away included
+
+    @property
+    def needs_review(self) -> bool:
+        return bool(self.flags)
+
+
+def slots_for(engine, most: int, max_tokens: int, deadline_s: float) -> int:
+    """Replies to draft at once (up to ``most``): as many as let a full-length reply end in FIT_SHARE of
+    the deadline at this process's measured pace."""
+    return engine.pace.reply_slots(most, max_tokens, FIT_SHARE * deadline_s)
+
+
+def flags_of(draft: Draft, request: Request, opening: str) -> list[str]:
+    """The reply rules a draft breaks, ``cut`` included."""
+    found = reply_checks.flags(draft.text, request.text, request.lang, opening=opening)
+    return found + [CUT] if draft.truncated else found
+
+
+class _Feed:
+    """The requests as the drafter takes them (lazily, one per free slot), with redrafts first. It can
+    run dry and be fed again: a flagged draft comes back while the drafter still runs."""
+
+    def __init__(self, requests: Iterable[Request]):
+        self.requests = iter(requests)
+        self.again: deque[int] = deque()
+        self.known: list[Request] = []  # by request index
+        self.order: list[int] = []  # the drafter's item index -> request index
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple:
+        if self.again:
+            index = self.again.popleft()
+        else:
+            request = next(self.requests)  # StopIteration: nothing waiting (for now)
+            self.known.append(request)
+            index = len(self.known) - 1
+        self.order.append(index)
+        r = self.known[index]
+        return r.text, r.label, r.lang, r.history
+
+
+def checked(engine, requests: Iterable[Request], *, slots: int, max_new_tokens: int, deadline_s: float,
+            sampling: dict, until: float | None = None, redrafts: int = 2) -> Iterator[tuple[int, Reply]]:
+    """(request index, reply) for each request as its kept draft ends; see the module's doc."""
+    feed = _Feed(requests)
+    made: dict[int, Reply] = {}
+    for item, draft in engine.drafter.stream(feed, slots=slots, max_new_tokens=max_new_tokens,
+                                             deadline_s=deadline_s, sampling=sampling, until=until):
+        index = feed.order[item]
+        request = feed.known[index]
+        flags = flags_of(draft, request, engine.chat.opening(request.label, request.lang))
+        reply = made.get(index)
+        if reply is None:
+            reply = made[index] = Reply(draft, flags, 1, list(flags), draft.tokens)
+        else:
+            reply.draft, reply.flags, reply.drafts = draft, flags, reply.drafts + 1
+            reply.tokens_drafted += draft.tokens
+        fits = until is None or until - time.monotonic() > engine.pace.reply_seconds(max_new_tokens, slots)
+        if flags and reply.drafts <= redrafts and fits:
+            feed.again.append(index)
+            continue
+        yield index, made.pop(index)
