@@ -220,3 +220,15 @@ def test_a_prompt_file_not_measured_with_int8_scores_in_float():
     table = table_of({FLOAT32: 1.0, BFLOAT16: 6.0, FBGEMM: 0.2, INTMM: 0.3, WEIGHT_ONLY: 0.4})
     assert probe.choose(table, ROWS, int8_scoring=False) == (FLOAT32, FLOAT32, FBGEMM)
     assert probe.choose(table, ROWS, int8_scoring=True)[1] == FBGEMM
+
+
+def test_replies_share_the_scoring_kernel_when_it_is_nearly_as_fast():
+    """Two int8 copies of every weight cost memory and start time: replies use the scoring kernel unless
+    another drafts more than 5 % faster."""
+    table = table_of({FLOAT32: 1.0, BFLOAT16: 0.5, FBGEMM: 0.3, INTMM: 0.25, WEIGHT_ONLY: 0.6})
+    for m in (ROWS.batch, ROWS.prefill):
+        table[FBGEMM][str(m)]["ms"] = 0.97 * table[INTMM][str(m)]["ms"]
+    assert probe.choose(table, ROWS) == (BFLOAT16, INTMM, INTMM)
+    for m in (ROWS.batch, ROWS.prefill):
+        table[FBGEMM][str(m)]["ms"] = 0.8 * table[INTMM][str(m)]["ms"]
+    assert probe.choose(table, ROWS) == (BFLOAT16, INTMM, FBGEMM)

@@ -100,6 +100,7 @@ def load(settings: Settings) -> Loaded:
         tok.pad_token = tok.eos_token
     model.eval()
     kernels.apply(model, plan.dtype, plan.score, plan.decode)
+    kernels.own_memory(model)
     return Loaded(model, tok, source.model_id, time.perf_counter() - started, warm, plan)
 
 

@@ -37,6 +37,7 @@ SKIP_SLOWER = 4.0  # a kernel this much slower than float32 is not timed at larg
 TOKENS_PER_MESSAGE = 40  # rows one message adds to a scoring pass (zh/en dev lines: 20-60 tokens)
 PREFILL_ROWS = 128  # a reply prompt's own tokens beyond the cached system prompt
 REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
+SAME_KERNEL_SLACK = 1.05  # replies run the scoring kernel when it drafts within 5 % of the fastest one
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 Shape = tuple[int, int, int]  # in features, out features, how many per decoder layer
 
@@ -186,6 +187,9 @@ def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
     for phase, pool in pools.items():
         timed = [(c, k) for k in pool if (c := cost(k, phase)) is not None]
         picked[phase] = min(timed)[1] if timed else dtype
+    same = cost(picked["score"], "decode")
+    if picked["score"] in pools["decode"] and same is not None and same <= SAME_KERNEL_SLACK * cost(picked["decode"], "decode"):
+        picked["decode"] = picked["score"]  # one weight copy: less memory and a faster start, for a few % of drafting
     return dtype, picked["score"], picked["decode"]
 
 
