@@ -5,7 +5,8 @@ auto) and the same replies are drafted one at a time and in batches of each --ba
 The last line gives every path's tokens/s at the largest batch as a ratio to the first path's.
 
 Usage:  python bench/replies.py --n 16 --batch 1,8 --tokens 48 [--dtype float32] [--quant none,auto]
-(each MOODQ_QUANT value runs the kernels the probe picks for it on this host: none = float only.)
+(each MOODQ_QUANT value runs the kernels the probe picks for it on this host: none = float only;
+ a value dtype:quant sets MOODQ_DTYPE too, e.g. --quant float32:none,auto:auto for float32 vs the default.)
 --method continuous,bucketed also drafts every batch the way moodq did before continuous batching
 (transformers' ``generate`` over length buckets, no system-prompt cache; kept here as the reference),
 on the same loaded model, and prints the ratio. "continuous" drafts each batch of b as one reply task
@@ -52,8 +53,9 @@ def main() -> None:
     print(header())
     batches = [int(b) for b in args.batch.split(",")]
     at_max: dict[str, float] = {}
-    for quant in args.quant.split(","):
-        settings = load_settings(threads=2, dtype=args.dtype, quant=quant)
+    for spec in args.quant.split(","):
+        dtype, quant = spec.split(":") if ":" in spec else (args.dtype, spec)  # e.g. float32:none,auto:auto
+        settings = load_settings(threads=2, dtype=dtype, quant=quant)
         loaded = load(settings)
         eng = Engine(loaded, load_prompts(settings.prompts), max_text_tokens=settings.sentiment_max_tokens)
         rows = read_labeled(Path(args.data))[: args.n]

@@ -87,6 +87,7 @@ def flower(port, address, flower_args):
 @option("--batch-size", type=click.IntRange(1, 256), default=8, help="Messages per sentiment forward pass.")
 @option("--lang", default=None, help="Force a prompt language (default: per line, detected).")
 @option("--limit", type=click.IntRange(0), default=0, help="Only the first N lines (0 = all).")
+@option("--skip", type=click.IntRange(0), default=0, help="Leave out the first N lines (e.g. the ones prompts were tuned on).")
 @option("--replies", is_flag=True,
         help="Also draft replies as a worker does and report their quality per language "
              "(refusals, wrong language, echo, not addressing the customer, loops, end of turn, tok/s).")
@@ -95,7 +96,7 @@ def flower(port, address, flower_args):
 @option("--judge", default=None, metavar="MODEL",
         help="With --replies: also have a larger model grade every reply sendable or not (e.g. embedded-large, "
              "which needs pip install '.[large]'); slow, and not exact either (bench/grader.py).")
-def evaluate(file, as_json, calibrate, batch_size, lang, limit, replies, out, judge):
+def evaluate(file, as_json, calibrate, batch_size, lang, limit, skip, replies, out, judge):
     """Accuracy of the sentiment path on a JSONL file with `text` and `label` fields."""
     from tqdm import tqdm
 
@@ -106,6 +107,7 @@ def evaluate(file, as_json, calibrate, batch_size, lang, limit, replies, out, ju
     if (out or judge) and not replies:
         raise click.UsageError("--out and --judge need --replies")
     rows = read_labeled(file, need_label=not replies)
+    rows = rows[skip:]
     rows = rows[:limit] if limit else rows
     eng = engine()
     with tqdm(total=len(rows), desc="eval", unit="msg", disable=quiet() or None) as bar:

@@ -16,7 +16,7 @@ from producer.enqueue import enqueue
 from producer.progress import wait_for
 from producer.sources import to_message
 from worker.clitools import option, reach
-from worker.commands import preflight
+from worker.prompts import load_prompts
 from worker.settings import get_settings
 
 DEMO_MESSAGES = [
@@ -112,7 +112,7 @@ def demo(timeout, as_json):
     from worker.procinfo import tree_peak_rss_mb
 
     s = get_settings()
-    preflight()
+    load_prompts(s.prompts)  # a broken prompt file fails here; the model is checked by the worker's own start-up
     store = reach(s)
     started = time.perf_counter()
     click.echo("starting a worker; the first start on a machine de-quantises the GGUF (about a minute) ...",
