@@ -41,23 +41,23 @@ def main() -> None:
     os.environ.update(env)
 
     from bench.common import worker_rss_mb
-    from worker.launch import start as start_worker
-    from worker.launch import stop as stop_worker
-    from producer.progress import wait_for
     from producer.enqueue import enqueue
-    from worker import queue as task_queue
-    from worker.app import make_app
-    from worker.evaluate import read_labeled
-    from worker.schemas import Message
-    from worker.settings import get_settings
-    from worker.store import Store
+    from producer.progress import wait_for
+    from worker.common.schemas import Message
+    from worker.common.settings import get_settings
+    from worker.common.store import Store
+    from worker.jobs import broker as task_queue
+    from worker.jobs.app import make_app
+    from worker.jobs.launch import start as start_worker
+    from worker.jobs.launch import stop as stop_worker
+    from worker.quality.evaluate import read_labeled
 
     s = get_settings()
     store, app = Store(s), make_app(s)
     rows = read_labeled(Path(args.data))
     msgs = [Message(id=f"b-{i}", text=rows[i % len(rows)]["text"][: s.max_chars]) for i in range(args.n)]
     t_start = time.perf_counter()
-    proc = start_worker([sys.executable, "-m", "producer", "worker", "-c", str(args.concurrency), "-l", "WARNING"],
+    proc = start_worker([sys.executable, "-m", "worker", "worker", "-c", str(args.concurrency), "-l", "WARNING"],
                         env, f"/tmp/bench-bulk-{run}.log", f"bulk-{run}@%h")
     try:
         enqueue([Message(id="warmup", text="warm up")], s, app)

@@ -96,9 +96,9 @@ def main() -> None:
            "MOODQ_REPLY_HARD_LIMIT": "40", "MOODQ_RETRY_BACKOFF_MAX": "5", "MOODQ_VISIBILITY_TIMEOUT": "60",
            "MOODQ_SWEEP_AFTER_S": "10", "MOODQ_SWEEP_INTERVAL_S": "10"}
     os.environ.update({k: v for k, v in env.items() if k.startswith("MOODQ_")})
-    from worker.procinfo import children
-    from worker.settings import get_settings
-    from worker.store import Store
+    from worker.common.procinfo import children
+    from worker.common.settings import get_settings
+    from worker.common.store import Store
 
     s = get_settings()
     store = Store(s)
@@ -110,21 +110,21 @@ def main() -> None:
 
     def start_worker(k: int) -> subprocess.Popen:
         log = open(work / f"worker-{k}.log", "a")
-        return subprocess.Popen([sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "WARNING",
+        return subprocess.Popen([sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "WARNING",
                                  "--hostname", f"chaos{k}@%h"], env=env, cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
     workers = {k: start_worker(k) for k in (1, 2)}
     events: list[str] = []
     t0 = time.time()
-    producer = subprocess.Popen([sys.executable, "-m", "producer", "enqueue", str(data)], env=env, cwd=ROOT,
+    producer = subprocess.Popen([sys.executable, "-m", "worker", "enqueue", str(data)], env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while producer.poll() is None and store.r.zcard(store.k.index) < min(200, args.n // 4):
         time.sleep(0.01)  # mid-enqueue: some chunks written, most not
     producer.kill()
     producer.wait()
     events.append(f"{time.time() - t0:6.1f} s  producer killed mid-enqueue ({len(store.ids())} records written)")
-    rerun = subprocess.run([sys.executable, "-m", "producer", "enqueue", str(data)], env=env, cwd=ROOT,
+    rerun = subprocess.run([sys.executable, "-m", "worker", "enqueue", str(data)], env=env, cwd=ROOT,
                            capture_output=True, text=True)
     events.append(f"{time.time() - t0:6.1f} s  producer re-run: {rerun.stdout.strip()}")
     next_kill = time.time() + random.uniform(*args.kill_every)

@@ -15,10 +15,10 @@ DEV = Path(os.environ.get("MOODQ_DEV_DATA", Path(__file__).resolve().parents[2] 
 def header() -> str:
     """The first lines of every bench script: no figure is read without its hardware and the kernel
     probe's table for it (the kernels each phase runs here, and why)."""
-    from worker import cpu
-    from worker.loading import measured_plan
-    from worker.probe import table_text
-    from worker.settings import load_settings
+    from worker.common.settings import load_settings
+    from worker.engine import cpu
+    from worker.engine.loading import measured_plan
+    from worker.engine.probe import table_text
 
     return f"{cpu.describe()}\n{table_text(measured_plan(load_settings()))}"
 
@@ -50,6 +50,6 @@ def percentiles(latencies_s: list[float]) -> tuple[float, float]:
 
 def worker_rss_mb(proc) -> dict[int, float]:
     """Peak RSS of a worker's process tree (pid -> MB)."""
-    from worker.procinfo import tree_peak_rss_mb
+    from worker.common.procinfo import tree_peak_rss_mb
 
     return tree_peak_rss_mb(proc.pid)

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import DEV, header  # noqa: E402
-from worker.evaluate import read_labeled  # noqa: E402
-from worker.resident import engine as resident  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
+from worker.common.settings import load_settings  # noqa: E402
+from worker.jobs.resident import engine as resident  # noqa: E402
+from worker.quality.evaluate import read_labeled  # noqa: E402
 
 
 def longest_shared_run(a: list[int], b: list[int]) -> int:

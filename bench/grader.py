@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from worker import reply_checks, substance  # noqa: E402
-from worker.prompts import load_prompts  # noqa: E402
-from worker.settings import PROMPTS_FILE  # noqa: E402
+from worker.common.prompts import load_prompts  # noqa: E402
+from worker.common.settings import PROMPTS_FILE  # noqa: E402
+from worker.quality import reply_checks, substance  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -54,7 +54,7 @@ def main() -> None:
     print(agreement("rules (form + substance)", rules, hand))
     if args.no_judge:
         return
-    from worker.grader import Grader
+    from worker.quality.grader import Grader
 
     grader = Grader(args.judge)
     p = grader.sendable([(items[g["id"]]["text"], g["reply"], items[g["id"]]["lang"]) for g in graded])

@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import DEV, header  # noqa: E402
-from worker.evaluate import read_labeled  # noqa: E402
-from worker.loading import load  # noqa: E402
-from worker.model import Engine  # noqa: E402
-from worker.prompts import load_prompts  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
+from worker.common.prompts import load_prompts  # noqa: E402
+from worker.common.settings import load_settings  # noqa: E402
+from worker.engine.loading import load  # noqa: E402
+from worker.engine.model import Engine  # noqa: E402
+from worker.quality.evaluate import read_labeled  # noqa: E402
 
 NEUTRAL = Path(__file__).resolve().parent / "data" / "neutral_questions.jsonl"
 

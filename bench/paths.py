@@ -1,9 +1,9 @@
 """Which kernels may score labels: accuracy of each (dtype, scoring kernel) on both dev sets, one run.
 
 For each path the embedded model is loaded once in the dtype, its Linear layers set to the scoring
-kernel (worker.kernels.apply: the first and the last decoder layer stay float, as the worker runs
+kernel (worker.engine.kernels.apply: the first and the last decoder layer stay float, as the worker runs
 them; --edges 0 puts every layer on the kernel), and both dev sets are labeled as `moodq eval`
-labels them. A kernel may go into worker.kernels.LABEL_SAFE only if it stays within 1 point of
+labels them. A kernel may go into worker.engine.kernels.LABEL_SAFE only if it stays within 1 point of
 float32 on both sets; the probe never lets speed alone choose a scoring kernel.
 
 Usage:  python bench/paths.py [--n 400] [--paths float32:float32,float32:int8-fbgemm,...] [--edges 1]
@@ -24,12 +24,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench.common import DEV, header  # noqa: E402
-from worker import kernels  # noqa: E402
-from worker.evaluate import judge_all, languages, read_labeled  # noqa: E402
-from worker.loading import load  # noqa: E402
-from worker.model import Engine  # noqa: E402
-from worker.prompts import load_prompts  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
+from worker.common.prompts import load_prompts  # noqa: E402
+from worker.common.settings import load_settings  # noqa: E402
+from worker.engine import kernels  # noqa: E402
+from worker.engine.loading import load  # noqa: E402
+from worker.engine.model import Engine  # noqa: E402
+from worker.quality.evaluate import judge_all, languages, read_labeled  # noqa: E402
 
 PATHS = ("float32:float32,float32:int8-fbgemm,float32:int8-intmm,"
          "bfloat16:bfloat16,bfloat16:int8-fbgemm,bfloat16:int8-intmm")

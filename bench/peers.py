@@ -28,10 +28,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import DEV, header  # noqa: E402
-from worker import embedded, loading  # noqa: E402
-from worker.evaluate import read_labeled  # noqa: E402
-from worker.resident import engine as resident  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
+from worker.common.settings import load_settings  # noqa: E402
+from worker.engine import (
+    embedded,
+    loading,  # noqa: E402
+)
+from worker.jobs.resident import engine as resident  # noqa: E402
+from worker.quality.evaluate import read_labeled  # noqa: E402
 
 
 def prompts(eng, rows, lang):
@@ -39,9 +42,9 @@ def prompts(eng, rows, lang):
 
     A long message is read as moodq reads it: its opening and its ending (until 2026-11-24 this
     took the first tokens only, so the peers never saw the endings of long reviews)."""
-    from worker.batching import head_and_tail
+    from worker.engine.batching import head_and_tail
 
-    plan = eng.scorer.plans[lang]
+    plan = eng.scorer.frames[lang]
     texts = [head_and_tail(eng.chat.encode(eng.chat.clean(r["text"])), eng.scorer.max_text_tokens) + plan.suffix_ids
              for r in rows]
     return plan.prefix_ids, texts, [ids[0] for ids in plan.label_ids]

@@ -29,14 +29,14 @@ def main() -> None:
            "MOODQ_SENTIMENT_BATCH_SIZE": str(args.batch), "MOODQ_REPLY_BATCH_SIZE": str(args.batch)}
     os.environ.update(env)
 
-    from worker.launch import start as start_worker
-    from worker.launch import stop as stop_worker
-    from producer.progress import wait_for
     from producer.enqueue import enqueue
-    from worker.app import make_app
-    from worker.schemas import Message
-    from worker.settings import get_settings
-    from worker.store import Store
+    from producer.progress import wait_for
+    from worker.common.schemas import Message
+    from worker.common.settings import get_settings
+    from worker.common.store import Store
+    from worker.jobs.app import make_app
+    from worker.jobs.launch import start as start_worker
+    from worker.jobs.launch import stop as stop_worker
 
     s = get_settings()
     store, app = Store(s), make_app(s)

@@ -29,14 +29,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench.common import DEV, header, peak_rss_mb  # noqa: E402
-from worker.batching import buckets  # noqa: E402
-from worker.drafting import Draft  # noqa: E402
-from worker.evaluate import read_labeled  # noqa: E402
-from worker.loading import load  # noqa: E402
-from worker.model import Engine  # noqa: E402
-from worker.prompts import load_prompts  # noqa: E402
-from worker.kernels import decoding  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
+from worker.common.prompts import load_prompts  # noqa: E402
+from worker.common.settings import load_settings  # noqa: E402
+from worker.engine.batching import buckets  # noqa: E402
+from worker.engine.drafting import Draft  # noqa: E402
+from worker.engine.kernels import decoding  # noqa: E402
+from worker.engine.loading import load  # noqa: E402
+from worker.engine.model import Engine  # noqa: E402
+from worker.quality.evaluate import read_labeled  # noqa: E402
 
 
 def main() -> None:

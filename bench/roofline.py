@@ -3,7 +3,7 @@
 Prints, in this order:
   1. the CPU class (first line, as every bench script does);
   2. GEMM peak at a prefill shape (1024 tokens x 896 -> 4864, the MLP's up projection) of every
-     candidate kernel of worker/kernels.py (the ones the kernel probe times);
+     candidate kernel of worker/engine/kernels.py (the ones the kernel probe times);
   3. weight-streaming bandwidth: a GEMV (1 row) over 24 such matrices (more than the caches),
      and the decode-shape table (1..32 rows) of every candidate;
   4. the worker's path (as the probe picked it, or MOODQ_DTYPE / MOODQ_QUANT): sentiment G(FL)OP/s
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.common import DEV, best_of, header  # noqa: E402
-from worker import kernels  # noqa: E402
+from worker.engine import kernels  # noqa: E402
 
 K, N, M_PREFILL, LAYERS = 896, 4864, 1024, 24
 
@@ -90,9 +90,9 @@ def weight_bytes_per_step(model: nn.Module) -> int:
 
 
 def worker_path(args, peaks: dict[str, float], bandwidth: float) -> None:
-    from worker.evaluate import read_labeled
-    from worker.resident import engine as resident
-    from worker.settings import load_settings
+    from worker.common.settings import load_settings
+    from worker.jobs.resident import engine as resident
+    from worker.quality.evaluate import read_labeled
 
     settings = load_settings(threads=args.threads)
     eng = resident(settings)
@@ -103,7 +103,7 @@ def worker_path(args, peaks: dict[str, float], bandwidth: float) -> None:
     print(f"\n== the worker's path: {eng.path} ({eng.model_id}, {layers / 1e6:.0f} M weights in the decoder layers)")
     rows = read_labeled(DEV / "zh_dev.jsonl")[: args.n]
     texts = [r["text"] for r in rows]
-    plan = eng.scorer.plans["zh"]
+    plan = eng.scorer.frames["zh"]
     tokens = sum(len(eng.chat.encode(eng.chat.clean(t))) + len(plan.suffix_ids) for t in texts)
     eng.judge(texts[:8], "zh", max_batch=settings.sentiment_batch_size)  # warm-up
     seconds = best_of(lambda: eng.judge(texts, "zh", max_batch=settings.sentiment_batch_size), repeat=2)

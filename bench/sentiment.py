@@ -26,11 +26,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench.common import peak_rss_mb, percentiles  # noqa: E402
-from worker.evaluate import read_labeled  # noqa: E402
-from worker.resident import engine as resident  # noqa: E402
-from worker.loading import load  # noqa: E402
-from worker.model import Engine  # noqa: E402
-from worker.settings import load_settings  # noqa: E402
+from worker.common.settings import load_settings  # noqa: E402
+from worker.engine.loading import load  # noqa: E402
+from worker.engine.model import Engine  # noqa: E402
+from worker.jobs.resident import engine as resident  # noqa: E402
+from worker.quality.evaluate import read_labeled  # noqa: E402
 
 
 def seed_label(eng, text: str, lang: str) -> str | None:

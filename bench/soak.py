@@ -31,7 +31,7 @@ SAMPLES = [  # used when no data file is given or found
 
 
 def corpus(n: int, data: list[Path]) -> list[str]:
-    from worker.evaluate import read_labeled
+    from worker.quality.evaluate import read_labeled
 
     texts = [row["text"] for path in data if path.exists() for row in read_labeled(path)] or SAMPLES
     return [f"{text} #{i}" for i, text in zip(range(n), itertools.cycle(texts))]
@@ -39,7 +39,7 @@ def corpus(n: int, data: list[Path]) -> list[str]:
 
 def verify(store, ids: list[str]) -> dict:
     """Exactly one final record per id? Counts every way a message could be lost or doubled."""
-    from worker.store import STATUSES
+    from worker.common.store import STATUSES
 
     records = {r.id: r for r in store.iter_records(ids)}
     pipe = store.r.pipeline(transaction=False)
@@ -62,20 +62,20 @@ def verify(store, ids: list[str]) -> dict:
 def run_soak(settings, texts: list[str], concurrency: int, worker_env: dict, log_path: Path,
              timeout: float = 7200) -> dict:
     """Start a worker with ``concurrency`` processes, push ``texts`` through it, verify, clean up."""
-    from producer.progress import wait_for
     from producer.enqueue import enqueue
-    from worker import queue as task_queue
-    from worker.app import make_app
-    from worker.launch import start, stop
-    from worker.procinfo import tree_peak_rss_mb
-    from worker.schemas import Message
-    from worker.store import Store
+    from producer.progress import wait_for
+    from worker.common.procinfo import tree_peak_rss_mb
+    from worker.common.schemas import Message
+    from worker.common.store import Store
+    from worker.jobs import broker as task_queue
+    from worker.jobs.app import make_app
+    from worker.jobs.launch import start, stop
 
     store, app = Store(settings), make_app(settings)
     env = {**worker_env, "MOODQ_KEY_PREFIX": settings.key_prefix, "MOODQ_QUEUE": settings.queue}
     msgs = [Message(id=f"soak-{i}", text=t) for i, t in enumerate(texts)]
     ids = [m.id for m in msgs]
-    proc = start([sys.executable, "-m", "producer", "worker", "-c", str(concurrency), "-l", "WARNING"],
+    proc = start([sys.executable, "-m", "worker", "worker", "-c", str(concurrency), "-l", "WARNING"],
                  env, log_path, f"soak-{settings.queue}@%h", timeout=900, ready_text=None)
     try:
         t0 = time.perf_counter()
@@ -110,7 +110,7 @@ def main() -> None:
     run = uuid.uuid4().hex[:8]
     os.environ.update({"MOODQ_KEY_PREFIX": f"soak-{run}", "MOODQ_QUEUE": f"soak-{run}"})
 
-    from worker.settings import get_settings
+    from worker.common.settings import get_settings
 
     env = {"MOODQ_REPLY_LABELS": args.replies, "MOODQ_MAX_REPLY_TOKENS": str(args.reply_tokens),
            "MOODQ_SENTIMENT_BATCH_SIZE": str(args.batch), "MOODQ_REPLY_BATCH_SIZE": str(min(args.batch, 8))}

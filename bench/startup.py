@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from worker import launch
-from worker.procinfo import tree_peak_rss_mb
+from worker.common.procinfo import tree_peak_rss_mb
+from worker.jobs import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def start(cache: str, concurrency: int, log: Path) -> tuple[float, list[float]]:
            "MOODQ_QUEUE": f"bench-startup-{os.getpid()}"}
     t0 = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "producer", "worker", "-c", str(concurrency),
+        proc = subprocess.Popen([sys.executable, "-m", "worker", "worker", "-c", str(concurrency),
                                  "--hostname", f"startup-{os.getpid()}@%h"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:

@@ -4,11 +4,11 @@ to measure what the queue itself costs per message.  celery -A bench.trivial_wor
 
 from __future__ import annotations
 
-from worker import resident, tasks
-from worker.app import app  # noqa: F401
-from worker.model import Draft, Judgement
-from worker.prompts import load_prompts
-from worker.settings import get_settings
+from worker.common.prompts import load_prompts
+from worker.common.settings import get_settings
+from worker.engine.model import Draft, Judgement
+from worker.jobs import resident, tasks
+from worker.jobs.app import app  # noqa: F401
 
 
 class TrivialEngine:

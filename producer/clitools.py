@@ -12,8 +12,8 @@ import kombu.exceptions
 import redis
 from kombu.utils.url import maybe_sanitize_url
 
-from worker.errors import MoodqError
-from worker.settings import Settings, get_settings
+from worker.common.errors import MoodqError
+from worker.common.settings import Settings, get_settings
 
 option = functools.partial(click.option, show_envvar=True, show_default=True)
 CONNECT_WAIT_S = 10  # a command waits this long for Redis (workers ride out ~30 s restarts)
@@ -30,7 +30,7 @@ def settings_help() -> str:
 
 def reach(settings: Settings | None = None, wait_s: float = CONNECT_WAIT_S):
     """A Store whose Redis answers; says at once when it does not, retries for ``wait_s``, then fails."""
-    from worker.store import Store
+    from worker.common.store import Store
 
     s = settings or get_settings()
     probe = redis.Redis.from_url(s.redis_url, socket_connect_timeout=2, socket_timeout=2)

@@ -13,10 +13,10 @@ from itertools import islice
 
 from celery import Celery
 
-from worker.publish import publish
-from worker.schemas import Message
-from worker.settings import Settings
-from worker.store import Store
+from worker.common.schemas import Message
+from worker.common.settings import Settings
+from worker.common.store import Store
+from worker.jobs.publish import publish
 
 
 @dataclass

@@ -24,10 +24,10 @@ from celery import Celery
 
 from producer import sources
 from producer.enqueue import enqueue
-from worker import queue as task_queue
-from worker.schemas import Message
-from worker.settings import Settings
-from worker.store import Store
+from worker.common.schemas import Message
+from worker.common.settings import Settings
+from worker.common.store import Store
+from worker.jobs import broker as task_queue
 
 Row = tuple[int, str]  # (line number, raw line)
 

@@ -6,9 +6,9 @@ import time
 
 from tqdm import tqdm
 
-from worker.clitools import quiet
-from worker.schemas import Record
-from worker.store import Store
+from producer.clitools import quiet
+from worker.common.schemas import Record
+from worker.common.store import Store
 
 
 def watch(store: Store, timeout: float, interval: float) -> dict[str, int]:

@@ -15,8 +15,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from worker.schemas import Record
-
+from worker.common.schemas import Record
 
 COLORS = {"negative": "tab:red", "positive": "tab:green", "neutral": "tab:gray"}
 

@@ -13,8 +13,8 @@ from typing import IO
 
 from pydantic import ValidationError
 
-from worker.errors import readable
-from worker.schemas import Message
+from worker.common.errors import readable
+from worker.common.schemas import Message
 
 KNOWN = {"id", "text", "conversation_id", "lang", "metadata"}
 

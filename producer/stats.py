@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 
-from worker.schemas import Record
+from worker.common.schemas import Record
 
 WINDOWS = {"1m": 60, "5m": 300, "60m": 3600}
 

@@ -24,7 +24,7 @@ EXTRA_QUEUES = ("faults", "graceful", "triage", "stage", "budget")  # queues of 
 LOG_DIR = Path(tempfile.gettempdir()) / f"moodq-test-{RUN}"  # worker logs, kept for a look after a failure
 DATA = Path(__file__).resolve().parent / "data"
 
-# Before anything imports worker.settings: every setting the tests rely on.
+# Before anything imports worker.common.settings: every setting the tests rely on.
 os.environ.update({
     "HF_HUB_OFFLINE": "1",
     "MOODQ_REDIS_URL": REDIS_URL,
@@ -39,11 +39,11 @@ for key in [k for k in os.environ if k.startswith("MOODQ_") and k not in (
         "MOODQ_RETRY_BACKOFF_MAX", "MOODQ_REDRAFTS", "MOODQ_TEST_REDIS_URL", "MOODQ_CACHE_DIR", "MOODQ_TEST_RUN")]:
     del os.environ[key]  # an operator's own settings must not leak into the tests
 
-from worker import launch  # noqa: E402
-from worker import queue as task_queue  # noqa: E402
-from worker.app import make_app  # noqa: E402
-from worker.settings import get_settings, load_settings  # noqa: E402
-from worker.store import Store  # noqa: E402
+from worker.common.settings import get_settings, load_settings  # noqa: E402
+from worker.common.store import Store  # noqa: E402
+from worker.jobs import broker as task_queue  # noqa: E402
+from worker.jobs import launch  # noqa: E402
+from worker.jobs.app import make_app  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +65,7 @@ def store(settings):
 @pytest.fixture(scope="session")
 def engine(settings):
     """The embedded model, loaded once in the test process."""
-    from worker.resident import engine as resident
+    from worker.jobs.resident import engine as resident
 
     return resident(load_settings(threads=2))
 
@@ -113,7 +113,7 @@ def _start_worker(name: str, env: dict, args: list[str], log: Path | None = None
 @pytest.fixture(scope="session")
 def worker(store):
     """A real worker started through the CLI (`moodq worker`), on the run's queue."""
-    proc = _start_worker("main", {}, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"])
+    proc = _start_worker("main", {}, [sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"])
     yield proc
     launch.stop(proc)
 
@@ -167,8 +167,8 @@ def free_port() -> int:
 
 def assert_one_final_record_each(store, ids: list[str]) -> None:
     """Every id has a record, in exactly one status set, and that status is final."""
-    from worker.keys import STATUSES
-    from worker.schemas import FINAL
+    from worker.common.keys import STATUSES
+    from worker.common.schemas import FINAL
 
     for mid in ids:
         rec = store.get(mid)

@@ -1,4 +1,4 @@
-"""TEST-ONLY fault injection for a real worker: the Celery app of worker.tasks, with the
+"""TEST-ONLY fault injection for a real worker: the Celery app of worker.jobs.tasks, with the
 model's ``passes`` (what the sentiment task scores with) wrapped so that marked messages fail on purpose.
 
   "[transient:N] ..."  raises a Transient error on its first N attempts, then works
@@ -18,9 +18,10 @@ import re
 import signal
 import time
 
-from worker import drafting, model, tasks
-from worker.app import app  # noqa: F401  (celery -A tests.faults)
-from worker.errors import Transient
+from worker.common.errors import Transient
+from worker.engine import drafting, model
+from worker.jobs import tasks
+from worker.jobs.app import app  # noqa: F401  (celery -A tests.faults)
 
 _real_passes = model.Engine.passes
 
@@ -57,8 +58,8 @@ class _Held:
 
     def __next__(self):
         item = next(self.items)
-        if m := re.match(r"\[draft-hold:(\d+(?:\.\d+)?)\]", item[0]):
-            tasks.store().r.set(tasks.s.keys.test("fault", "drafting", item[0]), os.getpid(), ex=600)
+        if m := re.match(r"\[draft-hold:(\d+(?:\.\d+)?)\]", item.text):
+            tasks.store().r.set(tasks.s.keys.test("fault", "drafting", item.text), os.getpid(), ex=600)
             time.sleep(float(m.group(1)))
         return item
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from worker.chat import SENTINEL, Chat
-from worker.prompts import load_prompts
-from worker.settings import PROMPTS_FILE, load_settings
+from worker.common.prompts import load_prompts
+from worker.common.settings import PROMPTS_FILE, load_settings
+from worker.engine.chat import SENTINEL, Chat
 
 
 @pytest.fixture(scope="module")
 def chat():
-    from worker import embedded, loading
+    from worker.engine import embedded, loading
 
     s = load_settings()
     converted = loading._any_converted(s, embedded.SHA256)

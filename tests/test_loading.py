@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker import embedded
-from worker.errors import ModelError
-from worker.loading import check_model, load
-from worker.model import Engine
-from worker.prompts import load_prompts
-from worker.settings import PROMPTS_FILE, load_settings
+from worker.common.errors import ModelError
+from worker.common.prompts import load_prompts
+from worker.common.settings import PROMPTS_FILE, load_settings
+from worker.engine import embedded
+from worker.engine.loading import check_model, load
+from worker.engine.model import Engine
 
 pytestmark = pytest.mark.model  # the engine fixture and the embedded GGUF
 
@@ -63,7 +63,7 @@ def test_any_local_transformers_directory_works_by_configuration(tmp_path, engin
 def test_warm_start_check_neither_hashes_nor_assembles_the_gguf(tmp_path, engine):
     """With converted weights cached, the main process's check skips the 491 MB GGUF entirely
     and loads the tokenizer once, so the forked pool processes inherit it."""
-    from worker import loading
+    from worker.engine import loading
 
     real = load_settings()
     converted = loading._converted_dir(real, embedded.SHA256, engine.plan.dtype)

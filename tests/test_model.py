@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from tests.conftest import DATA
 from tests.reference import ReferenceScorer
-from worker.loading import Loaded
-from worker.model import Engine
-from worker.prompts import PromptSet, load_prompts
-from worker.settings import PROMPTS_FILE, load_settings
+from worker.common.prompts import PromptSet, load_prompts
+from worker.common.settings import PROMPTS_FILE, load_settings
+from worker.engine.loading import Loaded
+from worker.engine.model import Engine
 
 pytestmark = pytest.mark.model
 
@@ -111,10 +111,10 @@ def test_calibration_moves_the_decision_on_a_constructed_case(engine):
 def test_calibration_prior_comes_from_content_free_inputs_and_is_divided_out(engine):
     """The content-free prior is measured once; calibrate=True divides it out of the probabilities."""
     raw, cal = engine.judge(["It is fine."], "en", calibrate=False)[0], engine.judge(["It is fine."], "en", True)[0]
-    plan = engine.scorer.plans["en"]
-    assert len(plan.bias) == 2 and sum(math.exp(b) for b in plan.bias) == pytest.approx(1.0, abs=1e-3)
+    frame = engine.scorer.frames["en"]
+    assert len(frame.content_free) == 2 and sum(math.exp(b) for b in frame.content_free) == pytest.approx(1.0, abs=1e-3)
     assert raw.scores == cal.scores
-    prior = [math.exp(b) for b in plan.bias]
+    prior = [math.exp(b) for b in frame.content_free]
     ratio = (raw.probs["positive"] / prior[0]) / (raw.probs["positive"] / prior[0] + raw.probs["negative"] / prior[1])
     assert cal.probs["positive"] == pytest.approx(ratio, abs=1e-3)
 
@@ -122,12 +122,12 @@ def test_calibration_prior_comes_from_content_free_inputs_and_is_divided_out(eng
 def test_the_shipped_three_label_file_answers_questions_neutral(engine):
     """prompts/three-labels.yaml (one setting away): clear praise and complaints keep their label, and
     customer questions come out neutral (bench/labels.py measures 81-83 % on 96 such questions)."""
-    from worker.loading import load
+    from worker.engine.loading import load
 
     file = PROMPTS_FILE.parent / "three-labels.yaml"
     prompts = load_prompts(file)
     loaded = load(load_settings(threads=2, prompts=str(file)))
-    assert not prompts.int8_scoring and loaded.plan.score in ("float32", "bfloat16")  # its bias was fitted on float
+    assert not prompts.int8_scoring and loaded.plan.score in ("float32", "bfloat16")  # its label_prior was fitted on float
     three = Engine(loaded, prompts)
     clear = {"en": (["I love it, works perfectly!", "This is awful, it broke in a day."], ["positive", "negative"]),
              "zh": (["质量很好，非常满意！", "太差了，用了一天就坏了。"], ["positive", "negative"])}
@@ -144,10 +144,10 @@ def test_the_shipped_three_label_file_answers_questions_neutral(engine):
     assert neutral >= 6, neutral  # 7 of 8 on both CPU classes when written
 
 
-def test_label_bias_shifts_the_choice(engine):
-    """A prompt file's label_bias is added to a label's log-probability before the choice."""
+def test_label_prior_shifts_the_choice(engine):
+    """A prompt file's label_prior is added to a label's log-probability before the choice."""
     data = load_prompts(PROMPTS_FILE).model_dump()
-    data["languages"]["en"]["sentiment"]["label_bias"] = {"negative": 50.0}
+    data["languages"]["en"]["sentiment"]["label_prior"] = {"negative": 50.0}
     biased = Engine(Loaded(engine.model, engine.tok, engine.model_id, 0, True), PromptSet.model_validate(data))
     plain, shifted = engine.judge(["I love it!"], "en")[0], biased.judge(["I love it!"], "en")[0]
     assert plain.label == "positive" and shifted.label == "negative" and shifted.scores == plain.scores
@@ -167,7 +167,7 @@ def test_reply_ends_at_end_of_turn(engine):
 
 def test_eval_command_prints_the_figures(engine):
     """`moodq eval` on a 4-line fixture: accuracy, per-class figures, confusion, invalid rate 0."""
-    from producer.cli import main
+    from worker.cli.main import main
 
     result = CliRunner().invoke(main, ["eval", str(DATA / "eval_small.jsonl"), "--json"])
     assert result.exit_code == 0, result.output
@@ -189,24 +189,24 @@ def test_label_scores_are_not_rounded_to_bfloat16_steps(engine):
     float paths; 0.3 where scoring runs int8, the AVX2 default, where int8 rounding amplifies the small
     differences between the cached and the plain pass: 0.16 measured on 2026-11-24 as the AVX2 class).
     """
-    plan = engine.scorer.plans["en"]
+    frame = engine.scorer.frames["en"]
     noise = 0.3 if engine.plan.score.startswith("int8") else 0.15  # int8 scoring: wider cache noise
     texts = ["The room was fine, I guess.", "Meh.", "Not bad at all, but the food was cold.", "ok"]
     for text, judged in zip(texts, engine.judge(texts, "en", calibrate=False)):
         margin = judged.scores["positive"] - judged.scores["negative"]
         assert abs(margin * 64 - round(margin * 64)) > 1e-3, margin
-        ids = plan.prefix_ids + engine.chat.encode(text) + plan.suffix_ids
+        ids = frame.prefix_ids + engine.chat.encode(text) + frame.suffix_ids
         with torch.inference_mode():
             state = engine.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1].float()
             logits = state @ engine.model.get_output_embeddings().weight.float().T
-        pos, neg = (word[0] for word in plan.label_ids)  # single tokens in the Qwen vocabulary
+        pos, neg = (word[0] for word in frame.label_ids)  # single tokens in the Qwen vocabulary
         assert margin == pytest.approx(float(logits[pos] - logits[neg]), abs=noise)
 
 
 def test_a_long_message_is_read_as_its_opening_and_its_ending(engine):
     """With max_text_tokens, the middle of a long message is skipped: a long neutral middle does
     not change the label, and the scores equal those of the clipped text read in full."""
-    from worker.batching import head_and_tail as _head_and_tail
+    from worker.engine.batching import head_and_tail as _head_and_tail
 
     assert _head_and_tail(list(range(10)), 4) == [0, 1, 8, 9]
     assert _head_and_tail(list(range(10)), 5) == [0, 1, 2, 8, 9]
@@ -233,11 +233,11 @@ def test_an_output_head_with_a_bias_is_scored_exactly(engine):
         tiny.model.lm_head.weight.copy_(old.weight)
         tiny.model.lm_head.bias.normal_(0, 3)
     eng = Engine(tiny, load_prompts(PROMPTS_FILE))
-    plan, text = eng.scorer.plans["en"], "a message"
+    frame, text = eng.scorer.frames["en"], "a message"
     judged = eng.judge([text], "en", calibrate=False)[0]
-    ids = plan.prefix_ids + eng.chat.encode(text) + plan.suffix_ids
+    ids = frame.prefix_ids + eng.chat.encode(text) + frame.suffix_ids
     with torch.inference_mode():
         logp = torch.log_softmax(tiny.model(torch.tensor([ids])).logits[0, -1].float(), dim=-1)
-    for lab, word in zip(eng.labels, plan.label_ids):
+    for lab, word in zip(eng.labels, frame.label_ids):
         assert len(word) == 1  # "Positive" / "Negative" are single tokens in the Qwen vocabulary
         assert judged.scores[lab] == pytest.approx(float(logp[word[0]]), abs=1e-3)

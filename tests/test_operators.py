@@ -18,16 +18,25 @@ import urllib.request
 import pytest
 from click.testing import CliRunner
 
-from producer.cli import main
 from producer.follow import Follower
 from producer.stats import NegativeAlert, rolling
-from tests.conftest import FINISHED, RUN, _start_worker, eventually, free_port, send, wait_final, worker_log
-from worker import launch
-from worker import queue as task_queue
-from worker.app import make_app
-from worker.schemas import Message, Record
-from worker.settings import get_settings, load_settings
-from worker.store import Store
+from tests.conftest import (
+    FINISHED,
+    RUN,
+    _start_worker,
+    eventually,
+    free_port,
+    send,
+    wait_final,
+    worker_log,
+)
+from worker.cli.main import main
+from worker.common.schemas import Message, Record
+from worker.common.settings import get_settings, load_settings
+from worker.common.store import Store
+from worker.jobs import broker as task_queue
+from worker.jobs import launch
+from worker.jobs.app import make_app
 
 
 def cli(args: list[str], **env):
@@ -205,7 +214,7 @@ def test_triage_drafts_replies_for_the_most_negative_first(store, settings):
              "Love it, five stars.", "I want a refund, this is a scam.", "Fast delivery, very happy.",
              "Awful. Crashes every time, total waste of money."]
     ids = send(s, *[{"id": f"tri-{i}", "text": t} for i, t in enumerate(texts)])
-    proc = _start_worker("triage", env, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"])
+    proc = _start_worker("triage", env, [sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"])
     try:
         recs = wait_final(store, ids)
     finally:
@@ -274,7 +283,7 @@ def _get(url: str, auth: str | None = None) -> tuple[int, bytes]:
 def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
     port, auth = free_port(), f"ops:{RUN}-pw"
     log = worker_log("flower")
-    flower = subprocess.Popen([sys.executable, "-m", "producer", "flower", "--port", str(port)],
+    flower = subprocess.Popen([sys.executable, "-m", "worker", "flower", "--port", str(port)],
                               env={**__import__("os").environ, "FLOWER_BASIC_AUTH": auth},
                               stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -306,7 +315,7 @@ def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
         assert status == 200 and re.search(rb'flower_events_total\{.*task="sentiment"', metrics)
         out = cli(["workers"])
         assert out.exit_code == 0 and "prompt_version=" in out.output and "model=embedded" in out.output
-        from worker import cpu
+        from worker.engine import cpu
 
         path = store.get(ids[0]).path  # the record names its path, and it is the one the probe picked
         assert path and " score:" in path and " decode:" in path

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker import probe
-from worker.pace import Pace
-from worker.scoring import Judgement
+from worker.engine import probe
+from worker.engine.pace import Pace
+from worker.engine.scoring import Judgement
 
 
 def test_claims_shrink_with_the_measured_pace():
@@ -66,13 +66,13 @@ class FakePassesEngine:
 def own_store(settings, monkeypatch):
     """The tasks' store on a queue of its own (no worker consumes it, so none claims these messages);
     its records are removed at the end."""
-    from worker import tasks
-    from worker.keys import STATUSES
-    from worker.settings import load_settings
-    from worker.store import Store
+    from worker.common.keys import STATUSES
+    from worker.common.settings import load_settings
+    from worker.common.store import Store
+    from worker.jobs import stage
 
     st = Store(load_settings(queue=f"{settings.queue}-pacing"))
-    monkeypatch.setattr(tasks, "_store", st)
+    monkeypatch.setattr(stage, "_store", st)
     yield st
     ids = st.ids()
     pipe = st.r.pipeline()
@@ -84,12 +84,12 @@ def own_store(settings, monkeypatch):
 
 
 def _pending(store, n, tag):
-    from worker.schemas import Message
+    from worker.common.schemas import Message
 
     records, _ = store.add([Message(id=f"{tag}-{i}", text=f"message {i}") for i in range(n)], replace=True)
     ids = [r.id for r in records]
     store.published(ids)  # no task: nothing for a sweep to publish
-    store.claim("sentiment", n)  # as a claim takes them
+    store.take("sentiment", ids)  # as a claim takes them
     return ids, store.get_many(ids)
 
 
@@ -97,7 +97,7 @@ def _pending(store, n, tag):
 def test_a_claim_out_of_time_stores_its_labels_and_hands_the_rest_back(own_store, case):
     """Real Redis: the passes done are stored as labeled; the rest are pending again, back in the waiting
     list at their own rank, and not counted as an attempt."""
-    from worker.tasks import _label
+    from worker.jobs.tasks import _label
 
     store = own_store
     ids, batch = _pending(store, 4, f"handback-{case[:4]}")
@@ -112,7 +112,7 @@ def test_a_claim_out_of_time_stores_its_labels_and_hands_the_rest_back(own_store
 
 
 def test_a_claim_whose_own_message_is_not_labeled_at_the_limit_retries(own_store):
-    from worker.tasks import _label
+    from worker.jobs.tasks import _label
 
     store = own_store
     ids, batch = _pending(store, 3, "handback-own")

@@ -11,10 +11,18 @@ import torch
 from torch import nn
 
 from tests.conftest import DATA
-from worker import kernels, probe
-from worker.evaluate import read_labeled
-from worker.kernels import BFLOAT16, FBGEMM, FLOAT32, INTMM, WEIGHT_ONLY, PhaseLinear, decoding
-from worker.settings import load_settings
+from worker.common.settings import load_settings
+from worker.engine import kernels, probe
+from worker.engine.kernels import (
+    BFLOAT16,
+    FBGEMM,
+    FLOAT32,
+    INTMM,
+    WEIGHT_ONLY,
+    PhaseLinear,
+    decoding,
+)
+from worker.quality.evaluate import read_labeled
 
 ROWS = probe.Rows(score=640, batch=8)
 
@@ -181,7 +189,7 @@ def test_the_engine_runs_what_its_probe_picked(engine):
 @pytest.fixture(scope="module")
 def plain(engine):
     """The embedded model loaded with float kernels only (MOODQ_QUANT=none), in the engine's dtype."""
-    from worker.loading import load
+    from worker.engine.loading import load
 
     return load(load_settings(threads=2, dtype=engine.plan.dtype, quant="none"))
 
@@ -192,8 +200,8 @@ def test_int8_scoring_agrees_with_the_float_model(engine, plain, kernel):
     """On 64 fixed dev lines (32 zh, 32 en), a float model turned to int8 scoring (as the probe may pick,
     first and last layer float) gives the same label on at least 60 of them; layers were really swapped.
     (On all 800 dev lines both kernels agree with float on 97-98 %: bench/paths.py.)"""
-    from worker.loading import Loaded
-    from worker.model import Engine
+    from worker.engine.loading import Loaded
+    from worker.engine.model import Engine
 
     if engine.plan.table[kernel][str(engine.plan.rows.score)]["ms"] is None:
         pytest.skip(f"{kernel} is wrong or unmeasured on this host: the probe never picks it")

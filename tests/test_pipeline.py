@@ -25,7 +25,7 @@ SEEDS = {
 
 
 def moodq(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "producer", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "worker", *args], input=stdin, capture_output=True,
                           text=True, cwd=ROOT, env=os.environ, timeout=300)
 
 
@@ -62,7 +62,7 @@ def test_file_enqueued_through_cli_is_processed_end_to_end(worker, store, settin
 
 def test_seed_messages_get_sensible_labels(worker, store, settings):
     """The seed documents' three samples: one positive, two negative, through the real worker."""
-    from worker.app import app
+    from worker.jobs.app import app
 
     msgs = [to_message({"id": f"seed-{i}", "text": t}, settings.max_chars) for i, t in enumerate(SEEDS)]
     enqueue(msgs, settings, app, replace=True)
@@ -72,7 +72,7 @@ def test_seed_messages_get_sensible_labels(worker, store, settings):
 
 def test_reenqueueing_an_id_does_not_duplicate_its_record(worker, store, settings):
     """A second enqueue of a known id is reported as a duplicate and leaves one record."""
-    from worker.app import app
+    from worker.jobs.app import app
 
     msg = to_message({"id": "dup-1", "text": "Great support, thanks!"}, settings.max_chars)
     first = enqueue([msg], settings, app)
@@ -86,7 +86,7 @@ def test_reenqueueing_an_id_does_not_duplicate_its_record(worker, store, setting
 
 def test_history_reaches_the_reply_but_never_the_sentiment(worker, store, settings, engine):
     """In a conversation the reply sees the earlier turn; the label is what the message alone gets."""
-    from worker.app import app
+    from worker.jobs.app import app
 
     texts = ["My order #7 never arrived.", "Actually it just came and it is wonderful!"]
     msgs = [to_message({"id": f"conv-{i}", "text": t, "conversation_id": "c-1"}, settings.max_chars)
@@ -103,7 +103,7 @@ def test_history_reaches_the_reply_but_never_the_sentiment(worker, store, settin
 
 def test_worker_batches_waiting_messages_but_keeps_one_record_each(worker, store, settings):
     """A backlog is scored and replied to in batches; every message still has its own record and tasks."""
-    from worker.app import app
+    from worker.jobs.app import app
 
     texts = ["Great service!", "Awful, it broke.", "Love the colour.", "Refund me now.", "Works fine, thanks.",
              "Never buying again.", "Fast delivery.", "Rude staff.", "Five stars.", "Box was crushed.",

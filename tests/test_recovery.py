@@ -15,16 +15,26 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from producer.cli import main
 from producer.follow import Follower
-from tests.conftest import (FINISHED, ROOT, RUN, assert_one_final_record_each, eventually, limit, send, start_fault_worker, wait_final,
-                            worker_log)
-from worker import launch
-from worker import queue as task_queue
-from worker.app import make_app
-from worker.schemas import Message
-from worker.settings import load_settings
-from worker.store import Store
+from tests.conftest import (
+    FINISHED,
+    ROOT,
+    RUN,
+    assert_one_final_record_each,
+    eventually,
+    limit,
+    send,
+    start_fault_worker,
+    wait_final,
+    worker_log,
+)
+from worker.cli.main import main
+from worker.common.schemas import Message
+from worker.common.settings import load_settings
+from worker.common.store import Store
+from worker.jobs import broker as task_queue
+from worker.jobs import launch
+from worker.jobs.app import make_app
 
 
 @pytest.fixture
@@ -39,7 +49,7 @@ def own(settings):
 @pytest.fixture
 def cli_on(monkeypatch):
     """Point the in-process `moodq` CLI at other settings (its settings object is cached per process)."""
-    from worker.settings import get_settings
+    from worker.common.settings import get_settings
 
     def use(s) -> None:
         monkeypatch.setenv("MOODQ_KEY_PREFIX", s.key_prefix)
@@ -61,7 +71,7 @@ def test_a_worker_whose_model_cannot_load_takes_no_message_and_exits_non_zero(ow
     ids = send(own, *[{"id": f"nomodel-{i}", "text": f"message {i}"} for i in range(3)])
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(b"GGUF" + os.urandom(4096))
-    run = subprocess.run([sys.executable, "-m", "producer", "worker", "-c", "1"], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "worker", "worker", "-c", "1"], capture_output=True, text=True,
                          env=_env(own, MOODQ_MODEL=str(corrupt)), cwd=ROOT, timeout=300)
     assert run.returncode == 2 and "is not a readable GGUF" in run.stderr, run.stderr[-2000:]
     # A model the start-up check accepts but the pool process cannot load (config and tokenizer, no weights):
@@ -72,12 +82,12 @@ def test_a_worker_whose_model_cannot_load_takes_no_message_and_exits_non_zero(ow
     engine.tok.save_pretrained(tmp_path / "noweights")
     log = worker_log("noweights")
     with log.open("w") as out:
-        run = subprocess.run([sys.executable, "-m", "producer", "worker", "-c", "2"], stdout=out,
+        run = subprocess.run([sys.executable, "-m", "worker", "worker", "-c", "2"], stdout=out,
                              stderr=subprocess.STDOUT, env=_env(own, MOODQ_MODEL=str(tmp_path / "noweights")),
                              cwd=ROOT, timeout=300)
     assert run.returncode == 1, log.read_text()[-3000:]
     assert "stopping this worker so it takes no messages" in log.read_text()
-    from worker.upkeep import health
+    from worker.jobs.upkeep import health
 
     why = [h["why"] for h in health(own).values()]  # what `moodq check` prints, after the worker is gone
     assert why and "no file named model.safetensors" in why[0], why
@@ -110,7 +120,7 @@ def test_records_whose_task_was_never_published_are_swept(worker, store, setting
 def test_a_worker_sweeps_and_prunes_on_its_own(own, tmp_path):
     """Without `moodq sweep`: a running worker publishes what a dead producer wrote but never sent, and
     clears the ids of expired records from the sets, in its upkeep thread, while it keeps consuming."""
-    from worker.schemas import Message
+    from worker.common.schemas import Message
 
     env = {"MOODQ_KEY_PREFIX": own.key_prefix, "MOODQ_QUEUE": own.queue, "MOODQ_REPLY_LABELS": "none",
            "MOODQ_SWEEP_INTERVAL_S": "0.5", "MOODQ_SWEEP_AFTER_S": "1"}

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from tests.conftest import DATA
 from tests.test_model import _tiny
-from worker.model import Engine
+from worker.engine.model import Engine
 
 pytestmark = pytest.mark.model
 
@@ -84,7 +84,7 @@ def test_a_cut_reply_says_why(engine):
 
 
 def test_eval_replies_writes_one_line_per_message(engine, tmp_path):
-    from producer.cli import main
+    from worker.cli.main import main
 
     out = tmp_path / "replies.jsonl"
     result = CliRunner().invoke(main, ["eval", str(DATA / "eval_small.jsonl"), "--replies", "--out", str(out),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.reply_checks import flags
+from worker.quality.reply_checks import flags
 
 CASES = [
     # (reply, message, lang, expected flags)

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import (EXTRA_QUEUES, FINISHED, eventually, limit, send, start_fault_worker, wait_final)
-from worker import launch
-from worker.schemas import Message
-from worker.settings import load_settings
-from worker.store import Store
+from tests.conftest import (
+    EXTRA_QUEUES,
+    FINISHED,
+    eventually,
+    limit,
+    send,
+    start_fault_worker,
+    wait_final,
+)
+from worker.common.schemas import Message
+from worker.common.settings import load_settings
+from worker.common.store import Store
+from worker.jobs import launch
 
 pytestmark = [pytest.mark.worker, pytest.mark.model]
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from tests.test_model import _tiny
-from worker import kernels, replying
-from worker.model import Engine
-from worker.replying import Request, checked
+from worker.engine import kernels
+from worker.engine.model import Engine
+from worker.quality import replying
+from worker.quality.replying import Request, checked
 
 pytestmark = pytest.mark.model  # the embedded tokenizer
 

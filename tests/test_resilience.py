@@ -13,12 +13,22 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import (FINISHED, ROOT, RUN, _start_worker, assert_one_final_record_each, free_port, send,
-                            start_fault_worker, wait_final, worker_log)
-from worker import launch
-from worker.app import make_app
-from worker.settings import load_settings
-from worker.store import Store
+from tests.conftest import (
+    FINISHED,
+    ROOT,
+    RUN,
+    _start_worker,
+    assert_one_final_record_each,
+    free_port,
+    send,
+    start_fault_worker,
+    wait_final,
+    worker_log,
+)
+from worker.common.settings import load_settings
+from worker.common.store import Store
+from worker.jobs import launch
+from worker.jobs.app import make_app
 
 pytestmark = [pytest.mark.worker, pytest.mark.model]
 
@@ -128,7 +138,7 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path):
     s = load_settings(redis_url=server.url, reply_labels="negative", queue=env["MOODQ_QUEUE"])
     store = Store(s)
     log = tmp_path / "worker.log"
-    proc = _start_worker("restart", env, [sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"], log)
+    proc = _start_worker("restart", env, [sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"], log)
     try:
         first = send(s, *[{"id": f"r1-{i}", "text": f"Delivery {i} was late and the box was damaged."}
                            for i in range(30)])
@@ -173,7 +183,7 @@ def test_dead_letters_are_listed_and_requeued_from_their_records(fault_worker, w
     (on the default queue, where the main worker picks it up)."""
     from click.testing import CliRunner
 
-    from producer.cli import main
+    from worker.cli.main import main
 
     ids = send(fault_worker, {"id": "dead-1", "text": "[transient:3] I want my money back"})
     assert wait_final(store, ids)["dead-1"].status == "failed"  # 3 faults > max_retries 2

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from worker.keys import STATUSES
-from worker.schemas import Message
+from worker.common.keys import STATUSES
+from worker.common.schemas import Message
 
 
 def test_adding_a_known_id_is_a_duplicate_unless_replaced(store):
@@ -44,9 +44,9 @@ def test_a_sentiment_claim_stays_within_its_character_budget(settings):
     """A task takes waiting messages in rank order while they fit its budget; the rest, and
     what it does not accept, keep their ranks; a corrupt record is left out, to fail
     alone in its own task, and dropped from the list (real Redis; the claim logic only)."""
-    from worker.claims import claim
-    from worker.settings import load_settings
-    from worker.store import Store
+    from worker.common.settings import load_settings
+    from worker.common.store import Store
+    from worker.jobs.claims import claim
 
     own = Store(load_settings(redis_url=settings.redis_url, key_prefix=f"{settings.key_prefix}-claim"))
     texts = {"c-0": "a" * 10, "c-1": "b" * 50, "c-2": "c" * 30, "c-bad": "x", "c-3": "d" * 5, "c-4": "skip me"}
@@ -57,7 +57,7 @@ def test_a_sentiment_claim_stays_within_its_character_budget(settings):
     try:
         taken = claim(own, "sentiment", leader, 10, lambda r: r.text != "skip me", chars=40)
         assert [r.id for r in taken] == ["c-2", "c-3"]  # c-0 is the leader itself, c-1 (50) does not fit
-        assert own.claim("sentiment", 10) == {"c-0": 0.0, "c-1": 1.0, "c-4": 5.0}  # the leader's task removes c-0
+        assert own.waiting("sentiment", 10) == {"c-0": 0.0, "c-1": 1.0, "c-4": 5.0}  # the leader's task removes c-0
     finally:
         own.delete_all()  # everything under its own prefix, todo list included
 
@@ -86,8 +86,8 @@ def test_replace_moves_the_id_to_pending_in_one_step(store):
 
 def test_prune_drops_the_ids_of_expired_records_from_every_set(settings):
     """A record that expired (TTL) leaves no ghost: status sets, index and waiting lists lose its id."""
-    from worker.settings import load_settings
-    from worker.store import Store
+    from worker.common.settings import load_settings
+    from worker.common.store import Store
 
     own = Store(load_settings(redis_url=settings.redis_url, key_prefix=f"{settings.key_prefix}-prune"))
     try:
@@ -135,8 +135,8 @@ def test_update_returns_the_record_it_wrote_after_a_watch_conflict(store):
 def test_prune_keeps_an_id_that_is_added_again_while_it_runs(settings):
     """Follow and stream ids are deterministic, so an expired id can come back while prune runs: the check
     that its record is gone and the removal are one step, and the new record keeps its status and places."""
-    from worker.settings import load_settings
-    from worker.store import Store
+    from worker.common.settings import load_settings
+    from worker.common.store import Store
 
     s = load_settings(redis_url=settings.redis_url, key_prefix=f"{settings.key_prefix}-prune-race")
     own = Store(s)
@@ -174,9 +174,9 @@ def test_replace_keeps_a_conversation_turn_in_its_place(store):
 def test_messages_a_claim_rejects_do_not_block_the_ones_behind_them(settings):
     """Ten waiting messages no claim of this kind accepts sit at the head of the list: a claim still takes
     the acceptable ones behind them, leaves the rejected in place, and drops ids nothing waits for any more."""
-    from worker.claims import claim
-    from worker.settings import load_settings
-    from worker.store import Store
+    from worker.common.settings import load_settings
+    from worker.common.store import Store
+    from worker.jobs.claims import claim
 
     own = Store(load_settings(redis_url=settings.redis_url, key_prefix=f"{settings.key_prefix}-hol"))
     try:

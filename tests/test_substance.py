@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.substance import FAILS, misses, sendable
+from worker.quality.substance import FAILS, misses, sendable
 
 GRADED = Path(__file__).resolve().parent.parent / "bench" / "data" / "desk_graded.jsonl"
 CATEGORIES = {"faulty_product", "delivery", "billing", "rude_staff", "praise", "question", "vague_anger",

@@ -17,11 +17,9 @@ import yaml
 
 from producer import sources
 from tests.conftest import DATA, ROOT
-from worker.errors import ConfigError
-from worker.prompts import load_prompts
-from worker.settings import PROMPTS_FILE, load_settings
-
-
+from worker.common.errors import ConfigError
+from worker.common.prompts import load_prompts
+from worker.common.settings import PROMPTS_FILE, load_settings
 
 
 def test_settings_read_from_environment(monkeypatch):
@@ -154,7 +152,7 @@ def test_enqueue_exits_non_zero_when_nothing_valid_went_in(tmp_path):
     """A script must be able to tell: every line rejected (or no file at all) is exit 1 / a usage error."""
     from click.testing import CliRunner
 
-    from producer.cli import main
+    from worker.cli.main import main
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": ""}\n{broken\n', encoding="utf-8")
@@ -167,7 +165,7 @@ def test_unreachable_redis_is_one_clear_error():
     """Said at once, no traceback, exit 2 within seconds, and the URL (without password) in the message."""
     env = {**os.environ, "MOODQ_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0"}
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "producer", "watch"], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "worker", "watch"], capture_output=True, text=True,
                          env=env, cwd=ROOT, timeout=60)
     assert run.returncode == 2 and time.monotonic() - started < 30  # the worker-side retries last ~35 s
     assert run.stderr.startswith("connecting to Redis at redis://:**@127.0.0.1:1/0 (retrying")

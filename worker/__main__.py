@@ -1,3 +1,3 @@
-from producer.cli import main
+from worker.cli.main import main
 
 main()

@@ -11,11 +11,11 @@ from kombu.utils.url import maybe_sanitize_url
 from tqdm import tqdm
 
 from producer import sources
+from producer.clitools import option, quiet, reach
 from producer.enqueue import enqueue as enqueue_messages
 from producer.enqueue import retry_failed as retry_messages
 from producer.progress import watch
-from worker.clitools import option, quiet, reach
-from worker.settings import get_settings
+from worker.common.settings import get_settings
 
 stage_option = option("--stage", type=click.Choice(["sentiment", "reply"]), default=None,
                       help="Only failures of this stage.")
@@ -25,7 +25,7 @@ contains_option = option("--error-contains", "contains", default=None,
 
 def prompt_languages(settings) -> set[str]:
     """The languages the workers have prompts for; a message asking for another is refused at enqueue."""
-    from worker.prompts import load_prompts
+    from worker.common.prompts import load_prompts
 
     return set(load_prompts(settings.prompts).languages)
 
@@ -49,7 +49,7 @@ def enqueue(files, fmt, replace, batch_size, watch_after):
     """
     if not files:
         raise click.UsageError("give one or more files, or '-' to read stdin")
-    from worker.app import make_app
+    from worker.jobs.app import make_app
 
     s = get_settings()
     store, app, languages = reach(s), make_app(s), prompt_languages(s)
@@ -104,7 +104,7 @@ def follow(source, fmt, max_queue):
     """Enqueue from a never-ending SOURCE as messages arrive: '-' (stdin), a growing file,
     or redis-stream:KEY (a Redis Stream on the configured Redis, consumer group 'moodq')."""
     from producer.follow import Follower
-    from worker.app import make_app
+    from worker.jobs.app import make_app
 
     s = get_settings()
     reach(s)
@@ -158,7 +158,7 @@ def retry_failed(ids, everything, stage, contains, dry_run):
     if dry_run:
         click.echo(f"would re-queue {len(ready)}: {' '.join(ready[:20])}{' ...' if len(ready) > 20 else ''}")
     else:
-        from worker.app import make_app
+        from worker.jobs.app import make_app
 
         res = retry_messages(tqdm(ready, desc="retry-failed", unit="msg", disable=quiet() or None), s,
                              make_app(s), store=store)
@@ -176,8 +176,8 @@ def sweep(older_than):
     of expired records from the status sets and the index.
 
     Workers do this every MOODQ_SWEEP_INTERVAL_S; run it by hand after killing a producer."""
-    from worker.app import make_app
-    from worker.publish import sweep as run_sweep
+    from worker.jobs.app import make_app
+    from worker.jobs.publish import sweep as run_sweep
 
     s = get_settings()
     store = reach(s)

@@ -11,13 +11,13 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from producer.clitools import option, quiet, reach
 from producer.commands.feed import contains_option, failed_records, stage_option
 from producer.progress import watch as watch_progress
 from producer.stats import WINDOWS, NegativeAlert, rolling, table
-from worker.clitools import option, quiet, reach
-from worker.keys import STATUSES
-from worker.schemas import EXPORT_COLUMNS, Record
-from worker.settings import get_settings
+from worker.common.keys import STATUSES
+from worker.common.schemas import EXPORT_COLUMNS, Record
+from worker.common.settings import get_settings
 
 
 @click.command()

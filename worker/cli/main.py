@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import click
 
-from producer.commands import feed, results, trial
-from worker import commands as workers
-from worker.clitools import Group, settings_help
+from producer.clitools import Group, settings_help
+from producer.commands import feed, results
+from worker.cli import operate as workers
+from worker.cli import trial
 
 COMMANDS = [
     # putting work in, taking it out

@@ -11,14 +11,14 @@ import sys
 
 import click
 
-from worker.clitools import option, quiet
-from worker.settings import get_settings
+from producer.clitools import option, quiet
+from worker.common.settings import get_settings
 
 
 def preflight() -> None:
     """Fail fast, in the main process, on a broken prompt file or a missing or corrupt model."""
-    from worker.loading import check_model
-    from worker.prompts import load_prompts
+    from worker.common.prompts import load_prompts
+    from worker.engine.loading import check_model
 
     s = get_settings()
     load_prompts(s.prompts)
@@ -38,7 +38,7 @@ def worker(concurrency, loglevel, celery_args):
     preflight()
     from celery.bin.celery import celery as celery_cli
 
-    from worker.app import app
+    from worker.jobs.app import app
 
     s = get_settings()
     celery_cli.params[0].default = app  # what app.worker_main does, but keeping the exit code
@@ -46,14 +46,14 @@ def worker(concurrency, loglevel, celery_args):
     # full second before the worker takes tasks; moodq does not revoke tasks.
     code = celery_cli.main(args=["worker", "-Q", s.queue, "-c", str(concurrency), "-P", "prefork", "-l", loglevel,
                                  "-E", "--without-mingle", *celery_args], standalone_mode=False)
-    sys.exit(code or 0)  # 1 when a process could not load the model (worker.upkeep)
+    sys.exit(code or 0)  # 1 when a process could not load the model (worker.jobs.upkeep)
 
 
 @click.command()
 @option("--timeout", type=float, default=2.0, help="Seconds to wait for workers to answer.")
 def workers(timeout):
     """What every live worker runs: model, CPU class and compute path, prompt version, queue, concurrency."""
-    from worker.app import make_app
+    from worker.jobs.app import make_app
 
     replies = make_app(get_settings()).control.broadcast("moodq", reply=True, timeout=timeout)
     if not replies:
@@ -74,7 +74,7 @@ def flower(port, address, flower_args):
     needs it too (Prometheus: basic_auth in the scrape config)."""
     if not os.environ.get("FLOWER_BASIC_AUTH") and address not in ("127.0.0.1", "localhost"):
         raise click.UsageError("refusing to serve Flower beyond localhost without FLOWER_BASIC_AUTH=user:password")
-    argv = [sys.executable, "-m", "worker.dashboard", f"--port={port}", f"--address={address}",
+    argv = [sys.executable, "-m", "worker.jobs.dashboard", f"--port={port}", f"--address={address}",
             "--purge_offline_workers=60", *flower_args]
     os.execv(sys.executable, argv)
 
@@ -100,9 +100,9 @@ def evaluate(file, as_json, calibrate, batch_size, lang, limit, skip, replies, o
     """Accuracy of the sentiment path on a JSONL file with `text` and `label` fields."""
     from tqdm import tqdm
 
-    from worker.evaluate import evaluate as run_eval
-    from worker.evaluate import read_labeled
-    from worker.resident import engine
+    from worker.jobs.resident import engine
+    from worker.quality.evaluate import evaluate as run_eval
+    from worker.quality.evaluate import read_labeled
 
     if (out or judge) and not replies:
         raise click.UsageError("--out and --judge need --replies")
@@ -115,12 +115,12 @@ def evaluate(file, as_json, calibrate, batch_size, lang, limit, skip, replies, o
     if not replies:
         click.echo(report.as_json() if as_json else report.as_text())
         return
-    from worker.reply_eval import evaluate_replies
+    from worker.quality.reply_eval import evaluate_replies
 
     with tqdm(desc="replies", unit="reply", disable=quiet() or None) as bar:
         replies_report, lines = evaluate_replies(eng, rows, get_settings(), lang=lang, progress=bar.update)
     if judge:
-        from worker.reply_eval import add_judge
+        from worker.quality.reply_eval import add_judge
 
         add_judge(replies_report, lines, judge)
     if as_json:  # one document: {"sentiment": ..., "replies": ...}
@@ -145,9 +145,9 @@ def probe(fresh, concurrency, as_json):
     Measured once per host and cached in MOODQ_CACHE_DIR/probe; workers read the same table."""
     import torch
 
-    from worker.loading import measured_plan
-    from worker.probe import table_text
-    from worker.resident import threads_per_process
+    from worker.engine.loading import measured_plan
+    from worker.engine.probe import table_text
+    from worker.jobs.resident import threads_per_process
 
     s = get_settings()
     torch.set_num_threads(threads_per_process(concurrency, s))
@@ -156,7 +156,7 @@ def probe(fresh, concurrency, as_json):
         click.echo(json.dumps({"path": str(plan), "dtype": plan.dtype, "score": plan.score, "decode": plan.decode,
                                "source": plan.source, "threads": torch.get_num_threads(), "table": plan.table}))
     else:
-        from worker import cpu
+        from worker.engine import cpu
 
         click.echo(f"{cpu.describe()}; {torch.get_num_threads()} threads per process\n{table_text(plan)}")
 
@@ -168,8 +168,8 @@ def check(this_host, as_json):
     """Exit 0 when every worker (at least one) has loaded its model and beats; 1 otherwise; 2 when Redis is down.
 
     Reads the heartbeats workers write every MOODQ_HEARTBEAT_S (no broadcast, no model load)."""
-    from worker.clitools import reach
-    from worker.upkeep import health
+    from producer.clitools import reach
+    from worker.jobs.upkeep import health
 
     s = get_settings()
     reach(s, wait_s=2)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import click
 
+from producer.clitools import option, reach
 from producer.commands.feed import prompt_languages
 from producer.enqueue import enqueue
 from producer.progress import wait_for
 from producer.sources import to_message
-from worker.clitools import option, reach
-from worker.prompts import load_prompts
-from worker.settings import get_settings
+from worker.common.prompts import load_prompts
+from worker.common.settings import get_settings
 
 DEMO_MESSAGES = [
     {"id": "demo-1", "text": "今天的实验终于成功了，太棒了！"},
@@ -35,7 +35,7 @@ DEMO_MESSAGES = [
 @option("--timeout", type=float, default=300, help="Seconds to wait for the result through the queue.")
 def ask(text, local, lang, timeout):
     """Label one message, printing the label as soon as it is known, then the reply."""
-    from worker.app import app
+    from worker.jobs.app import app
 
     s = get_settings()
     try:
@@ -75,14 +75,14 @@ def _review_note(rec) -> str:
 
 
 def _ask_local(msg, s) -> None:
-    from worker.resident import engine
+    from worker.jobs.resident import engine
 
     eng = engine(s)
     lang = eng.prompts.language_of(msg.text, msg.lang)
     j = eng.judge([msg.text], lang)[0]
     click.echo(f"label: {j.label} ({j.confidence:.2f})")
     if s.replies_for(j.label):
-        from worker.replying import Request, checked
+        from worker.quality.replying import Request, checked
 
         _, reply = next(checked(eng, [Request(msg.text, j.label, lang)], slots=1, redrafts=s.redrafts,
                                 **s.draft_options()))
@@ -107,9 +107,9 @@ def _table(records) -> str:
 @option("--json", "as_json", is_flag=True, help="Print the full records as JSON lines instead of a table.")
 def demo(timeout, as_json):
     """Start a worker, run the sample messages end to end, print the results, stop the worker."""
-    from worker import launch
-    from worker.app import app
-    from worker.procinfo import tree_peak_rss_mb
+    from worker.common.procinfo import tree_peak_rss_mb
+    from worker.jobs import launch
+    from worker.jobs.app import app
 
     s = get_settings()
     load_prompts(s.prompts)  # a broken prompt file fails here; the model is checked by the worker's own start-up
@@ -118,7 +118,7 @@ def demo(timeout, as_json):
     click.echo("starting a worker; the first start on a machine de-quantises the GGUF (about a minute) ...",
                err=True)
     log = Path(tempfile.gettempdir()) / f"moodq-demo-{os.getpid()}.log"
-    proc = launch.start([sys.executable, "-m", "producer", "worker", "-c", "1", "-l", "INFO"], {}, log,
+    proc = launch.start([sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"], {}, log,
                         f"demo-{os.getpid()}@%h", timeout=timeout, ready_text="ready in")
     try:
         msgs = [to_message(m, s.max_chars) for m in DEMO_MESSAGES]

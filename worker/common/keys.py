@@ -2,7 +2,7 @@
 
 All keys sit under the settings' ``key_prefix`` (default ``moodq``), so one Redis can host
 several deployments and ``moodq purge`` removes exactly one. The task queue itself belongs to
-kombu: its lists and bindings are reached through kombu's channel API (:mod:`worker.queue`),
+kombu: its lists and bindings are reached through kombu's channel API (:mod:`worker.jobs.broker`),
 never by hand-written key names.
 
   rec:<id>              the record, as JSON (expires ``record_ttl_days`` after its last change)

@@ -11,12 +11,19 @@ from pathlib import Path
 from string import Template
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
-from worker.errors import ConfigError, readable
+from worker.common.errors import ConfigError, readable
 
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LETTER = re.compile(r"[^\W\d_]")
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+LETTER = re.compile(r"[^\W\d_]")
 
 
 class Strict(BaseModel):
@@ -36,7 +43,8 @@ class SentimentPrompt(Strict):
     calibrate: list[str] = Field(default_factory=lambda: ["", "N/A", "[MASK]"],
                                  description="Content-free inputs whose label prior calibration divides out.")
     calibration: bool = Field(True, description="Apply contextual calibration by default (eval can override).")
-    label_bias: dict[str, float] = Field(default_factory=dict, description="Per label: added to its log-probability "
+    label_prior: dict[str, float] = Field(default_factory=dict, validation_alias=AliasChoices("label_prior", "label_bias"),
+                                          description="Per label: added to its log-probability "
                                          "before the choice (a prior measured on data, e.g. to make neutral rarer).")
 
     def render_user(self, text: str) -> str:
@@ -82,8 +90,8 @@ class PromptSet(Strict):
                     f"{where}.label_words must name exactly the labels {sorted(labels)}, got {sorted(s.label_words)}")
             if len(set(s.label_words.values())) != len(labels):
                 raise ValueError(f"{where}.label_words must be distinct words")
-            if set(s.label_bias) - labels:
-                raise ValueError(f"{where}.label_bias: unknown labels {sorted(set(s.label_bias) - labels)}")
+            if set(s.label_prior) - labels:
+                raise ValueError(f"{where}.label_prior: unknown labels {sorted(set(s.label_prior) - labels)}")
             for i, ex in enumerate(s.examples):
                 if ex.label not in labels:
                     raise ValueError(f"{where}.examples[{i}]: unknown label {ex.label!r} (labels: {sorted(labels)})")
@@ -101,8 +109,8 @@ class PromptSet(Strict):
             if requested not in self.languages:
                 raise KeyError(requested)
             return requested
-        cjk = len(_CJK.findall(text))
-        letters = len(_LETTER.findall(text))
+        cjk = len(CJK.findall(text))
+        letters = len(LETTER.findall(text))
         guess = "zh" if letters and cjk / letters >= 0.2 else "en"
         return guess if guess in self.languages else next(iter(self.languages))
 

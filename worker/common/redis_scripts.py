@@ -1,4 +1,4 @@
-"""The Lua scripts the store runs, each one atomic in Redis (keys: worker/keys.py)."""
+"""The Lua scripts the store runs, each one atomic in Redis (keys: worker/common/keys.py)."""
 
 # KEYS: index, todo:sentiment, unpublished, status:pending, then every other status set, then the rec:
 # and conv: prefixes. ARGV: [ttl, replace, conversation keep, todo keep, now] as JSON, then per message its id,

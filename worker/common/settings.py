@@ -14,11 +14,11 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.errors import ConfigError, readable
-from worker.keys import Keys
+from worker.common.errors import ConfigError, readable
+from worker.common.keys import Keys
 
 EMBEDDED = "embedded"
-PROMPTS_FILE = Path(__file__).resolve().parent.parent / "prompts" / "default.yaml"
+PROMPTS_FILE = Path(__file__).resolve().parents[2] / "prompts" / "default.yaml"
 
 
 def _default_cache_dir() -> Path:

@@ -1,6 +1,6 @@
 """Durable records in Redis, one per message id, and bounded conversation history.
 
-The keys are listed in :mod:`worker.keys`. Every write is idempotent: a task that runs
+The keys are listed in :mod:`worker.common.keys`. Every write is idempotent: a task that runs
 twice rewrites the same record.
 """
 
@@ -16,11 +16,11 @@ from pydantic import ValidationError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from worker.errors import BadMessage
-from worker.keys import STATUSES
-from worker.redis_scripts import ADD_SCRIPT, PRUNE_SCRIPT, TAKE_SCRIPT
-from worker.schemas import FINAL, Message, Record
-from worker.settings import Settings
+from worker.common.errors import BadMessage
+from worker.common.keys import STATUSES
+from worker.common.redis_scripts import ADD_SCRIPT, PRUNE_SCRIPT, TAKE_SCRIPT
+from worker.common.schemas import FINAL, Message, Record
+from worker.common.settings import Settings
 
 CONVERSATION_KEEP = 200  # ids kept per conversation; the reply reads only the last few
 RETRIES = 20  # per command, backing off up to 2 s: survives a Redis restart of ~30 s
@@ -46,12 +46,6 @@ class Store:
         if ranked:
             self.r.pipeline(transaction=False).zadd(self.k.todo(stage), ranked).zremrangebyrank(
                 self.k.todo(stage), TODO_KEEP, -1).execute()
-
-    def claim(self, stage: str, n: int) -> dict[str, float]:
-        """Take up to ``n`` waiting ids for ``stage``, first-ranked first (id -> rank)."""
-        if n <= 0:
-            return {}
-        return dict(self.r.zpopmin(self.k.todo(stage), n))
 
     def waiting(self, stage: str, n: int) -> dict[str, float]:
         """The first ``n`` ids waiting for ``stage`` (id -> rank), left in the list."""

@@ -7,7 +7,7 @@ import functools
 
 from transformers import PreTrainedTokenizerBase
 
-from worker.prompts import Language, PromptSet
+from worker.common.prompts import Language, PromptSet
 
 SENTINEL = "\u2063MOODQ_TEXT\u2063"
 
@@ -60,7 +60,7 @@ class Chat:
     @functools.lru_cache(maxsize=None)  # noqa: B019 (a Chat lives as long as its process; few label x language keys)
     def reply_prefix(self, label: str, lang: str) -> tuple[int, ...]:
         """Token ids of the reply conversation's fixed start, its system turn for (label, language):
-        the same for every message, so it is tokenized once and its KV cache computed once (worker.drafting)."""
+        the same for every message, so it is tokenized once and its KV cache computed once (worker.engine.drafting)."""
         return tuple(self.encode(self.render(self.reply_messages("", label, lang, [])[:1], generation=False)))
 
     def opening(self, label: str, lang: str) -> str:

@@ -2,7 +2,7 @@
 
 Nothing here chooses a kernel: flags cannot tell how fast a kernel runs (``torch._int_mm`` is a
 scalar loop on AVX2 without VNNI; an emulated bfloat16 GEMM is ~150x slower than float32), so the
-compute path is measured on the host by :mod:`worker.probe`. The class below only names the host.
+compute path is measured on the host by :mod:`worker.engine.probe`. The class below only names the host.
 """
 
 from __future__ import annotations

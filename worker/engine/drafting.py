@@ -11,19 +11,32 @@ import functools
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from transformers import (
-    LogitsProcessorList, NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor, PreTrainedModel,
-    RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper,
+    LogitsProcessorList,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
+    PreTrainedModel,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
 )
 
-from worker import kvcache
-from worker.chat import Chat, History
-from worker.kernels import decoding
-from worker.pace import Pace
+from worker.engine import kvcache
+from worker.engine.chat import Chat, History
+from worker.engine.kernels import decoding
+from worker.engine.pace import Pace
 
-Item = tuple[str, str, str, History]  # (text, label, lang, history)
+
+class Request(NamedTuple):
+    """What one reply is drafted from (a plain 4-tuple in this order works too)."""
+
+    text: str
+    label: str
+    lang: str
+    history: History = ()
 
 
 @dataclass
@@ -65,14 +78,14 @@ class Drafter:
         self.rows_join = kvcache.rows_can_join(model)
         self._prefixes: dict[tuple[int, ...], object] = {}  # system prompt ids -> their KV cache
 
-    def draft_many(self, items: list[Item], *, slots: int | None = None, **options) -> list[Draft]:
+    def draft_many(self, items: list[Request], *, slots: int | None = None, **options) -> list[Draft]:
         """A reply for every item, in order, at most ``slots`` (default: all) drafted at a time; see :meth:`stream`."""
         drafts: list[Draft | None] = [None] * len(items)
         for i, draft in self.stream(items, slots=slots or len(items), **options):
             drafts[i] = draft
         return drafts
 
-    def stream(self, items: Iterable[Item], *, slots: int, max_new_tokens: int, deadline_s: float, sampling: dict,
+    def stream(self, items: Iterable[Request], *, slots: int, max_new_tokens: int, deadline_s: float, sampling: dict,
                until: float | None = None) -> Iterator[tuple[int, Draft]]:
         """(index, draft) for each item as its reply ends, at most ``slots`` drafted at a time.
 
@@ -98,7 +111,7 @@ class Drafter:
     def _fill(self, batch: _Batch, pending, slots: int, choose, deadline_s: float, until: float | None) -> None:
         """Free slots take the next items: each prompt prefilled alone, then joined to the batch."""
         while len(batch.rows) < slots and (nxt := next(pending, None)) is not None:
-            i, (text, label, lang, history) = nxt
+            i, (text, label, lang, history) = nxt[0], Request(*nxt[1])
             prompt = self.chat.reply_prompt(text, label, lang, history)
             row_cache, logits = self._prefill(prompt, self.chat.reply_prefix(label, lang))
             deadline = time.monotonic() + deadline_s

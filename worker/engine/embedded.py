@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import ModelError
+from worker.common.errors import ModelError
 
 CHUNK = 1 << 20
 

@@ -2,7 +2,7 @@
 
 Two phases: ``score`` (label scoring: a claim's messages in one pass, hundreds of rows per call) and
 ``decode`` (reply drafting, inside :func:`decoding`: each prompt's prefill, then one row per running
-reply per step). Which kernel runs in each phase is measured on the host by :mod:`worker.probe`;
+reply per step). Which kernel runs in each phase is measured on the host by :mod:`worker.engine.probe`;
 nothing here reads CPU flags.
 
 Candidates (each takes activations of any float dtype and returns that dtype):
@@ -226,7 +226,7 @@ def own_memory(model: nn.Module) -> None:
 
 def apply(model: nn.Module, dtype: str, score: str, decode: str) -> int:
     """Swap ``model``'s Linear layers for :class:`PhaseLinear` ones running ``score`` / ``decode``;
-    returns how many were swapped. The output head scores in float (worker.scoring reads its rows)
+    returns how many were swapped. The output head scores in float (worker.engine.scoring reads its rows)
     and drafts with ``decode``; with int8 scoring, the first and last decoder layers score in float."""
     if score == dtype and decode == dtype:
         return 0  # the plain float model: nothing to swap

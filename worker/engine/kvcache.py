@@ -1,5 +1,5 @@
 """KV caches as batches of rows: the argument's name, and joining, dropping and trimming rows of
-a left-padded transformers ``DynamicCache`` (what continuous batching in worker.drafting needs)."""
+a left-padded transformers ``DynamicCache`` (what continuous batching in worker.engine.drafting needs)."""
 
 from __future__ import annotations
 

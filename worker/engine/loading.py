@@ -1,7 +1,7 @@
 """Find, verify and load the configured model; cache converted GGUF weights for warm starts.
 
-Before the weights load, the kernel probe (worker.probe) decides the float dtype and each phase's
-kernel from the model's config; after, worker.kernels swaps the Linear layers accordingly.
+Before the weights load, the kernel probe (worker.engine.probe) decides the float dtype and each phase's
+kernel from the model's config; after, worker.engine.kernels swaps the Linear layers accordingly.
 """
 
 from __future__ import annotations
@@ -16,13 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.utils import logging as hf_logging
 
-from worker import embedded, kernels, probe
-from worker.errors import ModelError
-from worker.prompts import load_prompts
-from worker.settings import Settings
+from worker.common.errors import ModelError
+from worker.common.prompts import load_prompts
+from worker.common.settings import Settings
+from worker.engine import embedded, kernels, probe
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # "Loading weights" bars would land in every worker's log

@@ -1,14 +1,14 @@
-"""The resident model's two jobs behind one object: score labels for a message (worker.scoring),
-draft a reply (worker.drafting), both on the chat prompts of worker.chat."""
+"""The resident model's two jobs behind one object: score labels for a message (worker.engine.scoring),
+draft a reply (worker.engine.drafting), both on the chat prompts of worker.engine.chat."""
 
 from __future__ import annotations
 
-from worker.chat import Chat, History
-from worker.drafting import Draft, Drafter, Item
-from worker.loading import Loaded
-from worker.pace import Pace
-from worker.prompts import PromptSet
-from worker.scoring import Judgement, Scorer
+from worker.common.prompts import PromptSet
+from worker.engine.chat import Chat, History
+from worker.engine.drafting import Draft, Drafter, Request
+from worker.engine.loading import Loaded
+from worker.engine.pace import Pace
+from worker.engine.scoring import Judgement, Scorer
 
 __all__ = ["Draft", "Engine", "Judgement"]
 
@@ -27,11 +27,11 @@ class Engine:
         self.drafter = Drafter(self.model, self.chat, pace=self.pace)
 
     def judge(self, texts: list[str], lang: str, calibrate: bool | None = None, max_batch: int = 16) -> list[Judgement]:
-        """Label each text (same language); see :meth:`worker.scoring.Scorer.judge`."""
+        """Label each text (same language); see :meth:`worker.engine.scoring.Scorer.judge`."""
         return self.scorer.judge(texts, lang, calibrate, max_batch)
 
     def passes(self, texts: list[str], lang: str, max_batch: int = 16):
-        """Label texts pass by pass, the first text's pass first; see :meth:`worker.scoring.Scorer.passes`."""
+        """Label texts pass by pass, the first text's pass first; see :meth:`worker.engine.scoring.Scorer.passes`."""
         return self.scorer.passes(texts, lang, max_batch=max_batch)
 
     def draft(self, text: str, label: str, lang: str, history: History, *, max_new_tokens: int,
@@ -40,6 +40,6 @@ class Engine:
         return self.draft_many([(text, label, lang, history)], max_new_tokens=max_new_tokens,
                                deadline_s=deadline_s, sampling=sampling)[0]
 
-    def draft_many(self, items: list[Item], **options) -> list[Draft]:
-        """Draft several replies; see :meth:`worker.drafting.Drafter.draft_many`."""
+    def draft_many(self, items: list[Request], **options) -> list[Draft]:
+        """Draft several replies; see :meth:`worker.engine.drafting.Drafter.draft_many`."""
         return self.drafter.draft_many(items, **options)

@@ -2,7 +2,7 @@
 
 Three rates, each a moving average of what the process measured: seconds per character scored (per
 language), seconds per prompt token prefilled, and seconds per decode step (per number of rows).
-Before the first measurement they are estimated from the kernel probe's table (worker.probe), with
+Before the first measurement they are estimated from the kernel probe's table (worker.engine.probe), with
 a margin, so the first claim on a slow host is already small.
 """
 

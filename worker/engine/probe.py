@@ -1,6 +1,6 @@
 """Which kernels this host runs fastest, measured once per host and cached (FFTW's wisdom, PyTorch's TunableOp).
 
-Before a process loads its model, every candidate of :mod:`worker.kernels` is timed on the model's
+Before a process loads its model, every candidate of :mod:`worker.engine.kernels` is timed on the model's
 own linear shapes (one decoder layer, random weights) at the row counts of the two phases: a scoring
 pass (``MOODQ_SENTIMENT_BATCH_SIZE`` messages of ~40 tokens) and reply drafting (decode steps of 1 and
 ``MOODQ_REPLY_BATCH_SIZE`` rows, and a reply prompt's prefill). Each result is compared with
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from worker import kernels
-from worker.kernels import BFLOAT16, FLOAT32
+from worker.engine import kernels
+from worker.engine.kernels import BFLOAT16, FLOAT32
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when what is measured changes: every host probes again
@@ -195,7 +195,7 @@ def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
 
 def host_key(model_id: str, shapes: list[Shape], rows: Rows) -> dict:
     """Everything a measurement depends on; a change in any of them means measuring again."""
-    from worker import cpu
+    from worker.engine import cpu
 
     return {"version": VERSION, "cpu": cpu.model_name(), "flags": hashlib.sha256(" ".join(cpu.flags()).encode()).hexdigest()[:16],
             "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -207,7 +207,7 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
              int8_scoring: bool = True) -> Plan:
     """The plan for this host and model: read from the cache, or measured (once per host: a file lock
     keeps a second process waiting for the first one's table instead of measuring beside it)."""
-    from worker import cpu
+    from worker.engine import cpu
 
     shapes, rows = linear_shapes(config), Rows.of(settings)
     key = host_key(model_id, shapes, rows)

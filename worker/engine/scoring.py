@@ -17,11 +17,11 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
-from worker import kvcache
-from worker.batching import buckets, head_and_tail
-from worker.chat import Chat
-from worker.pace import Pace
-from worker.prompts import PromptSet
+from worker.common.prompts import PromptSet
+from worker.engine import kvcache
+from worker.engine.batching import buckets, head_and_tail
+from worker.engine.chat import Chat
+from worker.engine.pace import Pace
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Judgement:
 
 
 @dataclass
-class Plan:
+class Frame:
     """Everything fixed for one language's sentiment prompt, computed at load."""
 
     prefix_ids: list[int]
@@ -44,7 +44,7 @@ class Plan:
     head_tokens: list[int] = field(default_factory=list)  # every token of every label word
     head_rows: torch.Tensor | None = None  # their output-matrix rows in float32
     head_bias: torch.Tensor | float = 0.0  # and the head's bias for them, if it has one
-    bias: list[float] = field(default_factory=list)  # log p(label | content-free), subtracted
+    content_free: list[float] = field(default_factory=list)  # log p(label | content-free input), subtracted
 
 
 class Scorer:
@@ -56,7 +56,7 @@ class Scorer:
         self.labels = prompts.labels
         self.max_text_tokens = max_text_tokens  # sentiment reads at most this many (0 = all)
         self.pace = pace or Pace()
-        self.plans = {code: self._plan(code) for code in prompts.languages}
+        self.frames = {code: self._frame(code) for code in prompts.languages}
         for code, lang in prompts.languages.items():
             if lang.sentiment.calibration:
                 self.calibration(code)
@@ -78,33 +78,33 @@ class Scorer:
         pays little padding. A text longer than ``max_text_tokens`` is read as its first and
         last halves of that. Each pass is timed into the process's pace.
         """
-        plan = self.plans[lang]
+        frame = self.frames[lang]
         if calibrate is None:
             calibrate = self.prompts.languages[lang].sentiment.calibration
-        bias = self.calibration(lang) if calibrate else []
-        prior = self.prompts.languages[lang].sentiment.label_bias
-        if prior:  # subtracted like the calibration's bias
-            bias = [b - prior.get(label, 0.0) for b, label in zip(bias or [0.0] * len(self.labels), self.labels)]
+        offsets = self.calibration(lang) if calibrate else []  # subtracted from each label's log-probability
+        prior = self.prompts.languages[lang].sentiment.label_prior
+        if prior:  # a per-label log-prior from the prompt file, added
+            offsets = [b - prior.get(label, 0.0) for b, label in zip(offsets or [0.0] * len(self.labels), self.labels)]
         encoded = [head_and_tail(self.chat.encode(self.chat.clean(t)), self.max_text_tokens) for t in texts]
         for bucket in sorted(buckets(encoded, max_batch), key=lambda b: first not in b):
             started = time.perf_counter()
-            raw = self.label_logprobs(plan, [encoded[i] for i in bucket])
+            raw = self.label_logprobs(frame, [encoded[i] for i in bucket])
             self.pace.scored(lang, sum(len(texts[i]) for i in bucket), time.perf_counter() - started)
-            yield bucket, [self.decide(scores, bias) for scores in raw]
+            yield bucket, [self.decide(scores, offsets) for scores in raw]
 
     def calibration(self, lang: str) -> list[float]:
         """log p(label | content-free input), averaged over the prompt's inputs; computed once."""
-        plan = self.plans[lang]
+        frame = self.frames[lang]
         inputs = self.prompts.languages[lang].sentiment.calibrate
-        if not plan.bias and inputs:
-            scores = torch.tensor(self.label_logprobs(plan, [self.chat.encode(t) for t in inputs]), dtype=torch.float64)
+        if not frame.content_free and inputs:
+            scores = torch.tensor(self.label_logprobs(frame, [self.chat.encode(t) for t in inputs]), dtype=torch.float64)
             mean = torch.softmax(scores, dim=-1).mean(dim=0)
-            plan.bias = [math.log(max(float(m), 1e-9)) for m in mean]
-        return plan.bias
+            frame.content_free = [math.log(max(float(m), 1e-9)) for m in mean]
+        return frame.content_free
 
-    def decide(self, scores: list[float], bias: list[float]) -> Judgement:
+    def decide(self, scores: list[float], offsets: list[float]) -> Judgement:
         """The label with the highest (calibrated) probability."""
-        adjusted = torch.tensor(scores, dtype=torch.float64) - (torch.tensor(bias, dtype=torch.float64) if bias else 0)
+        adjusted = torch.tensor(scores, dtype=torch.float64) - (torch.tensor(offsets, dtype=torch.float64) if offsets else 0)
         probs = torch.softmax(adjusted, dim=-1).tolist()
         best = max(range(len(probs)), key=probs.__getitem__)
         return Judgement(
@@ -113,72 +113,72 @@ class Scorer:
             scores={lab: round(s, 4) for lab, s in zip(self.labels, scores)},
         )
 
-    def _plan(self, code: str) -> Plan:
+    def _frame(self, code: str) -> Frame:
         lang = self.prompts.languages[code]
         prefix, suffix = self.chat.sentiment_frame(lang)
         label_ids = [self.chat.encode(lang.sentiment.label_words[label]) for label in self.labels]
         groups: dict[tuple[int, ...], list[int]] = {}
         for j, ids in enumerate(label_ids):
             groups.setdefault(tuple(ids[:-1]), []).append(j)
-        plan = Plan(prefix, suffix, label_ids, groups)
-        plan.head_tokens = sorted({t for ids in label_ids for t in ids})
+        frame = Frame(prefix, suffix, label_ids, groups)
+        frame.head_tokens = sorted({t for ids in label_ids for t in ids})
         head = self.model.get_output_embeddings()
-        plan.head_rows = head.weight.detach()[plan.head_tokens].float()
+        frame.head_rows = head.weight.detach()[frame.head_tokens].float()
         if getattr(head, "bias", None) is not None:  # e.g. Phi-2, GPT-J
-            plan.head_bias = head.bias.detach()[plan.head_tokens].float()
+            frame.head_bias = head.bias.detach()[frame.head_tokens].float()
         if self.cached:
             with torch.inference_mode():
-                out = self.model(torch.tensor([plan.prefix_ids]), use_cache=True)
-                plan.cache = kvcache.returned(out)
-        return plan
+                out = self.model(torch.tensor([frame.prefix_ids]), use_cache=True)
+                frame.cache = kvcache.returned(out)
+        return frame
 
-    def label_logprobs(self, plan: Plan, encoded: list[list[int]]) -> list[list[float]]:
+    def label_logprobs(self, frame: Frame, encoded: list[list[int]]) -> list[list[float]]:
         """Log P(label tokens | prompt + text) for every encoded text and every label."""
-        per_group = self.label_states(plan, encoded)
+        per_group = self.label_states(frame, encoded)
         # One head matmul for all positions: the 152k-row output matrix is read once per batch.
         # Its normaliser (logsumexp) is shared by every label at a position; the label tokens'
         # own logits are recomputed in float32, because bfloat16 logits are rounded to steps
         # of 1/8-1/16 and two labels would often tie.
-        groups = list(plan.groups)
+        groups = list(frame.groups)
         stacked = torch.cat([per_group[pre].reshape(-1, per_group[pre].shape[-1]) for pre in groups])
         head = self.model.get_output_embeddings()
-        column = {tok: c for c, tok in enumerate(plan.head_tokens)}
+        column = {tok: c for c, tok in enumerate(frame.head_tokens)}
         out = torch.zeros(len(encoded), len(self.labels), dtype=torch.float64)
         with torch.inference_mode():  # the float head, even where decoding reads an int8 copy
             norm = torch.logsumexp(F.linear(stacked, head.weight, getattr(head, "bias", None)).float(), dim=-1)
-            exact = stacked.float() @ plan.head_rows.T + plan.head_bias - norm.unsqueeze(1)  # [positions, label tokens]
+            exact = stacked.float() @ frame.head_rows.T + frame.head_bias - norm.unsqueeze(1)  # [positions, label tokens]
             offset = 0
             for pre in groups:
                 steps = len(pre) + 1
                 rows = exact[offset: offset + steps * len(encoded)].view(len(encoded), steps, -1)
-                for j in plan.groups[pre]:
-                    cols = torch.tensor([column[tok] for tok in plan.label_ids[j]])
+                for j in frame.groups[pre]:
+                    cols = torch.tensor([column[tok] for tok in frame.label_ids[j]])
                     out[:, j] = rows[:, torch.arange(steps), cols].sum(dim=-1).double()
                 offset += steps * len(encoded)
         return out.tolist()
 
-    def label_states(self, plan: Plan, encoded: list[list[int]]) -> dict[tuple, torch.Tensor]:
+    def label_states(self, frame: Frame, encoded: list[list[int]]) -> dict[tuple, torch.Tensor]:
         """Hidden states that predict each label token: [texts, len(label prefix)+1, hidden] per group.
 
         The texts run once on top of the cached prompt prefix (right-padded batch); the
         tokens after a multi-token label's first one run as a second, tiny pass on that cache.
         """
-        rows = [ids + plan.suffix_ids for ids in encoded]
-        n, p = len(rows), len(plan.prefix_ids)
+        rows = [ids + frame.suffix_ids for ids in encoded]
+        n, p = len(rows), len(frame.prefix_ids)
         batch = self.chat.tok.pad({"input_ids": rows}, padding_side="right", return_tensors="pt")
         ids, text_mask = batch["input_ids"], batch["attention_mask"]
         width, lengths = ids.shape[1], text_mask.sum(dim=1)
         mask = torch.cat([torch.ones(n, p, dtype=text_mask.dtype), text_mask], dim=1)
         out: dict[tuple, torch.Tensor] = {}
         with torch.inference_mode():
-            cache = copy.deepcopy(plan.cache)
+            cache = copy.deepcopy(frame.cache)
             if n > 1:
                 cache.batch_repeat_interleave(n)
             states = self.model.base_model(
                 input_ids=ids, attention_mask=mask, use_cache=True, **kvcache.cache_arg(self.model, cache),
                 position_ids=torch.arange(p, p + width).unsqueeze(0).expand(n, -1)).last_hidden_state
             last = states[torch.arange(n), lengths - 1].unsqueeze(1)
-            for pre in plan.groups:
+            for pre in frame.groups:
                 if not pre:
                     out[pre] = last
                     continue

@@ -1,7 +1,7 @@
 """The Celery app and its configuration; no task logic here.
 
 The producer imports this module to send tasks by name; ``include`` makes only the
-worker import ``worker.tasks`` (and with it torch).
+worker import ``worker.jobs.tasks`` (and with it torch).
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import ssl
 
 from celery import Celery
 
-from worker.settings import Settings, get_settings
-from worker.upkeep import Upkeep
+from worker.common.settings import Settings, get_settings
+from worker.jobs.upkeep import Upkeep
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     s = settings or get_settings()
-    app = Celery("moodq", broker=s.redis_url, include=["worker.tasks"])
+    app = Celery("moodq", broker=s.redis_url, include=["worker.jobs.tasks"])
     visibility = s.broker_visibility_timeout()
     app.conf.update(
         # JSON only: a pickle payload is refused, never executed.

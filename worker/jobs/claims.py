@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from worker.errors import BadMessage
-from worker.prompts import PromptSet
-from worker.schemas import Record
-from worker.settings import Settings
-from worker.store import Store
+from worker.common.errors import BadMessage
+from worker.common.prompts import PromptSet
+from worker.common.schemas import Record
+from worker.common.settings import Settings
+from worker.common.store import Store
 
 
 def language(rec: Record, prompts: PromptSet, max_chars: int) -> str:

@@ -20,5 +20,5 @@ def protect_metrics() -> None:
 
 if __name__ == "__main__":
     protect_metrics()
-    sys.argv = ["celery", "-A", "worker.app", "flower", *sys.argv[1:]]
+    sys.argv = ["celery", "-A", "worker.jobs.app", "flower", *sys.argv[1:]]
     sys.exit(celery_main())

@@ -8,8 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from worker.app import make_app
-from worker.settings import load_settings
+from worker.common.settings import load_settings
+from worker.jobs.app import make_app
 
 
 def start(args: list[str], env: dict[str, str], log_path: Path | str, hostname: str, *,

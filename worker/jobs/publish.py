@@ -11,9 +11,9 @@ import logging
 from celery import Celery
 from celery.canvas import Signature
 
-from worker.schemas import Record
-from worker.settings import Settings
-from worker.store import Store
+from worker.common.schemas import Record
+from worker.common.settings import Settings
+from worker.common.store import Store
 
 log = logging.getLogger(__name__)
 

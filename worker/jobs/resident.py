@@ -15,8 +15,8 @@ import threading
 from celery.signals import celeryd_after_setup, worker_process_init
 from celery.worker.control import inspect_command
 
-from worker.errors import ModelError
-from worker.settings import Settings, get_settings
+from worker.common.errors import ModelError
+from worker.common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -32,9 +32,9 @@ def engine(settings: Settings | None = None):
     if _engine is None:
         with _lock:
             if _engine is None:
-                from worker.loading import load
-                from worker.model import Engine
-                from worker.prompts import load_prompts
+                from worker.common.prompts import load_prompts
+                from worker.engine.loading import load
+                from worker.engine.model import Engine
 
                 s = settings or get_settings()
                 try:
@@ -71,7 +71,7 @@ def _note_pool_size(sender=None, instance=None, **_):
     global _pool_size, _node
     _pool_size = int(getattr(instance, "concurrency", 0) or 1)
     _node = sender
-    from worker import cpu
+    from worker.engine import cpu
 
     s = get_settings()
     log.info("%s; each process measures (or reads its cached measure of) the kernels it runs fastest "
@@ -85,7 +85,7 @@ def _load_at_process_start(**_):
         import torch
 
         torch.set_num_threads(threads_per_process(_pool_size, s))
-    from worker.upkeep import report_model
+    from worker.jobs.upkeep import report_model
 
     try:
         eng = engine(s)
@@ -103,9 +103,9 @@ def threads_per_process(concurrency: int, settings: Settings) -> int:
 @inspect_command()
 def moodq(state):
     """What this worker runs: `celery inspect moodq`, `moodq workers`."""
-    from worker import cpu
-    from worker.prompts import load_prompts
-    from worker.upkeep import path_of
+    from worker.common.prompts import load_prompts
+    from worker.engine import cpu
+    from worker.jobs.upkeep import path_of
 
     s = get_settings()
     concurrency = state.consumer.controller.concurrency

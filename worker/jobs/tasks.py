@@ -2,8 +2,7 @@
 
 ``sentiment`` labels a message (it never sees other messages); the producer chains
 ``reply`` after it, which drafts an answer that knows the label and the earlier turns of
-the same conversation. Transient errors are retried with exponential backoff; bad input
-is not; after the last try the record is ``failed`` with a readable reason.
+the same conversation. Retries, limits and failure records: worker.jobs.stage.
 """
 
 from __future__ import annotations
@@ -11,147 +10,17 @@ from __future__ import annotations
 import logging
 import time
 
-import redis
-from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
-from celery.signals import task_failure
+from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.app import app
-from worker.claims import claim, language, replyable, reply_rank, same_language
-from worker.errors import BadMessage, GaveUp, ModelError, MoodqError, Transient
-from worker.replying import Reply, Request, checked, slots_for
-from worker.resident import engine
-from worker.schemas import FINAL, Record
-from worker.settings import get_settings
-from worker.store import Store
+from worker.common.errors import BadMessage
+from worker.common.schemas import Record
+from worker.jobs.app import app
+from worker.jobs.claims import claim, language, reply_rank, replyable, same_language
+from worker.jobs.stage import StageTask, ready_engine, s, store
+from worker.quality.replying import Reply, Request, checked, slots_for
 
 log = logging.getLogger(__name__)
 WAIT_FOR_TURN = 30  # retries (2 s apart) a reply waits for an earlier turn of its conversation to be labeled
-s = get_settings()
-_store: Store | None = None
-
-
-def store() -> Store:
-    global _store
-    if _store is None:
-        _store = Store(s)
-    return _store
-
-
-def describe(exc: BaseException, task: Task) -> str:
-    """A reason a person can read."""
-    if isinstance(exc, SoftTimeLimitExceeded):
-        return f"{task.name} exceeded its time limit of {task.soft_time_limit:g} s"
-    if isinstance(exc, WorkerLostError):
-        return (f"{task.name}: the worker process died on this message {1 + task.max_retries} times "
-                f"({exc}); not retried again")
-    if isinstance(exc, TimeLimitExceeded):
-        return f"{task.name} was killed at its hard time limit of {task.time_limit:g} s"
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        return f"Redis unavailable: {exc}"
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, (BadMessage, Transient)) else f"{type(exc).__name__}: {text}"
-
-
-class StageTask(Task):
-    """Retries, limits and failure records shared by both stages."""
-
-    autoretry_for = (Transient, SoftTimeLimitExceeded, redis.ConnectionError, redis.TimeoutError)
-    dont_autoretry_for = (BadMessage, GaveUp)
-    retry_backoff = 1
-    retry_backoff_max = int(s.retry_backoff_max)
-    retry_jitter = True
-    max_retries = s.max_retries
-    throws = (BadMessage, GaveUp)  # expected: logged in one line, no traceback
-    acks_late = True
-    reject_on_worker_lost = True
-    # A pool process that dies on a message (SIGKILL, out of memory) turns into a retry, so
-    # max_retries also caps a message that kills its worker every time (Celery >= 5.7).
-    retry_on_worker_lost = True
-    default_retry_delay = 1
-    typing = False
-
-    def on_failure(self, exc, task_id, args, kwargs, einfo):
-        mid = args[0] if args else kwargs.get("mid")
-        reason = describe(exc, self)
-        if not isinstance(mid, str):
-            log.error("%s task without a usable message id (%.80r): %s", self.name, mid, reason)
-            return
-
-        def fail(rec: Record) -> None:
-            if rec.status in FINAL:
-                return
-            rec.status, rec.error, rec.error_stage, rec.finished_at = "failed", reason, self.name, time.time()
-
-        try:
-            if store().update(mid, fail) is None:
-                log.error("no record for message %s; failure not stored: %s", mid, reason)
-        except BadMessage as corrupt:  # the stored record itself is unreadable: keep a failed one instead
-            store().fail_corrupt(mid, str(corrupt))
-        except (redis.RedisError, MoodqError) as err:
-            log.error("could not store failure of %s (%s): %s", mid, reason, err)
-
-    def begin(self, mid: str) -> Record | None:
-        """Count this delivery; None when the record is already final (a repeated delivery).
-
-        A pool process dying on a message becomes a retry (``retry_on_worker_lost``). When the
-        whole worker dies, Redis redelivers the message after the visibility timeout without
-        counting it: deliveries beyond ``1 + retries`` are those, and after ``max_redeliveries``
-        the message is failed instead of killing workers forever.
-        """
-        if not isinstance(mid, str) or not mid:
-            raise BadMessage(f"a {self.name} task needs a message id (a string), got {mid!r:.80}")
-        node = self.request.hostname
-
-        def count(rec: Record) -> None:
-            rec.attempts[self.name] = rec.attempts.get(self.name, 0) + 1
-            if rec.status not in FINAL:
-                rec.worker = node
-
-        def not_claimable(pipe, rec: Record) -> None:  # running now: no other task may take it on
-            pipe.zrem(store().k.todo(self.name), mid)
-
-        rec = store().update(mid, count, not_claimable)
-        if rec is None:
-            raise BadMessage(f"no record for message id {mid!r} (expired or purged?)")
-        if rec.status in FINAL:
-            return None
-        if self.redeliveries(rec) > s.max_redeliveries:
-            raise GaveUp(f"{self.name} was interrupted {self.redeliveries(rec)} times on this message "
-                         f"(worker killed, out of memory or crashed); not retried after "
-                         f"{s.max_redeliveries} redeliveries")
-        return rec
-
-    def redeliveries(self, rec: Record) -> int:
-        """Deliveries nobody counted as a retry: the whole worker died (Redis redelivered it)."""
-        return rec.attempts.get(self.name, 0) - 1 - (self.request.retries or 0)
-
-    def prioritise_reply(self, probs: dict[str, float] | None) -> None:
-        """Backlog triage: the chained reply of a more negative message is served sooner."""
-        chain, priority = self.request.chain, s.reply_priority(probs)
-        if chain and priority is not None:
-            chain[-1].setdefault("options", {})["priority"] = priority
-
-    def batch_size(self, rec: Record, configured: int) -> int:
-        """A message on its second try runs alone: if it is what kills workers, it takes no others down."""
-        return 1 if self.request.retries or self.redeliveries(rec) > 0 else configured
-
-
-@task_failure.connect
-def _record_worker_lost(sender=None, task_id=None, exception=None, args=None, kwargs=None, einfo=None, **_):
-    """When the pool process died on every try, Celery's main process gives up without calling
-    ``on_failure``; write the failed record here."""
-    if isinstance(exception, WorkerLostError) and isinstance(sender, StageTask):
-        sender.on_failure(exception, task_id, args or (), kwargs or {}, einfo)
-
-
-def ready_engine():
-    """This process's model, or the message goes back to the queue uncounted: a process whose model
-    did not load (the worker is stopping, see worker.upkeep) must not fail messages others can run."""
-    try:
-        return engine()
-    except ModelError as exc:
-        raise Reject(str(exc), requeue=True) from None
 
 
 @app.task(base=StageTask, bind=True, name="sentiment",

@@ -25,7 +25,7 @@ from celery.platforms import EX_FAILURE
 from celery.platforms import signals as celery_signals
 from celery.worker import state
 
-from worker.settings import Settings, get_settings
+from worker.common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 MODEL_FAILED = "SIGUSR2"  # a pool process tells the main process its model did not load
@@ -136,8 +136,8 @@ class Upkeep(bootsteps.StartStopStep):
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
-        from worker.publish import sweep
-        from worker.store import Store
+        from worker.common.store import Store
+        from worker.jobs.publish import sweep
 
         client = redis.Redis.from_url(s.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10,
                                       retry=Retry(ExponentialBackoff(cap=1, base=0.1), UPKEEP_RETRIES),

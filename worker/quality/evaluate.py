@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from worker.errors import BadMessage
-from worker.model import Engine, Judgement
+from worker.common.errors import BadMessage
+from worker.engine.model import Engine, Judgement
 
 
 @dataclass

@@ -1,23 +1,22 @@
 """The opt-in reply grader: a larger model (by default the embedded 1.5B) reads the customer's message and
-the drafted reply and is scored on "sendable" / "not sendable", as labels are scored (worker.scoring), with
-the prompts of prompts/judge.yaml. Slower than the rules (worker.reply_checks, worker.substance) and not
+the drafted reply and is scored on "sendable" / "not sendable", as labels are scored (worker.engine.scoring), with
+the prompts of prompts/judge.yaml. Slower than the rules (worker.quality.reply_checks, worker.quality.substance) and not
 exact either; its agreement with hand grades is measured by bench/grader.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from worker.common.prompts import load_prompts
+from worker.common.settings import PROMPTS_FILE
 
-from worker.prompts import load_prompts
-
-JUDGE_PROMPTS = Path(__file__).resolve().parent.parent / "prompts" / "judge.yaml"
+JUDGE_PROMPTS = PROMPTS_FILE.parent / "judge.yaml"
 DRAFT = {"zh": "\n回复草稿：", "en": "\nDraft reply: "}  # between the message and the reply in the prompt's $text
 
 
 class Grader:
     def __init__(self, model: str = "embedded-large", threads: int = 0):
-        from worker.loading import load
-        from worker.model import Engine
-        from worker.settings import load_settings
+        from worker.common.settings import load_settings
+        from worker.engine.loading import load
+        from worker.engine.model import Engine
 
         settings = load_settings(model=model, threads=threads or 0)
         self.engine = Engine(load(settings), load_prompts(JUDGE_PROMPTS), max_text_tokens=0)

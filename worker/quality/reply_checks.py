@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from difflib import SequenceMatcher
 
-from worker.prompts import _CJK, _LETTER
+from worker.common.prompts import CJK, LETTER
 
 _REFUSAL = re.compile(
     r"(抱歉|对不起|很遗憾)[，,]?\s*(我|我们)?(不能|无法|没办法)(为您|为你|协助|提供|回答|帮助|帮您|帮你|完成|处理这个请求)"
@@ -55,16 +55,16 @@ def refusal(reply: str) -> bool:
 
 
 def wrong_language(reply: str, lang: str) -> bool:
-    letters = len(_LETTER.findall(reply))
+    letters = len(LETTER.findall(reply))
     if not letters:
         return False
-    share = len(_CJK.findall(reply)) / letters
+    share = len(CJK.findall(reply)) / letters
     return share < 0.3 if lang == "zh" else share > 0.1
 
 
 def echo(reply: str, text: str) -> bool:
     a, b = _squash(text), _squash(reply)
-    shortest = 8 if _CJK.search(text) else 16  # characters: a few words, not one shared word
+    shortest = 8 if CJK.search(text) else 16  # characters: a few words, not one shared word
     if len(a) < shortest or not b:
         return False
     match = SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))

@@ -3,9 +3,9 @@
 Every line is labeled as a worker labels it; the lines whose label gets a reply
 (``MOODQ_REPLY_LABELS``) are drafted as a reply task drafts them: continuous batching with as many
 slots as this process's measured pace allows (up to ``MOODQ_REPLY_BATCH_SIZE``), a freed slot taking
-the next line, every draft checked by ``worker.reply_checks`` and drafted again while flagged
-(``worker.replying.checked``). Lines of a graded file (bench/data/desk_graded.jsonl: ``must`` /
-``must_not``) are also checked for substance (``worker.substance``); "sendable" is a reply that
+the next line, every draft checked by ``worker.quality.reply_checks`` and drafted again while flagged
+(``worker.quality.replying.checked``). Lines of a graded file (bench/data/desk_graded.jsonl: ``must`` /
+``must_not``) are also checked for substance (``worker.quality.substance``); "sendable" is a reply that
 breaks no form rule and no substance rule.
 """
 
@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from worker import reply_checks, substance
-from worker.evaluate import judge_all, languages
-from worker.model import Engine
-from worker.replying import CUT, Request, checked, slots_for
-from worker.settings import Settings
+from worker.common.settings import Settings
+from worker.engine.model import Engine
+from worker.quality import reply_checks, substance
+from worker.quality.evaluate import judge_all, languages
+from worker.quality.replying import CUT, Request, checked, slots_for
 
 RULES = (*reply_checks.RULES, CUT)
 
@@ -129,8 +129,8 @@ def _figures(done: list[dict], seconds: float, drafted: int) -> LanguageFigures:
 
 
 def add_judge(report: ReplyReport, lines: list[dict], model: str) -> None:
-    """Grade every drafted reply with the opt-in grader (worker.grader): ``judge_sendable`` per line and share."""
-    from worker.grader import Grader
+    """Grade every drafted reply with the opt-in grader (worker.quality.grader): ``judge_sendable`` per line and share."""
+    from worker.quality.grader import Grader
 
     drafted = [line for line in lines if line["reply"]]
     for line, p in zip(drafted, Grader(model).sendable([(d["text"], d["reply"], d["lang"]) for d in drafted])):

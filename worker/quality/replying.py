@@ -2,7 +2,7 @@
 ends, and drafted again while a rule flags it and time allows. The worker's reply task and
 ``moodq eval --replies`` both draft through :func:`checked`, so eval measures what a worker stores.
 
-A draft is flagged by ``worker.reply_checks`` (refusal or talk of being an AI, wrong language, echo,
+A draft is flagged by ``worker.quality.reply_checks`` (refusal or talk of being an AI, wrong language, echo,
 not addressing the customer, loop, empty) or as ``cut`` (ended by the token cap or the deadline, not
 by the model). A flagged draft is drafted again, another sample with the same settings, up to
 ``redrafts`` times while a full-length reply still fits before ``until`` at the measured pace. One
@@ -16,22 +16,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from worker import reply_checks
-from worker.chat import History
-from worker.drafting import Draft
+from worker.engine.drafting import Draft, Request
+from worker.quality import reply_checks
 
 CUT = "cut"
 FIT_SHARE = 0.5  # replies drafted at once: as many as let a full-length one take at most this share of the deadline
-
-
-@dataclass(frozen=True)
-class Request:
-    """What one reply is drafted from."""
-
-    text: str
-    label: str
-    lang: str
-    history: History = field(default_factory=list)
 
 
 @dataclass
@@ -74,7 +63,7 @@ class _Feed:
     def __iter__(self):
         return self
 
-    def __next__(self) -> tuple:
+    def __next__(self) -> Request:
         if self.again:
             index = self.again.popleft()
         else:
@@ -82,8 +71,7 @@ class _Feed:
             self.known.append(request)
             index = len(self.known) - 1
         self.order.append(index)
-        r = self.known[index]
-        return r.text, r.label, r.lang, r.history
+        return self.known[index]
 
 
 def checked(engine, requests: Iterable[Request], *, slots: int, max_new_tokens: int, deadline_s: float,

@@ -1,6 +1,6 @@
 """Rules that check what a drafted reply says, against one graded desk message. Pure functions, no model.
 
-``worker.reply_checks`` flags replies whose FORM is wrong (a refusal, the wrong language, a list).
+``worker.quality.reply_checks`` flags replies whose FORM is wrong (a refusal, the wrong language, a list).
 This module asks whether the SUBSTANCE is right for the message: a graded item
 (bench/data/desk_graded.jsonl) lists the codes a good reply must do (``must``) and must not do
 (``must_not``); a code fails when its rule does not find a ``must`` code, or does find a
@@ -59,7 +59,7 @@ and reviewer voice without a phrase above ("I loved the ending too").
 The opening primed by the prompt ("您好，", "I'm so sorry to hear") is part of what the customer
 reads, so unlike ``reply_checks.flags`` these rules read the whole reply, opening included: a primed
 "I'm so sorry" does count as an apology. A drafted reply already starts with its opening
-(``worker.drafting``); ``opening`` is prepended only when the reply given does not start with it.
+(``worker.engine.drafting``); ``opening`` is prepended only when the reply given does not start with it.
 """
 
 from __future__ import annotations
