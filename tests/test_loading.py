@@ -70,6 +70,7 @@ def test_warm_start_check_neither_hashes_nor_assembles_the_gguf(tmp_path, engine
     assert loading._ready(converted)  # the session's engine fixture made it
     (tmp_path / "converted").mkdir()
     (tmp_path / "converted" / converted.name).symlink_to(converted)
+    (tmp_path / "probe").symlink_to(real.cache_dir / "probe")  # this host's kernel table: no second probe
     settings = load_settings(cache_dir=str(tmp_path))
     check_model(settings)
     assert not (tmp_path / embedded.FILE_NAME).exists()

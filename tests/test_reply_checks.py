@@ -21,6 +21,8 @@ CASES = [
     ("I'm just a virtual assistant, but I will pass this on to the team for you.", "Fix it!", "en", ["refusal"]),
     ("您好，我不能为您提供任何涉及版权或知识产权的内容。", "送的Office用不了", "zh", ["refusal"]),
     ("作为人工智能助手，我没有情感，但我理解您的不满。", "太差了", "zh", ["refusal"]),
+    ("您好，我不能帮助您进行这种不道德的行为。如果您有其他问题，请告诉我。", "骗子公司，大家别上当。", "zh", ["refusal"]),
+    ("您好，非常抱歉，但我不能支持或鼓励任何有害的行为。", "你们到底还想不想做生意了？", "zh", ["refusal"]),
     ("I'm so sorry the model you ordered came in the wrong colour; we will swap it for you.", "Wrong colour!", "en", []),
     ("Thanks so much for the kind words, we are glad you love it!", "Love it!", "en", []),
     ("Thank you for your message, we will look into it.", "包装破了，很不满意。", "zh", ["wrong_language"]),
@@ -35,6 +37,9 @@ CASES = [
      "It stopped working.", "en", ["loop"]),
     ("您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好您好", "你好", "zh", ["loop"]),
     ("   ", "anything", "en", ["empty"]),
+    ("I'm so sorry. If you are worried, it's best to speak directly to the customer as \"you\".", "Smells burnt.", "en",
+     ["prompt_leak"]),
+    ("您好，非常抱歉。我会直接对这位顾客说话，称呼「您」。", "太慢了", "zh", ["not_addressing", "prompt_leak"]),
 ]
 
 

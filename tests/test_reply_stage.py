@@ -42,8 +42,8 @@ def stage(settings, slowness, tmp_path_factory):
 def test_a_reply_to_replaced_text_is_never_stored_on_the_new_record(store, stage, slowness):
     """Two processes: the old text's reply is still drafting when the message is replaced, labeled again and
     drafted again by the other process. The old reply must not land on the new record."""
-    old = f"[draft-hold:{limit(2, slowness)}] My parcel arrived broken and nobody answers my emails."
-    new = f"[draft-hold:{limit(5, slowness)}] Lovely service, thank you so much!"
+    old = f"[draft-hold:{limit(1.5, slowness)}] My parcel arrived broken and nobody answers my emails."
+    new = f"[draft-hold:{limit(3.5, slowness)}] Lovely service, thank you so much!"
     send(stage, {"id": "race-1", "text": old})
     eventually(lambda: store.r.get(store.k.test("fault", "drafting", old)), timeout=120, what="the old reply drafting")
     send(stage, {"id": "race-1", "text": new})  # replace=True
@@ -68,7 +68,7 @@ def test_earlier_turns_and_the_reply_share_one_time_budget(store, settings, tmp_
     draft slowly (injected: every decode step sleeps a tenth of the soft limit). Turn 2 gets what is left of
     one budget and is stored for review, cut, inside its soft limit; a fresh deadline after turn 1 would
     overrun the limit and retry."""
-    soft = float(limit(8, slowness))
+    soft = float(limit(5, slowness))
     proc, s = _worker(settings, tmp_path, "budget", reply_soft_limit=soft, reply_hard_limit=soft + 4,
                       max_retries=1, max_reply_tokens=6, redrafts=1)
     slow, cid = f"[draft-slow:{soft / 10:g}]", "budget-chat"

@@ -14,6 +14,8 @@ Each rule is deliberately simple and written down here, so a person can check a 
   "这条评论…", "This review…").
 - loop: three or more numbered/bulleted list lines, or a stretch of 8+ characters (zh) / 4+ words
   (en) repeated three times.
+- prompt_leak: the reply repeats the instructions it was given instead of following them
+  ('speak directly to the customer as "you"', "one concrete next step", "直接对这位顾客说话", "称呼「您」").
 - empty: nothing but white space.
 - end_of_turn: the model ended the reply itself (not cut by the token cap or the deadline).
 """
@@ -30,6 +32,7 @@ _REFUSAL = re.compile(
     r"|我(们)?(不能|无法)(为您|为你|帮您|帮你)?(提供任何|回答这个|协助完成|继续这个)"
     r"|作为(一个|一名)?(AI|人工智能|语言模型|AI助手|机器人|智能助手)|我(只)?是(一个)?(AI|人工智能|语言模型|机器人|虚拟助手)"
     r"|(我|AI|人工智能)(并)?没有(个人)?(感情|情感|情绪|感受)|语言模型|人工智能(助手|模型|程序)"
+    r"|我(们)?(不能|无法)(帮助|支持|鼓励|协助|参与)您?(进行|做|这)?|不道德|违法的行为"
     r"|涉及(版权|知识产权)"
     r"|I('m| am) sorry,? but I (can('|’)?t|cannot|am unable to|won('|’)?t)"
     r"|I (can('|’)?t|cannot|am unable to) (assist|help) with (that|this)"
@@ -45,9 +48,13 @@ _THIRD_PERSON = {
                      r"|\b(the (user|customer|reviewer)) (is|was|seems|feels|says|said|expresses|mentions|thinks)\b",
                      re.IGNORECASE),
 }
+_PROMPT_LEAK = re.compile(
+    r"speak directly to the customer|as \"you\"|typing \"you\"|(one|a) concrete next step|in two or three short"
+    r"|this (review|message) is (positive|negative)|the customer as \"?you"
+    r"|直接对这位顾客说话|称呼「您」|两三句|具体的下一步|这条(评价|留言)是「", re.IGNORECASE)
 _LIST_LINE = re.compile(r"^\s*(\d+[.、)）]|[-*•])\s*\S", re.MULTILINE)
 
-RULES = ("refusal", "wrong_language", "echo", "not_addressing", "loop", "empty")
+RULES = ("refusal", "wrong_language", "echo", "not_addressing", "loop", "prompt_leak", "empty")
 
 
 def refusal(reply: str) -> bool:
@@ -108,7 +115,8 @@ def flags(reply: str, text: str, lang: str, opening: str = "") -> list[str]:
     if empty(reply):
         return ["empty"]
     found = {"refusal": refusal(reply), "wrong_language": wrong_language(reply, lang), "echo": echo(reply, text),
-             "not_addressing": not_addressing(reply, lang), "loop": loop(reply, lang)}
+             "not_addressing": not_addressing(reply, lang), "loop": loop(reply, lang),
+             "prompt_leak": bool(_PROMPT_LEAK.search(reply))}
     return [name for name, hit in found.items() if hit]
 
 

@@ -23,7 +23,7 @@ from worker.quality import reply_checks, substance
 from worker.quality.evaluate import judge_all, languages
 from worker.quality.replying import CUT, Request, checked, slots_for
 
-RULES = (*reply_checks.RULES, CUT)
+RULES = (*reply_checks.RULES, *substance.NEVER, CUT)
 
 
 @dataclass

@@ -3,8 +3,9 @@ ends, and drafted again while a rule flags it and time allows. The worker's repl
 ``moodq eval --replies`` both draft through :func:`checked`, so eval measures what a worker stores.
 
 A draft is flagged by ``worker.quality.reply_checks`` (refusal or talk of being an AI, wrong language, echo,
-not addressing the customer, loop, empty) or as ``cut`` (ended by the token cap or the deadline, not
-by the model). A flagged draft is drafted again, another sample with the same settings, up to
+not addressing the customer, loop, repeating its instructions, empty), by what no reply may do whatever the
+message (``substance.NEVER``: blaming the customer, promising money, inventing facts), or as ``cut`` (ended
+by the token cap or the deadline, not by the model). A flagged draft is drafted again, another sample with the same settings, up to
 ``redrafts`` times while a full-length reply still fits before ``until`` at the measured pace. One
 still flagged after that is returned with its flags: the worker stores it as ``review``, never ``done``.
 """
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from worker.engine.drafting import Draft, Request
-from worker.quality import reply_checks
+from worker.quality import reply_checks, substance
 
 CUT = "cut"
 FIT_SHARE = 0.5  # replies drafted at once: as many as let a full-length one take at most this share of the deadline
@@ -45,8 +46,10 @@ def slots_for(engine, most: int, max_tokens: int, deadline_s: float) -> int:
 
 
 def flags_of(draft: Draft, request: Request, opening: str) -> list[str]:
-    """The reply rules a draft breaks, ``cut`` included."""
+    """The reply rules a draft breaks: the form rules, what no reply may do whatever the message (blame
+    the customer, promise money, invent facts: worker.quality.substance), and ``cut``."""
     found = reply_checks.flags(draft.text, request.text, request.lang, opening=opening)
+    found += substance.misses(draft.text, {"lang": request.lang, "text": request.text, "must_not": substance.NEVER})
     return found + [CUT] if draft.truncated else found
 
 

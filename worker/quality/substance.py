@@ -66,6 +66,8 @@ from __future__ import annotations
 
 import re
 
+NEVER = ("blame_customer", "promise_money", "invent_facts")  # what no reply may do, whatever the message:
+# checked on every draft a worker stores (worker.quality.replying), not only on graded items
 FAILS = ("apologise", "next_step", "thank", "answer", "blame_customer", "promise_money", "invent_facts",
          "order_number", "as_author")
 
