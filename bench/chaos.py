@@ -11,7 +11,10 @@ What breaks, on a redis-server of its own (AOF on, a free port, removed at the e
     random; a supervisor-like loop starts it again;
   - once, Redis is restarted (SIGTERM, AOF reloaded);
   - once, the producer is killed mid-enqueue and run again (the sweep heals what it wrote but
-    never published; the re-run reports the rest as already known).
+    never published; the re-run reports the rest as already known);
+  - every 10-20 s a message whose reply is being drafted (status labeled) is replaced with a new text
+    (`enqueue --replace`): its record must end with the new text, labeled after the replacement, with
+    no reply drafted for the old text stored on it.
 Replies are drafted for negative messages only (MOODQ_REPLY_LABELS=negative).
 
 At the end it prints: enqueued, done, failed (with reasons), lost (an id with no record),
@@ -77,6 +80,26 @@ class OwnRedis:
             self.proc.wait(30)
 
 
+def replace_one(store, env: dict, replaced: dict) -> str | None:
+    """Replace (enqueue --replace) one message that is labeled now, i.e. whose reply is waiting or drafting."""
+    import redis
+
+    try:
+        labeled = [i for i in store.ids("labeled") if i not in replaced]
+        if not labeled:
+            return None
+        rec = store.get(random.choice(labeled))
+    except redis.RedisError:  # Redis may be restarting
+        return None
+    new = f"{rec.text} (edited: it is broken again, I want this fixed)"
+    run = subprocess.run([sys.executable, "-m", "worker", "enqueue", "--replace", "-"], input=json.dumps(
+        {"id": rec.id, "text": new}, ensure_ascii=False), env=env, cwd=ROOT, capture_output=True, text=True)
+    if run.returncode != 0:
+        return None
+    replaced[rec.id] = (new, time.time() - 1)  # labeled_at of the new text can only be later (1 s of clock slack)
+    return rec.id
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
@@ -84,6 +107,7 @@ def main() -> None:
     ap.add_argument("--quiet-after-s", type=float, default=600,
                     help="Stop waiting when nothing became final for this long (what is left is 'stuck').")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--replace-every", type=float, nargs=2, default=(10, 20), metavar=("MIN_S", "MAX_S"))
     args = ap.parse_args()
     print(header())
     random.seed(args.seed)
@@ -128,6 +152,7 @@ def main() -> None:
                            capture_output=True, text=True)
     events.append(f"{time.time() - t0:6.1f} s  producer re-run: {rerun.stdout.strip()}")
     next_kill = time.time() + random.uniform(*args.kill_every)
+    next_replace, replaced = time.time() + random.uniform(*args.replace_every), {}
     restarted_redis = False
     last_final, last_change = -1, time.time()
     while True:
@@ -140,6 +165,10 @@ def main() -> None:
             own.restart()
             restarted_redis = True
             events.append(f"{time.time() - t0:6.1f} s  Redis restarted (AOF) at {final} final")
+        if time.time() >= next_replace and final < len(ids):
+            next_replace = time.time() + random.uniform(*args.replace_every)
+            if mid := replace_one(store, env, replaced):
+                events.append(f"{time.time() - t0:6.1f} s  replaced {mid} while its reply was drafted")
         if time.time() >= next_kill and final < len(ids):
             k = random.choice(list(workers))
             proc = workers[k]
@@ -177,7 +206,12 @@ def main() -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     own.stop()
     print("\n".join(events))
-    print(f"\nenqueued {len(ids)}, done {report['status']['done']}, failed {report['status']['failed']}, "
+    wrong = [r.id for r in records if r.id in replaced and (r.text != replaced[r.id][0] or not r.labeled_at
+                                                            or r.labeled_at < replaced[r.id][1])]
+    print(f"\nreplaced while drafting {len(replaced)}: ended with the new text, labeled after the replacement "
+          f"{len(replaced) - len(wrong)}, wrong {len(wrong)} {wrong[:5]}")
+    print(f"enqueued {len(ids)}, done {report['status']['done']}, review {report['status'].get('review', 0)}, "
+          f"failed {report['status']['failed']}, "
           f"lost {report['lost']}, duplicate finals {report['duplicates']}, stuck {report['not_final']}, "
           f"republished by the sweep {sum(r.republished for r in records)}, "
           f"longest wait {max(waited, default=0):.0f} s, wall {wall:.0f} s")

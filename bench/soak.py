@@ -53,9 +53,9 @@ def verify(store, ids: list[str]) -> dict:
         "records": len(records),
         "lost": len(ids) - len(records),
         "duplicates": sum(n > 1 for n in in_sets) + max(0, indexed - len(ids)),
-        "not_final": sum(r.status not in ("done", "failed") for r in records.values()),
+        "not_final": sum(r.status not in ("done", "review", "failed") for r in records.values()),
         "status": {s: sum(r.status == s for r in records.values()) for s in STATUSES},
-        "bad_labels": sum(r.status == "done" and r.label not in (r.probs or {}) for r in records.values()),
+        "bad_labels": sum(r.status in ("done", "review") and r.label not in (r.probs or {}) for r in records.values()),
     }
 
 

@@ -20,7 +20,7 @@ RUN = os.environ.setdefault("MOODQ_TEST_RUN", uuid.uuid4().hex[:8])
 REDIS_URL = os.environ.get("MOODQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 ROOT = Path(__file__).resolve().parent.parent
 FINISHED = ("done", "review")  # a reply stored: passing every reply rule, or for a person to review first
-EXTRA_QUEUES = ("faults", "graceful", "triage", "stage", "budget")  # queues of the tests' extra workers, removed at the end
+EXTRA_QUEUES = ("faults", "graceful", "triage", "stage")  # queues of the tests' extra workers, removed at the end
 LOG_DIR = Path(tempfile.gettempdir()) / f"moodq-test-{RUN}"  # worker logs, kept for a look after a failure
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -124,6 +124,7 @@ def fault_worker(store, settings, slowness):
     env = {
         "MOODQ_QUEUE": f"{settings.queue}-faults",
         "MOODQ_SENTIMENT_SOFT_LIMIT": limit(3, slowness), "MOODQ_SENTIMENT_HARD_LIMIT": limit(20, slowness),
+        "MOODQ_REPLY_SOFT_LIMIT": limit(5, slowness), "MOODQ_REPLY_HARD_LIMIT": limit(9, slowness),
         "MOODQ_MAX_RETRIES": "2", "MOODQ_MAX_CHARS": "60",
     }
     proc = start_fault_worker("faults", env)

@@ -63,22 +63,16 @@ def test_freed_slots_take_waiting_replies_and_flagged_ones_are_drafted_again(sto
         assert rec.status == "review" and "cut" in rec.flags and rec.drafts == 2 and rec.reply_truncated, rec
 
 
-def test_earlier_turns_and_the_reply_share_one_time_budget(store, settings, tmp_path, slowness):
+def test_earlier_turns_and_the_reply_share_one_time_budget(store, fault_worker):
     """Turn 2's reply (more negative: triage serves it first) drafts turn 1's missing reply first. Both
     draft slowly (injected: every decode step sleeps a tenth of the soft limit). Turn 2 gets what is left of
     one budget and is stored for review, cut, inside its soft limit; a fresh deadline after turn 1 would
     overrun the limit and retry."""
-    soft = float(limit(5, slowness))
-    proc, s = _worker(settings, tmp_path, "budget", reply_soft_limit=soft, reply_hard_limit=soft + 4,
-                      max_retries=1, max_reply_tokens=6, redrafts=1)
+    soft = fault_worker.reply_soft_limit
     slow, cid = f"[draft-slow:{soft / 10:g}]", "budget-chat"
-    try:
-        ids = send(s, {"id": "budget-1", "text": f"{slow} Thanks, lovely shop!", "conversation_id": cid},
-                   {"id": "budget-2", "text": f"{slow} Now it is broken and I am furious.", "conversation_id": cid})
-        recs = wait_final(store, ids)
-    finally:
-        launch.stop(proc)
-    second = recs["budget-2"]
+    ids = send(fault_worker, {"id": "budget-1", "text": f"{slow} Thanks, lovely shop!", "conversation_id": cid},
+               {"id": "budget-2", "text": f"{slow} Now it is broken and I am furious.", "conversation_id": cid})
+    second = wait_final(store, ids)["budget-2"]
     assert second.status == "review" and second.context_ids == ["budget-1"], second
     assert second.attempts["reply"] == 1 and second.timings.reply_ms < soft * 1000, second
 
