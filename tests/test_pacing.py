@@ -120,3 +120,16 @@ def test_a_claim_whose_own_message_is_not_labeled_at_the_limit_retries(own_store
         _label(FakePassesEngine(interrupt_at=0), batch, "en", 16, "node", stop_at=time.time() + 60)
     waiting = dict(store.r.zrange(store.k.todo("sentiment"), 0, -1, withscores=True))
     assert set(ids[1:]) <= set(waiting) and ids[0] not in waiting  # the others back; its own task retries
+
+
+def test_earlier_replies_reach_the_reply_prompt_only_with_history_replies(monkeypatch):
+    """MOODQ_HISTORY_REPLIES: the customer's earlier messages always, the replies drafted for them only when set."""
+    from worker.common.schemas import Record
+    from worker.common.settings import load_settings
+    from worker.jobs import tasks
+
+    turns = [Record(id="h1", text="Where is my parcel?", reply="Sorry, we are checking."), Record(id="h2", text="Still nothing.")]
+    monkeypatch.setattr(tasks, "s", load_settings(history_replies=False))
+    assert tasks._history(turns) == [("Where is my parcel?", None), ("Still nothing.", None)]
+    monkeypatch.setattr(tasks, "s", load_settings(history_replies=True))
+    assert tasks._history(turns) == [("Where is my parcel?", "Sorry, we are checking."), ("Still nothing.", None)]
