@@ -125,6 +125,7 @@ def fault_worker(store, settings, slowness):
         "MOODQ_QUEUE": f"{settings.queue}-faults",
         "MOODQ_SENTIMENT_SOFT_LIMIT": limit(3, slowness), "MOODQ_SENTIMENT_HARD_LIMIT": limit(20, slowness),
         "MOODQ_REPLY_SOFT_LIMIT": limit(5, slowness), "MOODQ_REPLY_HARD_LIMIT": limit(9, slowness),
+        "MOODQ_HISTORY_REPLIES": "true",  # conversation replies in turn order (test_recovery, test_reply_stage)
         "MOODQ_MAX_RETRIES": "2", "MOODQ_MAX_CHARS": "60",
     }
     proc = start_fault_worker("faults", env)

@@ -32,9 +32,10 @@ def _worker(settings, tmp_path, name: str, concurrency: int = 1, **env):
 
 @pytest.fixture(scope="module")
 def stage(settings, slowness, tmp_path_factory):
-    """Two processes, two reply slots each, replies of at most 6 tokens (every draft is cut), one redraft."""
+    """Two processes, two reply slots each, replies of at most 6 tokens (every draft is cut), one redraft;
+    the upkeep thread sweeps every 0.5 s what was written over 1 s ago and never published."""
     proc, s = _worker(settings, tmp_path_factory.mktemp("stage"), "stage", concurrency=2, triage_label="",
-                      reply_batch_size=2, max_reply_tokens=6, redrafts=1)
+                      reply_batch_size=2, max_reply_tokens=6, redrafts=1, sweep_interval_s=0.5, sweep_after_s=1)
     yield s
     launch.stop(proc)
 
@@ -61,6 +62,20 @@ def test_freed_slots_take_waiting_replies_and_flagged_ones_are_drafted_again(sto
     assert max(r.timings.reply_batch or 0 for r in recs.values()) > 2  # more than its two slots: refilled
     for rec in recs.values():
         assert rec.status == "review" and "cut" in rec.flags and rec.drafts == 2 and rec.reply_truncated, rec
+
+
+def test_a_worker_sweeps_and_prunes_on_its_own(stage):
+    """Without `moodq sweep`: a running worker publishes what a dead producer wrote but never sent, and
+    clears the ids of expired records from the sets, in its upkeep thread, while it keeps consuming."""
+    own = Store(stage)
+    own.add([Message(id="orphan-1", text="The parcel never came."), Message(id="ghost-1", text="gone")], replace=True)
+    own.r.delete(own.k.rec("ghost-1"))  # expired: only its ids are left
+    orphan = wait_final(own, ["orphan-1"])["orphan-1"]
+    assert orphan.status in FINISHED and orphan.republished == 1
+    eventually(lambda: "ghost-1" not in own.ids() and "ghost-1" not in own.ids("pending")
+               and "ghost-1" not in own.unpublished(0), timeout=60, what="the expired id pruned")
+    later = send(stage, {"id": "after-upkeep", "text": "Thanks, all fine."})
+    assert wait_final(own, later)["after-upkeep"].status in FINISHED
 
 
 def test_earlier_turns_and_the_reply_share_one_time_budget(store, fault_worker):

@@ -75,7 +75,7 @@ def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings
     env = {"MOODQ_QUEUE": f"{settings.queue}-graceful", "MOODQ_REPLY_LABELS": "none", "MOODQ_SENTIMENT_BATCH_SIZE": "1"}
     s = load_settings(queue=env["MOODQ_QUEUE"], reply_labels="none")
     first = start_fault_worker("graceful-1", env, tmp_path / "graceful-1.log")
-    hold = "[hold:4] Thanks, that was quick"
+    hold = "[hold:2] Thanks, that was quick"
     ids = send(s, {"id": "grace-hold", "text": hold},
                 *[{"id": f"grace-{i}", "text": f"The app crashes again, attempt {i}"} for i in range(4)])
     _holding_pid(store, hold)
@@ -201,14 +201,14 @@ def test_dead_letters_are_listed_and_requeued_from_their_records(fault_worker, w
     assert rec.attempts["sentiment"] == 1 and rec.label in ("positive", "negative")
 
 
-def test_soak_a_few_hundred_messages_through_two_processes(settings, tmp_path):
+def test_soak_two_hundred_messages_through_two_processes(settings, tmp_path):
     """The soak script's check on a small run: exactly one final record per message, none lost or doubled."""
     sys.path.insert(0, str(ROOT))
     from bench.soak import corpus, run_soak
 
     s = load_settings(key_prefix=f"moodqtest-{RUN}-soak", queue=f"moodqtest-{RUN}-soak")
-    report = run_soak(s, corpus(300, []), concurrency=2, log_path=tmp_path / "soak.log", timeout=600,
+    report = run_soak(s, corpus(200, []), concurrency=2, log_path=tmp_path / "soak.log", timeout=600,
                       worker_env={"MOODQ_REPLY_LABELS": "none", "MOODQ_SENTIMENT_BATCH_SIZE": "16"})
-    assert report["records"] == 300 and report["lost"] == 0 and report["duplicates"] == 0, report
-    assert report["status"]["done"] == 300 and report["bad_labels"] == 0, report
+    assert report["records"] == 200 and report["lost"] == 0 and report["duplicates"] == 0, report
+    assert report["status"]["done"] == 200 and report["bad_labels"] == 0, report
     assert len(report["peak_rss_mb"]) == 3  # the Celery main process and two pool processes

@@ -69,10 +69,16 @@ def same_language(lang: str, prompts: PromptSet, max_chars: int) -> Callable[[Re
     return accept
 
 
-def replyable(settings: Settings) -> Callable[[Record], bool]:
-    def accept(rec: Record) -> bool:
-        return (rec.status == "labeled" and not rec.conversation_id and rec.label is not None
-                and settings.replies_for(rec.label))
+def replyable(settings: Settings) -> Callable[..., bool]:
+    """Whether a reply task may take this message on: labeled (or about to be, with ``label``), its label gets
+    a reply, and it is not a conversation turn whose reply must wait for the earlier replies
+    (MOODQ_HISTORY_REPLIES: those go one at a time, in turn order)."""
+    def accept(rec: Record, label: str | None = None) -> bool:
+        if label is None:  # a waiting message: it must be labeled
+            if rec.status != "labeled" or rec.label is None:
+                return False
+            label = rec.label
+        return settings.replies_for(label) and not (rec.conversation_id and settings.history_replies)
     return accept
 
 

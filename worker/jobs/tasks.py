@@ -40,7 +40,7 @@ def sentiment(self: StageTask, mid: str) -> str:
                        same_language(lang, eng.prompts, s.max_chars), chars=chars)
     done = _label(eng, batch, lang, size, self.request.hostname, time.time() + STOP_SHARE * s.sentiment_soft_limit)
     store().offer("reply", {r.id: reply_rank(s, r.seq, done[i].probs) for i, r in enumerate(batch)  # what a batch
-                            if i in done and not r.conversation_id and s.replies_for(done[i].label)})  # may take
+                            if i in done and replyable(s)(r, label=done[i].label)})  # may take
     self.prioritise_reply(done[0].probs)
     return mid
 
@@ -106,34 +106,42 @@ def reply(self: StageTask, mid: str) -> str:
         return mid
     options = s.draft_options()
     until = time.monotonic() + options["deadline_s"]  # one budget for the task, earlier turns included
-    # A conversation's reply needs the earlier turns done first: those go one at a time, in turn order.
-    size = 1 if rec.conversation_id else self.batch_size(rec, s.reply_batch_size)
+    # A reply that shows the earlier replies (MOODQ_HISTORY_REPLIES) needs them drafted first, in turn order,
+    # one at a time; otherwise a conversation's turn is batched like any message, with its customer history.
+    ordered = bool(rec.conversation_id) and s.history_replies
+    size = 1 if ordered else self.batch_size(rec, s.reply_batch_size)
     if size > 1:  # as many at a time as let a full-length reply end well inside the deadline, at the measured pace
         size = slots_for(eng, size, s.max_reply_tokens, options["deadline_s"])
     batch = [rec] + claim(store(), "reply", rec, size - 1, replyable(s), keep_rejected=False)
-    earlier = _earlier_turns(self, rec, eng, started, until)
-
-    def requests():
-        """This task's messages, then, while a full-length reply would still end before the deadline at
-        the measured pace, one more waiting message per freed slot (continuous batching: the batch stays full)."""
-        yield Request(rec.text, rec.label, rec.lang, _history(earlier))
-        yield from (Request(r.text, r.label, r.lang) for r in batch[1:])
-        while size > 1 and until - time.monotonic() > eng.pace.reply_seconds(s.max_reply_tokens, size):
-            more = claim(store(), "reply", rec, 1, replyable(s), keep_rejected=False)
-            if not more:
-                return
-            batch.append(more[0])
-            yield Request(more[0].text, more[0].label, more[0].lang)
-
+    earlier = {rec.id: _earlier_turns(self, rec, eng, started, until) if ordered else store().history(rec, s.history_turns)}
     outcome = "done"
-    for i, made in checked(eng, requests(), slots=size, until=until, redrafts=s.redrafts, **options):
+    for i, made in checked(eng, _requests(batch, earlier, size, until, eng), slots=size, until=until,
+                           redrafts=s.redrafts, **options):
         r = batch[i]
         if r is not rec and made.draft.stop == "deadline":
             continue  # a batch-mate the deadline cut: its own reply task, still queued, drafts it afresh
-        stored = store().update(r.id, _done(r, made, earlier if r is rec else [], started, len(batch), node))
+        stored = store().update(r.id, _done(r, made, earlier.get(r.id, []), started, len(batch), node))
         if r is rec and stored is not None and stored.status == "review":
             outcome = f"needs review: {', '.join(stored.flags)}"
     return f"{mid}: {outcome}"  # what Flower shows as the task's result
+
+
+def _requests(batch: list[Record], earlier: dict[str, list[Record]], size: int, until: float, eng):
+    """The task's messages (its own first), then, while a full-length reply would still end before the
+    deadline at the measured pace, one more waiting message per freed slot (continuous batching: the batch
+    stays full). ``batch`` and ``earlier`` grow with what is taken on."""
+    own = batch[0]
+    for r in list(batch):
+        if r.id not in earlier:
+            earlier[r.id] = store().history(r, s.history_turns) if r.conversation_id else []
+        yield Request(r.text, r.label, r.lang, _history(earlier[r.id]))
+    while size > 1 and until - time.monotonic() > eng.pace.reply_seconds(s.max_reply_tokens, size):
+        more = claim(store(), "reply", own, 1, replyable(s), keep_rejected=False)
+        if not more:
+            return
+        batch.append(more[0])
+        earlier[more[0].id] = store().history(more[0], s.history_turns) if more[0].conversation_id else []
+        yield Request(more[0].text, more[0].label, more[0].lang, _history(earlier[more[0].id]))
 
 
 def _earlier_turns(task: StageTask, rec: Record, eng, started: float, until: float) -> list[Record]:
