@@ -28,8 +28,9 @@ def test_reply_batches_fit_a_full_reply_in_the_budget():
     pace.prefilled(100, 0.2)
     for rows, step in ((1, 0.05), (4, 0.08), (8, 0.12)):
         pace.stepped(rows, step)
-    assert pace.reply_slots(8, 128, 30.0) == 8  # 128 x 0.12 s + 8 prefills of 0.4 s = 18.6 s
-    assert pace.reply_slots(8, 128, 15.0) == 4  # 8 rows no longer fit; 4 do (11.8 s)
+    # prompts of 135 tokens (150 assumed, 100 measured, averaged) at 2 ms a token: 0.27 s a prefill
+    assert pace.reply_slots(8, 128, 30.0) == 8  # 128 x 0.12 s + 8 prefills = 17.5 s
+    assert pace.reply_slots(8, 128, 15.0) == 4  # 8 rows no longer fit; 4 do (11.3 s)
     assert pace.reply_slots(8, 128, 1.0) == 1  # nothing fits: one at a time, the least any host can do
     assert pace.step_seconds(16) == pytest.approx(0.24)  # beyond what was measured: at most proportional
 

@@ -152,7 +152,7 @@ def test_conversation_turns_are_replied_in_order_under_triage(fault_worker, stor
     triage serves its reply first; it must still see turn 1's reply, drafted first."""
     cid = f"conv-order-{RUN}"
     ids = send(fault_worker, {"id": f"{cid}-1", "text": "Thanks, the order arrived and it is lovely!", "conversation_id": cid},
-               {"id": f"{cid}-2", "text": "Actually it is broken, this is a disgrace, I want a refund now!",
+               {"id": f"{cid}-2", "text": "Actually it is broken, a disgrace, I want a refund now!",
                 "conversation_id": cid})
     recs = wait_final(store, ids)
     first, second = recs[ids[0]], recs[ids[1]]

@@ -67,7 +67,7 @@ class Store:
 
     # --- writes
     def add(self, messages: list[Message], replace: bool = False) -> tuple[list[Record], list[str]]:
-        """Create pending records; returns (accepted, duplicate ids). Two round trips per call.
+        """Create pending records; returns (accepted, duplicate ids). Two round trips per call (three with ``replace``).
 
         An id that already has a record is a duplicate and is left alone, unless ``replace`` is
         set, in which case its record is reset to pending, keeping its seq (its place in a conversation). Record, index, status set and
@@ -251,7 +251,7 @@ class Store:
         if not rec.conversation_id or turns <= 0:
             return []
         ids = self.r.zrevrangebyscore(self.k.conv(rec.conversation_id), f"({rec.seq}", "-inf", start=0, num=turns)
-        return self.get_many(list(reversed(ids)))
+        return self.get_many(list(reversed(ids)), skip_corrupt=True)  # a corrupt turn fails alone, in its own task
 
     def prune(self, chunk: int = 1000) -> int:
         """Drop ids whose record has expired (``record_ttl_days``) from the status sets, the index and the

@@ -15,6 +15,7 @@ OVERHEAD = 1.6  # whole forward pass / its linear layers (attention, norms, the 
 CHARS_PER_TOKEN = 1.0  # prior only: zh is ~1.3, en ~4; assuming 1 over-estimates the first cost (safe)
 FALLBACK_TOKEN_S = 0.01  # priors when there is no probe table (a model loaded without one)
 FALLBACK_STEP_S = 0.1
+PROMPT_TOKENS = 150  # a reply prompt's tokens beyond its cached system prompt, until some are measured
 
 
 class Pace:
@@ -23,6 +24,7 @@ class Pace:
         self._char_s: dict[str, float] = {}
         self._step_s: dict[int, float] = {}
         self._prefill_s: float | None = None
+        self._prompt_tokens: float = PROMPT_TOKENS
         self._plan = plan
 
     # --- what the process measured
@@ -39,6 +41,7 @@ class Pace:
             with self._lock:
                 new = seconds / tokens
                 self._prefill_s = new if self._prefill_s is None else SMOOTHING * new + (1 - SMOOTHING) * self._prefill_s
+                self._prompt_tokens = SMOOTHING * tokens + (1 - SMOOTHING) * self._prompt_tokens
 
     def _mix(self, averages: dict, key, value: float) -> None:
         with self._lock:
@@ -66,10 +69,10 @@ class Pace:
     def prefill_seconds(self, tokens: int) -> float:
         return tokens * (self._prefill_s if self._prefill_s is not None else self._prior_token_s("prefill"))
 
-    def reply_seconds(self, max_tokens: int, rows: int, prompt_tokens: int = 200) -> float:
+    def reply_seconds(self, max_tokens: int, rows: int) -> float:
         """A reply of ``max_tokens`` drafted among ``rows`` running ones, with each of the others' prefills
-        (joining the batch) stalling it once."""
-        return max_tokens * self.step_seconds(rows) + rows * self.prefill_seconds(prompt_tokens)
+        (joining the batch, prompts as long as the ones measured) stalling it once."""
+        return max_tokens * self.step_seconds(rows) + rows * self.prefill_seconds(round(self._prompt_tokens))
 
     # --- sizing
     def claim_chars(self, lang: str, budget_s: float) -> int:

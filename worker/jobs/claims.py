@@ -1,7 +1,8 @@
 """Which waiting messages a running task takes on with its own, so the model runs them as one batch.
 
 A sentiment task takes pending messages of the same language (up to a character budget); a reply
-task takes labeled messages outside conversations (those go one at a time, in turn order). Their
+task takes labeled messages whose label gets a reply (a conversation's turns too, unless their replies
+show the earlier replies, MOODQ_HISTORY_REPLIES: those go one at a time, in turn order). Their
 own tasks still run and find the work done. A claim looks at the first WINDOW x n waiting ids and
 removes only those it takes: a message a sentiment claim does not accept (another language, over its
 budget) stays where it is for another claim, without blocking this one; one no claim can take (its

@@ -159,8 +159,11 @@ def _earlier_turns(task: StageTask, rec: Record, eng, started: float, until: flo
         if s.replies_for(h.label):
             request = Request(h.text, h.label, h.lang, _history(earlier[:i]))
             _, made = next(checked(eng, [request], slots=1, until=until, redrafts=s.redrafts, **s.draft_options()))
-            h.reply = made.draft.text
-        store().update(h.id, _done(h, made, earlier[:i], started, 1, task.request.hostname))
+            if made.draft.stop == "deadline":
+                break  # out of time: that turn stays labeled, for its own task to draft in full
+        stored = store().update(h.id, _done(h, made, earlier[:i], started, 1, task.request.hostname))
+        if stored is not None and stored.reply is not None:
+            h.reply = stored.reply
     return earlier
 
 

@@ -32,6 +32,7 @@ MODEL_FAILED = "SIGUSR2"  # a pool process tells the main process its model did 
 KEEP_FAILED_S = 3600  # a worker stopped by a model that did not load leaves its heartbeat (with why) this long
 SWEEP_LIMIT = 1000  # records one sweep round republishes at most
 PRUNE_CHUNK = 500  # ids one prune step looks at
+PRUNE_SECONDS = 0.5  # prune steps a round takes at most (more than one while a big backlog of ids expires)
 UPKEEP_RETRIES = 3  # per Redis command in the upkeep thread (the next round tries again)
 
 
@@ -146,7 +147,12 @@ class Upkeep(bootsteps.StartStopStep):
         while not self.stopping.wait(s.sweep_interval_s):
             try:
                 counts = sweep(s, app, store, limit=SWEEP_LIMIT)
-                position, counts["pruned"] = store.prune_step(position, PRUNE_CHUNK)
+                counts["pruned"], until = 0, time.monotonic() + PRUNE_SECONDS
+                while True:  # one step at least; more while time is left and the round is not over
+                    position, pruned = store.prune_step(position, PRUNE_CHUNK)
+                    counts["pruned"] += pruned
+                    if position == (0, 0) or time.monotonic() > until:
+                        break
                 if counts["republished"] or counts["pruned"]:
                     log.warning("sweep: %s", json.dumps(counts))
             except Exception as exc:

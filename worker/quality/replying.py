@@ -91,8 +91,9 @@ def checked(engine, requests: Iterable[Request], *, slots: int, max_new_tokens: 
         if reply is None:
             reply = made[index] = Reply(draft, flags, 1, list(flags), draft.tokens)
         else:
-            reply.draft, reply.flags, reply.drafts = draft, flags, reply.drafts + 1
-            reply.tokens_drafted += draft.tokens
+            reply.drafts, reply.tokens_drafted = reply.drafts + 1, reply.tokens_drafted + draft.tokens
+            if draft.stop != "deadline":  # a redraft the deadline cut is worse than the draft it replaces
+                reply.draft, reply.flags = draft, flags
         fits = until is None or until - time.monotonic() > engine.pace.reply_seconds(max_new_tokens, slots)
         if flags and reply.drafts <= redrafts and fits:
             feed.again.append(index)
