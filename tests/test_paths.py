@@ -136,8 +136,10 @@ def test_a_cached_choice_is_reused_and_a_changed_key_probes_again(tmp_path, monk
         probe.plan_for(settings, tiny_config(), "tiny", measurer=measurer)
     finally:
         torch.set_num_threads(threads)
-    probe.plan_for(load_settings(cache_dir=str(tmp_path), reply_batch_size=4), tiny_config(), "tiny", measurer=measurer)
-    assert len(calls) == 4
+    assert len(calls) == 3
+    other = probe.plan_for(load_settings(cache_dir=str(tmp_path), reply_batch_size=4, sentiment_batch_size=2),
+                           tiny_config(), "tiny", measurer=measurer)
+    assert len(calls) == 3 and other.source == "cached"  # other batch sizes read the same ladder of rows
 
 
 def test_a_layer_keeps_only_the_weights_its_kernels_read():
@@ -224,11 +226,11 @@ def test_a_prompt_file_not_measured_with_int8_scores_in_float():
 
 def test_replies_share_the_scoring_kernel_when_it_is_nearly_as_fast():
     """Two int8 copies of every weight cost memory and start time: replies use the scoring kernel unless
-    another drafts more than 5 % faster."""
+    another drafts more than 25 % faster."""
     table = table_of({FLOAT32: 1.0, BFLOAT16: 0.5, FBGEMM: 0.3, INTMM: 0.25, WEIGHT_ONLY: 0.6})
     for m in (ROWS.batch, ROWS.prefill):
-        table[FBGEMM][str(m)]["ms"] = 0.97 * table[INTMM][str(m)]["ms"]
+        table[FBGEMM][str(m)]["ms"] = 0.85 * table[INTMM][str(m)]["ms"]
     assert probe.choose(table, ROWS) == (BFLOAT16, INTMM, INTMM)
     for m in (ROWS.batch, ROWS.prefill):
-        table[FBGEMM][str(m)]["ms"] = 0.8 * table[INTMM][str(m)]["ms"]
+        table[FBGEMM][str(m)]["ms"] = 0.7 * table[INTMM][str(m)]["ms"]
     assert probe.choose(table, ROWS) == (BFLOAT16, INTMM, FBGEMM)

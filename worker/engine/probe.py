@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -31,15 +32,22 @@ from worker.engine import kernels
 from worker.engine.kernels import BFLOAT16, FLOAT32
 
 log = logging.getLogger(__name__)
-VERSION = 1  # bump when what is measured changes: every host probes again
+VERSION = 2  # bump when what is measured changes: every host probes again
 MAX_ERROR = 0.05  # relative (Frobenius) error against float32; int8 kernels are ~0.01, a saturating one ~1
 SKIP_SLOWER = 4.0  # a kernel this much slower than float32 is not timed at larger row counts
 TOKENS_PER_MESSAGE = 40  # rows one message adds to a scoring pass (zh/en dev lines: 20-60 tokens)
 PREFILL_ROWS = 128  # a reply prompt's own tokens beyond the cached system prompt
 REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
-SAME_KERNEL_SLACK = 1.05  # replies run the scoring kernel when it drafts within 5 % of the fastest one
+# Replies run the scoring kernel unless another drafts more than 25 % faster in its linear layers: a
+# second int8 copy of every weight costs ~0.5 GB and ~4.5 s at start (0.5B model, this host), and a
+# layer's share of a whole decode step (attention, sampling and Python being the rest) is ~2/3, so
+# 25 % there is ~15 % of reply speed. Between runs of the probe, kernels within ~15 % trade places.
+SAME_KERNEL_SLACK = 1.25
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 Shape = tuple[int, int, int]  # in features, out features, how many per decoder layer
+# The rows every host is measured at, whatever the settings (so workers with other batch sizes share the
+# table): decode steps of 1, 8 and 16 rows, a reply prompt's prefill, a scoring pass of 16 messages.
+LADDER = (1, 8, 16, PREFILL_ROWS, 16 * TOKENS_PER_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -52,11 +60,17 @@ class Rows:
 
     @classmethod
     def of(cls, settings) -> "Rows":
-        return cls(score=min(1024, max(64, settings.sentiment_batch_size * TOKENS_PER_MESSAGE)),
-                   batch=settings.reply_batch_size)
+        """The ladder's rows closest to what these settings run: a scoring pass of
+        ``MOODQ_SENTIMENT_BATCH_SIZE`` messages, a decode step of ``MOODQ_REPLY_BATCH_SIZE`` rows."""
+        passes = [m for m in LADDER if m >= 64]
+        wanted = settings.sentiment_batch_size * TOKENS_PER_MESSAGE
+        score = min(passes, key=lambda m: abs(math.log(m / wanted)))
+        steps = [m for m in LADDER if m < PREFILL_ROWS]  # 1, 8, 16: the decode steps measured
+        batch = next((m for m in steps if m >= settings.reply_batch_size), steps[-1])
+        return cls(score=score, batch=batch)
 
     def measured(self) -> list[int]:
-        return sorted({1, self.batch, self.prefill, self.score})
+        return sorted({*LADDER, 1, self.batch, self.prefill, self.score})
 
 
 @dataclass
@@ -210,8 +224,8 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
     keeps a second process waiting for the first one's table instead of measuring beside it)."""
     from worker.engine import cpu
 
-    shapes, rows = linear_shapes(config), Rows.of(settings)
-    key = host_key(model_id, shapes, rows)
+    shapes, rows, ladder = linear_shapes(config), Rows.of(settings), Rows(score=LADDER[-1], batch=16)
+    key = host_key(model_id, shapes, ladder)
     folder = Path(settings.cache_dir) / "probe"
     folder.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -221,7 +235,7 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
         saved = _read(file, key) if not fresh else None
         if saved is None:
             started = time.perf_counter()
-            table = measurer(shapes, rows)
+            table = measurer(shapes, ladder)
             saved = {"key": key, "table": table, "seconds": round(time.perf_counter() - started, 2),
                      "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
             tmp = file.with_suffix(f".tmp{os.getpid()}")
