@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -128,8 +129,8 @@ def demo(timeout, as_json):
         records = wait_for(store, [m.id for m in msgs], timeout,
                            lambda r: click.echo(f"  {r.id}: {r.status}", err=True))
         rss = tree_peak_rss_mb(proc.pid)
-    finally:
-        launch.stop(proc)
+    finally:  # every message is final (or the wait gave up): nothing for a warm shutdown to finish
+        launch.stop(proc, grace=30, sig=signal.SIGQUIT)
     if as_json:
         for rec in records:
             click.echo(rec.model_dump_json())

@@ -34,10 +34,11 @@ def start(args: list[str], env: dict[str, str], log_path: Path | str, hostname: 
     raise RuntimeError(f"worker did not become ready in {timeout:g} s:\n{log_path.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen, grace: float = 60) -> None:
-    """SIGTERM (warm shutdown: the current task finishes), then SIGKILL after ``grace`` seconds."""
+def stop(proc: subprocess.Popen, grace: float = 60, sig: int = signal.SIGTERM) -> None:
+    """SIGTERM (warm shutdown: the current task finishes; SIGQUIT: at once, for a worker with nothing left
+    to do), then SIGKILL after ``grace`` seconds."""
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
