@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -179,7 +180,10 @@ class PhaseLinear(nn.Module):
     def __init__(self, linear: nn.Linear, score: Kernel, decode: Kernel, keep_weight: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        states = {k.name: k.prepare(linear.weight) for k in (score, decode)}
+        states: dict[str, object] = {}
+        for kernel in (score, decode):  # one state per distinct kernel: preparing int8 costs ~30 ms a layer
+            if kernel.name not in states:
+                states[kernel.name] = kernel.prepare(linear.weight)
         self.kernels = {"score": (score, states[score.name]), "decode": (decode, states[decode.name])}
         self.bias = linear.bias
         if keep_weight:
@@ -236,8 +240,15 @@ def apply(model: nn.Module, dtype: str, score: str, decode: str) -> int:
     edges = {f"layers.{i}." for i in [*range(SCORE_FLOAT_LAYERS), *range(last, last - SCORE_FLOAT_LAYERS, -1)]}
     targets = [(f"{path}.{name}".lstrip("."), parent, name, child) for path, parent in model.named_modules()
                for name, child in parent.named_children() if type(child) is nn.Linear]
-    for full, parent, name, child in targets:
+
+    def swap(target) -> PhaseLinear:
+        full, _, _, child = target
         float_scoring = child is head or any(e in full for e in edges)
         layer_score = kernels[dtype] if float_scoring and kernels[score].int8 else kernels[score]
-        setattr(parent, name, PhaseLinear(child, layer_score, kernels[decode], keep_weight=child is head))
+        return PhaseLinear(child, layer_score, kernels[decode], keep_weight=child is head)
+
+    # Preparing int8 weights is torch work that releases the GIL: one thread per core halves the start.
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        for (_, parent, name, _), layer in zip(targets, pool.map(swap, targets)):
+            setattr(parent, name, layer)
     return len(targets)
