@@ -95,6 +95,15 @@ def slowness(engine) -> float:
     return factor
 
 
+def score_noise(engine) -> float:
+    """How far two passes of the same message may score apart on this engine's path: the rows a pass
+    holds change the rounding (bfloat16, or int8 activations whose one fbgemm scale spans the whole
+    pass). Up to 0.51 measured between the cached and the plain pass, and 0.36 between a message alone
+    and in a batch, with int8-fbgemm scoring on a real AVX2-only EPYC (2026-11-30; the labels agreed);
+    a wrong cache or a broken batch moves scores by whole units and flips labels."""
+    return 0.75 if engine.plan and engine.plan.score.startswith("int8") else 0.15
+
+
 def limit(seconds: float, slowness: float) -> str:
     """A time limit for a test worker's environment: ``seconds`` on the reference host, scaled to this one."""
     return f"{seconds * slowness:g}"
