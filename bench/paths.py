@@ -1,8 +1,8 @@
 """Which kernels may score labels: accuracy of each (dtype, scoring kernel) on both dev sets, one run.
 
 For each path the embedded model is loaded once in the dtype, its Linear layers set to the scoring
-kernel (worker.engine.kernels.apply: the first and the last decoder layer stay float, as the worker runs
-them; --edges 0 puts every layer on the kernel), and both dev sets are labeled as `moodq eval`
+kernel (worker.engine.kernels.apply: SCORE_FLOAT_LAYERS decoder layers at each end stay float, as the worker
+runs them; --edges 0 puts every layer on the kernel), and both dev sets are labeled as `moodq eval`
 labels them. A kernel may go into worker.engine.kernels.LABEL_SAFE only if it stays within 1 point of
 float32 on both sets; the probe never lets speed alone choose a scoring kernel.
 
