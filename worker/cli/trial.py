@@ -128,15 +128,17 @@ def demo(timeout, as_json):
                    err=True)
         records = wait_for(store, [m.id for m in msgs], timeout,
                            lambda r: click.echo(f"  {r.id}: {r.status}", err=True))
+        results_s = time.perf_counter() - started
         rss = tree_peak_rss_mb(proc.pid)
+        if as_json:  # the results first: the worker's stop (~1-2 s) need not hold them back
+            for rec in records:
+                click.echo(rec.model_dump_json())
+        else:
+            click.echo(_table(records))
     finally:  # every message is final (or the wait gave up): nothing for a warm shutdown to finish
         launch.stop(proc, grace=30, sig=signal.SIGQUIT)
-    if as_json:
-        for rec in records:
-            click.echo(rec.model_dump_json())
-    else:
-        click.echo(_table(records))
-    click.echo(f"demo finished in {time.perf_counter() - started:.1f} s (worker start and model load included); "
+    click.echo(f"results after {results_s:.1f} s, demo finished in {time.perf_counter() - started:.1f} s "
+               "(worker start, model load and stop included); "
                "peak RSS of the worker processes: "
                + ", ".join(f"pid {p} {mb:.0f} MB" for p, mb in sorted(rss.items())), err=True)
     if any(r.status not in ("done", "review") for r in records):

@@ -26,10 +26,11 @@ def start(args: list[str], env: dict[str, str], log_path: Path | str, hostname: 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited early:\n{log_path.read_text()[-3000:]}")
-        if app.control.ping(destination=[node], timeout=1.0):
-            if ready_text is None or ready_text in log_path.read_text():
-                return proc
-        time.sleep(0.5)
+        # The log is read first (cheap); the ping returns at the first reply (limit=1), not after its timeout.
+        if (ready_text is None or ready_text in log_path.read_text()) and \
+                app.control.ping(destination=[node], timeout=1.0, limit=1):
+            return proc
+        time.sleep(0.1)
     stop(proc)
     raise RuntimeError(f"worker did not become ready in {timeout:g} s:\n{log_path.read_text()[-3000:]}")
 
