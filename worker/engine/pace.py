@@ -1,7 +1,9 @@
 """How fast this process runs, measured as it works, so a task takes on only what ends inside its limit.
 
 Three rates, each a moving average of what the process measured: seconds per character scored (per
-language), seconds per prompt token prefilled, and seconds per decode step (per number of rows).
+language), seconds per prompt token prefilled, and seconds per decode step (per number of rows). A
+message longer than the scoring pass reads (``max_text_tokens``) costs only what is read: its characters
+are counted up to ``max_text_tokens`` x the characters per token measured for its language.
 Before the first measurement they are estimated from the kernel probe's table (worker.engine.probe), with
 a margin, so the first claim on a slow host is already small.
 """
@@ -22,15 +24,29 @@ class Pace:
     def __init__(self, plan=None):
         self._lock = threading.Lock()
         self._char_s: dict[str, float] = {}
+        self._chars_per_token: dict[str, float] = {}
+        self.max_text_tokens = 0  # tokens of a message a scoring pass reads (0: all); set by the scorer
         self._step_s: dict[int, float] = {}
         self._prefill_s: float | None = None
         self._prompt_tokens: float = PROMPT_TOKENS
         self._plan = plan
 
     # --- what the process measured
-    def scored(self, lang: str, chars: int, seconds: float) -> None:
+    def scored(self, lang: str, chars: float, seconds: float, chars_per_token: float | None = None) -> None:
+        """A pass that read ``chars`` characters (see :meth:`read_chars`) in ``seconds``; its texts had
+        ``chars_per_token`` characters per token, if given."""
         if chars > 0 and seconds > 0:
             self._mix(self._char_s, lang, seconds / chars)
+        if chars_per_token:
+            self._mix(self._chars_per_token, lang, chars_per_token)
+
+    def read_chars(self, lang: str, chars: int) -> float:
+        """What a message of ``chars`` characters costs a scoring pass, in characters: all of them, or, for one
+        longer than the pass reads, as many as ``max_text_tokens`` hold in this language (once measured)."""
+        per_token = self._chars_per_token.get(lang)
+        if not self.max_text_tokens or per_token is None:
+            return chars
+        return min(chars, self.max_text_tokens * per_token)
 
     def stepped(self, rows: int, seconds: float) -> None:
         if rows > 0 and seconds > 0:
@@ -76,7 +92,7 @@ class Pace:
 
     # --- sizing
     def claim_chars(self, lang: str, budget_s: float) -> int:
-        """How many characters of ``lang`` one sentiment task can score in ``budget_s``."""
+        """How many characters of ``lang`` (counted by :meth:`read_chars`) one sentiment task can score in ``budget_s``."""
         return int(budget_s / max(self.score_seconds(lang, 1), 1e-9))
 
     def reply_slots(self, most: int, max_tokens: int, budget_s: float) -> int:

@@ -56,6 +56,7 @@ class Scorer:
         self.labels = prompts.labels
         self.max_text_tokens = max_text_tokens  # sentiment reads at most this many (0 = all)
         self.pace = pace or Pace()
+        self.pace.max_text_tokens = max_text_tokens
         self.frames = {code: self._frame(code) for code in prompts.languages}
         for code, lang in prompts.languages.items():
             if lang.sentiment.calibration:
@@ -85,11 +86,14 @@ class Scorer:
         prior = self.prompts.languages[lang].sentiment.label_prior
         if prior:  # a per-label log-prior from the prompt file, added
             offsets = [b - prior.get(label, 0.0) for b, label in zip(offsets or [0.0] * len(self.labels), self.labels)]
-        encoded = [head_and_tail(self.chat.encode(self.chat.clean(t)), self.max_text_tokens) for t in texts]
+        full = [self.chat.encode(self.chat.clean(t)) for t in texts]
+        encoded = [head_and_tail(ids, self.max_text_tokens) for ids in full]
         for bucket in sorted(buckets(encoded, max_batch), key=lambda b: first not in b):
             started = time.perf_counter()
             raw = self.label_logprobs(frame, [encoded[i] for i in bucket])
-            self.pace.scored(lang, sum(len(texts[i]) for i in bucket), time.perf_counter() - started)
+            chars, tokens = sum(len(texts[i]) for i in bucket), sum(len(full[i]) for i in bucket)
+            read = sum(len(texts[i]) * len(encoded[i]) / max(1, len(full[i])) for i in bucket)  # of a long text: its part read
+            self.pace.scored(lang, read, time.perf_counter() - started, chars_per_token=chars / max(1, tokens))
             yield bucket, [self.decide(scores, offsets) for scores in raw]
 
     def calibration(self, lang: str) -> list[float]:

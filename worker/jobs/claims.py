@@ -39,9 +39,11 @@ WAITS_FOR = {"sentiment": "pending", "reply": "labeled"}  # the status a message
 
 
 def claim(store: Store, stage: str, own: Record, n: int, accept: Callable[[Record], bool],
-          chars: int | None = None, keep_rejected: bool = True) -> list[Record]:
+          chars: float | None = None, keep_rejected: bool = True,
+          cost: Callable[[Record], float] = lambda r: len(r.text)) -> list[Record]:
     """Up to ``n`` waiting messages of ``stage`` to process with ``own`` in one go, first-ranked first,
-    within ``chars`` characters if given. A corrupt stored record is left to its own task, which fails it alone."""
+    within ``chars`` characters if given, each message counted as ``cost`` says. A corrupt stored record
+    is left to its own task, which fails it alone."""
     if n <= 0:
         return []
     ids = [i for i in store.waiting(stage, max(WINDOW * n, MIN_WINDOW)) if i != own.id]
@@ -51,9 +53,9 @@ def claim(store: Store, stage: str, own: Record, n: int, accept: Callable[[Recor
         rec = records.get(mid)
         if rec is None or rec.status != WAITS_FOR[stage] or not (keep_rejected or accept(rec)):
             dead.append(mid)
-        elif len(picked) < n and accept(rec) and (chars is None or len(rec.text) <= chars):
+        elif len(picked) < n and accept(rec) and (chars is None or cost(rec) <= chars):
             picked.append(rec)
-            chars = None if chars is None else chars - len(rec.text)
+            chars = None if chars is None else chars - cost(rec)
     store.take(stage, dead)
     taken = store.take(stage, [r.id for r in picked])
     return [r for r in picked if r.id in taken]

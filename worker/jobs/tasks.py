@@ -35,9 +35,10 @@ def sentiment(self: StageTask, mid: str) -> str:
     size = self.batch_size(rec, s.sentiment_batch_size)
     batch = [rec]
     if size > 1:  # as many waiting messages as this process is measured to label well inside the limit
-        chars = min(s.claim_chars, eng.pace.claim_chars(lang, CLAIM_SHARE * s.sentiment_soft_limit)) - len(rec.text)
+        cost = lambda r: eng.pace.read_chars(lang, len(r.text))  # noqa: E731  (a long message: what scoring reads)
+        chars = min(s.claim_chars, eng.pace.claim_chars(lang, CLAIM_SHARE * s.sentiment_soft_limit)) - cost(rec)
         batch += claim(store(), "sentiment", rec, max(size, s.claim_size) - 1,
-                       same_language(lang, eng.prompts, s.max_chars), chars=chars)
+                       same_language(lang, eng.prompts, s.max_chars), chars=chars, cost=cost)
     done = _label(eng, batch, lang, size, self.request.hostname, time.time() + STOP_SHARE * s.sentiment_soft_limit)
     store().offer("reply", {r.id: reply_rank(s, r.seq, done[i].probs) for i, r in enumerate(batch)  # what a batch
                             if i in done and replyable(s)(r, label=done[i].label)})  # may take
