@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,9 @@ from worker.jobs import launch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start(cache: str, concurrency: int, log: Path) -> tuple[float, list[float]]:
+def start(cache: str, concurrency: int, log: Path) -> tuple[float, list[float], float]:
+    """Seconds to ready, peak RSS per process (GB), and seconds the worker then takes to stop (SIGQUIT:
+    nothing is running, the way `moodq demo` stops it)."""
     env = {**os.environ, "MOODQ_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1",
            "MOODQ_QUEUE": f"bench-startup-{os.getpid()}"}
     t0 = time.perf_counter()
@@ -36,12 +39,17 @@ def start(cache: str, concurrency: int, log: Path) -> tuple[float, list[float]]:
             text = log.read_text(errors="replace")
             if " ready." in text and text.count("ready in") >= concurrency:
                 ready = time.perf_counter() - t0
-                return ready, sorted((mb / 1024 for mb in tree_peak_rss_mb(proc.pid).values()), reverse=True)
+                rss = sorted((mb / 1024 for mb in tree_peak_rss_mb(proc.pid).values()), reverse=True)
+                break
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited:\n{text[-2000:]}")
             time.sleep(0.02)
-    finally:
+    except BaseException:
         launch.stop(proc)
+        raise
+    t0 = time.perf_counter()
+    launch.stop(proc, grace=30, sig=signal.SIGQUIT)
+    return ready, rss, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -58,9 +66,9 @@ def main() -> None:
     first = "first start" + ("" if args.keep_cache else " (cold: empty cache)")
     try:
         for name in [first] + ["warm start"] * args.warm_runs:
-            seconds, rss = start(cache, args.concurrency, log)
-            print(f"{name:<30} -c {args.concurrency}: {seconds:5.1f} s to ready   peak RSS per process (GB): "
-                  + ", ".join(f"{r:.2f}" for r in rss), flush=True)
+            seconds, rss, stop = start(cache, args.concurrency, log)
+            print(f"{name:<30} -c {args.concurrency}: {seconds:5.1f} s to ready, {stop:4.1f} s to stop   "
+                  "peak RSS per process (GB): " + ", ".join(f"{r:.2f}" for r in rss), flush=True)
     finally:
         if not args.keep_cache:
             subprocess.run(["rm", "-rf", cache], check=False)
