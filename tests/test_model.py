@@ -165,6 +165,23 @@ def test_reply_ends_at_end_of_turn(engine):
     assert d.text and not d.truncated and "<|im_end|>" not in d.text
 
 
+def test_a_long_reply_ends_at_the_first_sentence_end_past_end_after(engine):
+    """MOODQ_REPLY_END_AFTER: past that many tokens a reply ends with its sentence, whole, not cut."""
+    greedy = {"do_sample": False, "repetition_penalty": 1.1}
+    story = "Tell me a very long story about the sea, with many sentences."
+    long = engine.draft(story, "positive", "en", [], max_new_tokens=160, deadline_s=120, sampling=greedy)
+    short = engine.draft(story, "positive", "en", [], max_new_tokens=160, deadline_s=120, sampling=greedy, end_after=24)
+    assert long.tokens > 40, long  # the same reply would have run on
+    assert short.stop == "sentence" and not short.truncated and 24 <= short.tokens < long.tokens, short
+    assert short.text.rstrip()[-1] in ".!?" and long.text.startswith(short.text), (short.text, long.text)
+
+
+def test_sentence_ends_are_whole_sentences_not_list_numbers(engine):
+    encode, ends = engine.chat.encode, engine.drafter._ends_sentence
+    assert ends(encode("We will look into it.")) and ends(encode("您好，我们会尽快处理。")) and ends(encode("Sorry!"))
+    assert not ends(encode("Please try these steps: 1.")) and not ends(encode("It costs 3.")) and not ends(encode("We will"))
+
+
 def test_eval_command_prints_the_figures(engine):
     """`moodq eval` on a 4-line fixture: accuracy, per-class figures, confusion, invalid rate 0."""
     from worker.cli.main import main

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
                                       "one is read as its opening and its ending, half each (0 = all). Bounds the "
                                       "cost of long messages; replies still see the whole text.")
     max_reply_tokens: int = Field(128, ge=1, description="Longest drafted reply, in tokens (128: ~90 % of replies end on their own).")
+    reply_end_after: int = Field(40, ge=0, description="A reply this many tokens long ends at its next sentence end "
+                                 "(whole sentences, not cut), so a rambling one stops near here (0 = off). 40: the "
+                                 "longest replies of the graded desk set 62-66 tokens instead of 107-128, sendable "
+                                 "unchanged within its noise (bench/README.md).")
     reply_labels: Annotated[Literal["all"] | frozenset[str], NoDecode] = Field(
         "all", description="Labels that get a drafted reply: 'all', 'none', or a comma list such as 'negative'.")
     triage_label: str = Field("negative", description="Replies are drafted first for messages most likely to carry this label ('' = first come, first served).")
@@ -147,7 +151,7 @@ class Settings(BaseSettings):
     def draft_options(self) -> dict:
         """How a reply is drafted, the same for a worker's reply task, `ask` and `eval --replies`."""
         return {"max_new_tokens": self.max_reply_tokens, "deadline_s": max(0.5, self.reply_soft_limit * 0.8),
-                "sampling": self.sampling()}
+                "sampling": self.sampling(), "end_after": self.reply_end_after}
 
     @property
     def _longest_unacked(self) -> float:

@@ -44,7 +44,8 @@ class Draft:
     text: str
     truncated: bool  # cut by the token cap or the deadline, not ended by the model
     tokens: int
-    stop: str = "end"  # "end" (the model's end of turn), "cap" (max_new_tokens) or "deadline"
+    stop: str = "end"  # "end" (the model's end of turn), "sentence" (a sentence's end past ``end_after``
+    # tokens), "cap" (max_new_tokens) or "deadline"
 
 
 @dataclass
@@ -86,14 +87,15 @@ class Drafter:
         return drafts
 
     def stream(self, items: Iterable[Request], *, slots: int, max_new_tokens: int, deadline_s: float, sampling: dict,
-               until: float | None = None) -> Iterator[tuple[int, Draft]]:
+               until: float | None = None, end_after: int = 0) -> Iterator[tuple[int, Draft]]:
         """(index, draft) for each item as its reply ends, at most ``slots`` drafted at a time.
 
         ``items`` is read lazily: the next item is taken only when a slot is free, so a caller can
         hand out work as it arrives. Each reply may take ``deadline_s`` from the moment it starts,
         and none runs past ``until`` (monotonic); a reply cut by a deadline or the token cap is
-        ``truncated``, and ``stop`` says which. The model runs its decode kernels only inside each
-        step, never while the caller holds a draft.
+        ``truncated``, and ``stop`` says which. With ``end_after``, a reply that has that many tokens ends
+        at its next sentence end (not truncated: every sentence is whole). The model runs its decode
+        kernels only inside each step, never while the caller holds a draft.
         """
         slots = max(1, slots) if self.rows_join else 1
         choose, pending = self._chooser(sampling), iter(enumerate(items))
@@ -103,7 +105,7 @@ class Drafter:
                 self._fill(batch, pending, slots, choose, deadline_s, until)
                 if not batch.rows:
                     return
-                ended = self._drop_ended(batch, max_new_tokens)
+                ended = self._drop_ended(batch, max_new_tokens, end_after)
                 if batch.rows and not ended:
                     self._step(batch, choose)
             yield from ended
@@ -120,10 +122,11 @@ class Drafter:
             batch.cache, batch.mask = kvcache.join(batch.cache, row_cache), self._join_masks(batch.mask, len(prompt))
             batch.rows.append(row)
 
-    def _drop_ended(self, batch: _Batch, max_new_tokens: int) -> list[tuple[int, Draft]]:
-        """The drafts of rows that ended (end of turn, token cap, deadline), taken out of the batch."""
+    def _drop_ended(self, batch: _Batch, max_new_tokens: int, end_after: int = 0) -> list[tuple[int, Draft]]:
+        """The drafts of rows that ended (end of turn, a sentence past ``end_after``, token cap, deadline),
+        taken out of the batch."""
         for r in batch.rows:
-            r.stop = self._stop(r, max_new_tokens)
+            r.stop = self._stop(r, max_new_tokens, end_after)
         ended = [(r.index, self._draft(r)) for r in batch.rows if r.stop]
         if ended:
             kept = [j for j, r in enumerate(batch.rows) if not r.stop]
@@ -175,9 +178,11 @@ class Drafter:
         pad = lambda m: torch.cat([m.new_zeros(m.shape[0], width - m.shape[1]), m], dim=1)  # noqa: E731
         return torch.cat([pad(mask), pad(row)])
 
-    def _stop(self, row: _Row, max_new_tokens: int) -> str | None:
+    def _stop(self, row: _Row, max_new_tokens: int, end_after: int = 0) -> str | None:
         if row.reply and row.reply[-1] in self.stops:
             return "end"
+        if end_after and len(row.reply) >= end_after and self._ends_sentence(row.reply):
+            return "sentence"
         if len(row.reply) >= max_new_tokens:
             return "cap"
         return "deadline" if time.monotonic() > row.deadline else None
@@ -185,7 +190,8 @@ class Drafter:
     def _draft(self, row: _Row) -> Draft:
         new = row.reply[:-1] if row.stop == "end" else row.reply
         text = self.chat.tok.decode(new, skip_special_tokens=True)
-        return Draft((row.opening + text).strip(), truncated=row.stop != "end", tokens=len(new), stop=row.stop)
+        return Draft((row.opening + text).strip(), truncated=row.stop not in ("end", "sentence"), tokens=len(new),
+                     stop=row.stop)
 
     def _chooser(self, sampling: dict):
         """The next token of each row: the model's generation config with ``sampling`` on top, as
@@ -217,6 +223,24 @@ class Drafter:
             return where.gather(1, picked).squeeze(1).tolist()  # the same draw, without sorting the vocabulary
 
         return choose
+
+    @functools.cached_property
+    def sentence_ends(self) -> tuple[frozenset[int], frozenset[int]]:
+        """Tokens that end a sentence (their text ends in 。！？!? or …), and tokens that end in a full stop,
+        which ends one only after a letter (not "1." of a list or "3.5")."""
+        texts = self.chat.tok.batch_decode([[i] for i in range(len(self.chat.tok))])
+        ends = frozenset(i for i, t in enumerate(texts) if t.rstrip().endswith(("。", "！", "？", "!", "?", "…")))
+        stops = frozenset(i for i, t in enumerate(texts) if t.rstrip().endswith("."))
+        return ends, stops
+
+    def _ends_sentence(self, reply: list[int]) -> bool:
+        ends, stops = self.sentence_ends
+        if reply[-1] in ends:
+            return True
+        if reply[-1] not in stops:
+            return False
+        tail = self.chat.tok.decode(reply[-2:]).rstrip()  # the full stop may be a token of its own
+        return len(tail) > 1 and tail[-2].isalpha()
 
     @functools.cached_property
     def bad_words(self) -> list[list[int]] | None:

@@ -35,10 +35,10 @@ class Engine:
         return self.scorer.passes(texts, lang, max_batch=max_batch)
 
     def draft(self, text: str, label: str, lang: str, history: History, *, max_new_tokens: int,
-              deadline_s: float, sampling: dict) -> Draft:
+              deadline_s: float, sampling: dict, end_after: int = 0) -> Draft:
         """Draft a reply that knows the label and the conversation's earlier turns."""
         return self.draft_many([(text, label, lang, history)], max_new_tokens=max_new_tokens,
-                               deadline_s=deadline_s, sampling=sampling)[0]
+                               deadline_s=deadline_s, sampling=sampling, end_after=end_after)[0]
 
     def draft_many(self, items: list[Request], **options) -> list[Draft]:
         """Draft several replies; see :meth:`worker.engine.drafting.Drafter.draft_many`."""

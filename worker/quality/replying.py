@@ -78,12 +78,13 @@ class _Feed:
 
 
 def checked(engine, requests: Iterable[Request], *, slots: int, max_new_tokens: int, deadline_s: float,
-            sampling: dict, until: float | None = None, redrafts: int = 2) -> Iterator[tuple[int, Reply]]:
+            sampling: dict, until: float | None = None, redrafts: int = 2, end_after: int = 0) -> Iterator[tuple[int, Reply]]:
     """(request index, reply) for each request as its kept draft ends; see the module's doc."""
     feed = _Feed(requests)
     made: dict[int, Reply] = {}
     for item, draft in engine.drafter.stream(feed, slots=slots, max_new_tokens=max_new_tokens,
-                                             deadline_s=deadline_s, sampling=sampling, until=until):
+                                             deadline_s=deadline_s, sampling=sampling, until=until,
+                                             end_after=end_after):
         index = feed.order[item]
         request = feed.known[index]
         flags = flags_of(draft, request, engine.chat.opening(request.label, request.lang))
