@@ -41,7 +41,7 @@ def _staggered(tiny, items, caps, **opts):
     """Draft with a different token cap per item (to make rows leave at different steps)."""
     drafter, stop = tiny.drafter, tiny.drafter._stop
     cap_of = {i: c for i, c in enumerate(caps)}
-    drafter._stop = lambda row, _cap: stop(row, cap_of[row.index])
+    drafter._stop = lambda row, _cap, end_after=0: stop(row, cap_of[row.index], end_after)
     try:
         return [d.text for d in tiny.draft_many(items, max_new_tokens=max(caps), **opts)]
     finally:
