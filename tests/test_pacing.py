@@ -26,8 +26,7 @@ def test_claims_shrink_with_the_measured_pace():
 def test_a_long_message_costs_what_the_scoring_pass_reads():
     """Scoring reads at most max_text_tokens of a message: a 2,000-character one costs that many tokens' worth of
     characters, both when a pass is measured and when a claim counts it."""
-    pace = Pace()
-    pace.max_text_tokens = 160
+    pace = Pace(max_text_tokens=160)
     assert pace.read_chars("en", 2000) == 2000  # characters per token not measured yet: all of it
     pace.scored("en", 640, 0.64, chars_per_token=4.0)  # 1 ms per character read; en runs 4 characters a token
     assert pace.read_chars("en", 2000) == 640 and pace.read_chars("en", 300) == 300
@@ -41,8 +40,7 @@ def test_scoring_measures_the_part_of_a_long_message_it_read(engine):
     """A pass over one long message records its rate per character read, not per character of the message:
     at that rate the whole message would take several times the pass (which read 160 of its ~500 tokens)."""
     text = "The parcel came late and the box was crushed, but the support team was kind. " * 30  # ~2,300 characters
-    own, real = Pace(), engine.scorer.pace
-    own.max_text_tokens = engine.scorer.max_text_tokens
+    own, real = Pace(max_text_tokens=engine.scorer.max_text_tokens), engine.scorer.pace
     engine.scorer.pace = own
     try:
         t0 = time.perf_counter()

@@ -78,6 +78,7 @@ class Drafter:
         self.stops = chat.stop_ids(model.generation_config.eos_token_id)
         self.rows_join = kvcache.rows_can_join(model)
         self._prefixes: dict[tuple[int, ...], object] = {}  # system prompt ids -> their KV cache
+        self._texts: dict[int, str] = {}  # token id -> its text, for the sentence ends
 
     def draft_many(self, items: list[Request], *, slots: int | None = None, **options) -> list[Draft]:
         """A reply for every item, in order, at most ``slots`` (default: all) drafted at a time; see :meth:`stream`."""
@@ -224,20 +225,15 @@ class Drafter:
 
         return choose
 
-    @functools.cached_property
-    def sentence_ends(self) -> tuple[frozenset[int], frozenset[int]]:
-        """Tokens that end a sentence (their text ends in 。！？!? or …), and tokens that end in a full stop,
-        which ends one only after a letter (not "1." of a list or "3.5")."""
-        texts = self.chat.tok.batch_decode([[i] for i in range(len(self.chat.tok))])
-        ends = frozenset(i for i, t in enumerate(texts) if t.rstrip().endswith(("。", "！", "？", "!", "?", "…")))
-        stops = frozenset(i for i, t in enumerate(texts) if t.rstrip().endswith("."))
-        return ends, stops
-
     def _ends_sentence(self, reply: list[int]) -> bool:
-        ends, stops = self.sentence_ends
-        if reply[-1] in ends:
+        """Whether the reply's last token ends a sentence: its text ends in 。！？!?…, or in a full stop after a
+        letter (not "1." of a list or "3." of a number). Each token's text is decoded once per process."""
+        last = self._texts.get(reply[-1])
+        if last is None:
+            last = self._texts[reply[-1]] = self.chat.tok.decode(reply[-1:]).rstrip()
+        if last.endswith(("。", "！", "？", "!", "?", "…")):
             return True
-        if reply[-1] not in stops:
+        if not last.endswith("."):
             return False
         tail = self.chat.tok.decode(reply[-2:]).rstrip()  # the full stop may be a token of its own
         return len(tail) > 1 and tail[-2].isalpha()

@@ -19,7 +19,7 @@ class Engine:
         self.model_id = loaded.model_id
         self.plan = loaded.plan
         self.path = str(loaded.plan) if loaded.plan else None  # e.g. avx2/float32 score:int8-fbgemm decode:int8-fbgemm
-        self.pace = Pace(loaded.plan)  # this process's measured speed (sizes claims and reply batches)
+        self.pace = Pace(loaded.plan, max_text_tokens)  # this process's measured speed (sizes claims and reply batches)
         self.prompts = prompts
         self.labels = prompts.labels
         self.chat = Chat(self.tok, prompts)

@@ -21,11 +21,11 @@ PROMPT_TOKENS = 150  # a reply prompt's tokens beyond its cached system prompt, 
 
 
 class Pace:
-    def __init__(self, plan=None):
+    def __init__(self, plan=None, max_text_tokens: int = 0):
         self._lock = threading.Lock()
         self._char_s: dict[str, float] = {}
         self._chars_per_token: dict[str, float] = {}
-        self.max_text_tokens = 0  # tokens of a message a scoring pass reads (0: all); set by the scorer
+        self.max_text_tokens = max_text_tokens  # tokens of a message a scoring pass reads (0: all)
         self._step_s: dict[int, float] = {}
         self._prefill_s: float | None = None
         self._prompt_tokens: float = PROMPT_TOKENS

@@ -55,8 +55,7 @@ class Scorer:
         self.model, self.chat, self.prompts = model, chat, prompts
         self.labels = prompts.labels
         self.max_text_tokens = max_text_tokens  # sentiment reads at most this many (0 = all)
-        self.pace = pace or Pace()
-        self.pace.max_text_tokens = max_text_tokens
+        self.pace = pace or Pace(max_text_tokens=max_text_tokens)
         self.frames = {code: self._frame(code) for code in prompts.languages}
         for code, lang in prompts.languages.items():
             if lang.sentiment.calibration:
