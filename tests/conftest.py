@@ -11,6 +11,7 @@ import socket
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def engine(settings):
 
 # What a short claim and a short reply took on the machines the suite's time limits were written for
 # (2-core AVX512-BF16 EPYC, 2026-11-30): the limits below are scaled by how much slower this host is.
-REFERENCE_S = {"judge": 0.25, "draft": 1.0}
+REFERENCE_S = {"judge": 0.25, "draft": 1.0, "small_judge": 0.01}
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +94,48 @@ def slowness(engine) -> float:
     print(f"\nhost speed: a claim of 8 short messages {judge:.2f} s, a 24-token reply {draft:.2f} s: "
           f"time limits x{factor:.1f}")
     return factor
+
+
+@dataclass
+class SmallModel:
+    env: dict[str, str]  # MOODQ_MODEL and MOODQ_CACHE_DIR for a worker
+    slowness: float  # how many times slower than the reference this host labels with it (at least 1)
+
+
+@pytest.fixture(scope="session")
+def small_model(engine, tmp_path_factory) -> SmallModel:
+    """A worker model for tests whose subject is the queue, not the model (kill -9, SIGTERM, a Redis restart,
+    the soak): a random-weight two-layer Qwen2 with the embedded model's tokenizer and chat template, saved
+    with save_pretrained and named by MOODQ_MODEL, so every part of the worker but the weights is the
+    production one. Its worker starts in the imports' time and labels in milliseconds on any CPU class (the
+    embedded model takes 7-15 s to start, and those tests' waits grew with the host's slowness). Its kernel
+    probe goes to a cache dir of its own, not the operator's. Its slowness is measured here, as `slowness` is."""
+    import time
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from worker.engine.loading import load
+    from worker.engine.model import Engine
+
+    path = tmp_path_factory.mktemp("small-model")
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(engine.tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    engine.tok.save_pretrained(path)
+    env = {"MOODQ_MODEL": str(path), "MOODQ_CACHE_DIR": str(path / "cache")}
+    small = Engine(load(load_settings(threads=2, **{k[6:].lower(): v for k, v in env.items()})), engine.prompts)
+    texts = ["I love it, thanks!", "这个天气真让人烦躁。", "Broken again.", "快递很快，包装完好。"] * 2
+    small.judge(texts, "en")  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        small.judge(texts, "en")
+        best = min(best, time.perf_counter() - t0)
+    factor = max(1.0, best / REFERENCE_S["small_judge"])
+    print(f"\nsmall model: a claim of 8 short messages {best * 1000:.0f} ms: its tests' time limits x{factor:.1f}")
+    return SmallModel(env, factor)
 
 
 def score_noise(engine) -> float:

@@ -117,13 +117,15 @@ def test_records_whose_task_was_never_published_are_swept(worker, store, setting
 
 @pytest.mark.worker
 @pytest.mark.model
-def test_kill_9_of_the_whole_worker_loses_nothing(own, store, tmp_path, slowness):
+def test_kill_9_of_the_whole_worker_loses_nothing(own, store, tmp_path, small_model):
     """SIGKILL of the main process and its pool mid-task: with a short MOODQ_VISIBILITY_TIMEOUT (8 s), Redis hands
-    the unacknowledged task to the next worker, and every message ends with exactly one final record."""
-    soft, hard = limit(5, slowness), limit(6, slowness)
+    the unacknowledged task to the next worker, and every message ends with exactly one final record.
+    On the small model (conftest.small_model): what is tested is the queue's, not the model's."""
+    soft, hard = limit(5, small_model.slowness), limit(6, small_model.slowness)
     limits = {"MOODQ_SENTIMENT_SOFT_LIMIT": soft, "MOODQ_SENTIMENT_HARD_LIMIT": hard, "MOODQ_REPLY_SOFT_LIMIT": soft,
-              "MOODQ_REPLY_HARD_LIMIT": hard, "MOODQ_VISIBILITY_TIMEOUT": limit(8, slowness), "MOODQ_REPLY_LABELS": "none"}
-    env = {"MOODQ_KEY_PREFIX": own.key_prefix, "MOODQ_QUEUE": own.queue, **limits}
+              "MOODQ_REPLY_HARD_LIMIT": hard, "MOODQ_VISIBILITY_TIMEOUT": limit(8, small_model.slowness),
+              "MOODQ_REPLY_LABELS": "none"}
+    env = {"MOODQ_KEY_PREFIX": own.key_prefix, "MOODQ_QUEUE": own.queue, **small_model.env, **limits}
     s = load_settings(**{k[6:].lower(): v for k, v in env.items()})
     first = start_fault_worker("kill9-1", env, tmp_path / "kill9-1.log")
     hold = "[hold:3] The screen cracked the first day."

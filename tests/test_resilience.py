@@ -17,7 +17,6 @@ from tests.conftest import (
     FINISHED,
     ROOT,
     RUN,
-    _start_worker,
     assert_one_final_record_each,
     free_port,
     send,
@@ -70,9 +69,11 @@ def test_message_that_kills_its_worker_every_time_ends_failed(fault_worker, stor
     assert recs["after-poison"].status in FINISHED
 
 
-def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings, tmp_path):
-    """Warm shutdown: the task in progress completes, the queued ones are left for the next worker."""
-    env = {"MOODQ_QUEUE": f"{settings.queue}-graceful", "MOODQ_REPLY_LABELS": "none", "MOODQ_SENTIMENT_BATCH_SIZE": "1"}
+def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings, tmp_path, small_model):
+    """Warm shutdown: the task in progress completes, the queued ones are left for the next worker (on the
+    small model: conftest.small_model)."""
+    env = {"MOODQ_QUEUE": f"{settings.queue}-graceful", "MOODQ_REPLY_LABELS": "none", "MOODQ_SENTIMENT_BATCH_SIZE": "1",
+           **small_model.env}
     s = load_settings(queue=env["MOODQ_QUEUE"], reply_labels="none")
     first = start_fault_worker("graceful-1", env, tmp_path / "graceful-1.log")
     hold = "[hold:2] Thanks, that was quick"
@@ -130,21 +131,25 @@ class TlsRedis:
             self.proc.wait(30)
 
 
-def test_redis_restart_mid_run_over_tls_with_password(tmp_path):
-    """Workers and producer ride out a restart of a TLS, password-protected Redis; each message has one record."""
+def test_redis_restart_mid_run_over_tls_with_password(tmp_path, small_model):
+    """Workers and producer ride out a restart of a TLS, password-protected Redis; each message has one record.
+    On the small model (conftest.small_model), every message gets a reply and every decode step of the first
+    thirty sleeps 50 ms (tests/faults.py), so Redis goes down while replies are being drafted."""
     server = TlsRedis(tmp_path)
     server.start()
-    env = {"MOODQ_REDIS_URL": server.url, "MOODQ_REPLY_LABELS": "negative", "MOODQ_QUEUE": f"restart-{RUN}"}
-    s = load_settings(redis_url=server.url, reply_labels="negative", queue=env["MOODQ_QUEUE"])
+    env = {"MOODQ_REDIS_URL": server.url, "MOODQ_REPLY_LABELS": "all", "MOODQ_QUEUE": f"restart-{RUN}",
+           **small_model.env}
+    s = load_settings(redis_url=server.url, reply_labels="all", queue=env["MOODQ_QUEUE"])
     store = Store(s)
     log = tmp_path / "worker.log"
-    proc = _start_worker("restart", env, [sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"], log)
+    proc = start_fault_worker("restart", env, log)
     try:
-        first = send(s, *[{"id": f"r1-{i}", "text": f"Delivery {i} was late and the box was damaged."}
+        first = send(s, *[{"id": f"r1-{i}", "text": f"[draft-slow:0.05] Delivery {i} was late and the box was damaged."}
                            for i in range(30)])
         deadline = time.monotonic() + 300
         while store.counts()["done"] + store.counts()["review"] < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
+        finished_before = store.counts()["done"] + store.counts()["review"]
         server.stop()
         time.sleep(3)  # Redis stays down for 3 s: the outage itself, not a wait for something
         server.start()
@@ -153,6 +158,7 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path):
         assert_one_final_record_each(store, first + second)
         assert all(r.status in FINISHED for r in recs.values()), {i: r.error for i, r in recs.items() if r.error}
         assert store.r.zcard(s.keys.index) == 60
+        assert finished_before < 30, "every message was finished before Redis went down: nothing rode out the restart"
     finally:
         launch.stop(proc)
         server.stop()
@@ -201,14 +207,15 @@ def test_dead_letters_are_listed_and_requeued_from_their_records(fault_worker, w
     assert rec.attempts["sentiment"] == 1 and rec.label in ("positive", "negative")
 
 
-def test_soak_two_hundred_messages_through_two_processes(settings, tmp_path):
-    """The soak script's check on a small run: exactly one final record per message, none lost or doubled."""
+def test_soak_two_hundred_messages_through_two_processes(settings, tmp_path, small_model):
+    """The soak script's check on a small run: exactly one final record per message, none lost or doubled
+    (on the small model: conftest.small_model)."""
     sys.path.insert(0, str(ROOT))
     from bench.soak import corpus, run_soak
 
     s = load_settings(key_prefix=f"moodqtest-{RUN}-soak", queue=f"moodqtest-{RUN}-soak")
     report = run_soak(s, corpus(200, []), concurrency=2, log_path=tmp_path / "soak.log", timeout=600,
-                      worker_env={"MOODQ_REPLY_LABELS": "none", "MOODQ_SENTIMENT_BATCH_SIZE": "16"})
+                      worker_env={"MOODQ_REPLY_LABELS": "none", "MOODQ_SENTIMENT_BATCH_SIZE": "16", **small_model.env})
     assert report["records"] == 200 and report["lost"] == 0 and report["duplicates"] == 0, report
     assert report["status"]["done"] == 200 and report["bad_labels"] == 0, report
     assert len(report["peak_rss_mb"]) == 3  # the Celery main process and two pool processes
