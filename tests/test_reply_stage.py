@@ -119,3 +119,17 @@ def test_ids_no_reply_batch_can_take_do_not_shrink_the_batches(worker, store, se
     finally:
         for m in junk:
             store.update(m.id, lambda r: setattr(r, "status", "done"))
+
+
+def test_a_batch_mate_the_deadline_cut_is_drafted_afresh_by_its_own_task(store, fault_worker):
+    """Two negative messages drafted in one batch, every decode step slow (injected), so the task's deadline cuts
+    both: the task stores its own message's reply (for review, cut) but not its batch-mate's, which its own
+    reply task drafts afresh, alone, with a budget of its own."""
+    soft = fault_worker.reply_soft_limit
+    slow = f"[draft-slow:{soft / 10:.2f}]"  # the fault worker takes at most 60 characters
+    ids = send(fault_worker, {"id": "mate-1", "text": f"{slow} Broken, I am furious."},
+               {"id": "mate-2", "text": f"{slow} Late again, box crushed. Awful."})
+    recs = wait_final(store, ids)
+    assert all(r.label == "negative" and r.status == "review" and "cut" in r.flags for r in recs.values()), recs
+    assert sorted(r.timings.reply_batch for r in recs.values()) == [1, 2], recs  # the mate: by its own task
+    assert all(r.attempts["reply"] == 1 and r.timings.reply_ms < soft * 1000 for r in recs.values()), recs
