@@ -85,7 +85,8 @@ def slowness(engine) -> float:
     texts = ["I love it, thanks!", "这个天气真让人烦躁。", "Broken again.", "快递很快，包装完好。"] * 2
     reply = lambda: engine.draft("Broken again.", "negative", "en", [], max_new_tokens=24, deadline_s=600,  # noqa: E731
                                  sampling={"do_sample": False})
-    engine.judge(texts, "en")  # warm-ups: the first reply also builds the banned-token list (0.6 s here), once
+    engine.judge(texts, "en")  # warm-ups: a process's first reply pays ~0.5 s once (the banned-token list 0.17 s,
+    # the first prefill's kernels ~0.3 s: cProfile here)
     reply()
     t0 = time.perf_counter()
     engine.judge(texts, "en")
