@@ -50,7 +50,7 @@ def main() -> None:
     from producer.enqueue import enqueue
     from producer.progress import wait_for
     from worker.common.procinfo import children
-    from worker.common.schemas import Message
+    from worker.common.schemas import FINAL, Message
     from worker.common.settings import get_settings
     from worker.common.store import Store
     from worker.jobs import broker, launch
@@ -63,15 +63,20 @@ def main() -> None:
     proc = launch.start([sys.executable, "-m", "worker", "worker", "-c", str(args.concurrency), "-l", "INFO"], {},
                         log, f"bench-mem-{run}@%h", ready_text="ready in")
     try:
+        deadline = time.monotonic() + 600
         while log.read_text().count("ready in") < args.concurrency:  # every pool process has its model
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"the worker's pool processes did not all load their model:\n{log.read_text()[-2000:]}")
             time.sleep(0.1)
         pool = list(children(proc.pid))
+        assert len(pool) == args.concurrency, f"expected {args.concurrency} pool processes, found {pool}"
         print(f"worker -c {args.concurrency}, MB from /proc/<pid>/smaps_rollup:")
         show("main process", [proc.pid])
         show("pool process, model loaded", pool)
         msgs = [Message(id=f"mem-{i}", text=TEXTS[i % len(TEXTS)]) for i in range(args.n)]
         enqueue(msgs, s, app)
-        wait_for(store, [m.id for m in msgs], 1800)
+        finished = [r for r in wait_for(store, [m.id for m in msgs], 1800) if r.status in FINAL]
+        assert len(finished) == args.n, f"only {len(finished)} of {args.n} messages finished"
         show(f"after {args.n} messages", pool)
     finally:
         launch.stop(proc, sig=3)

@@ -142,14 +142,15 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path, small_model):
     s = load_settings(redis_url=server.url, reply_labels="all", queue=env["MOODQ_QUEUE"])
     store = Store(s)
     log = tmp_path / "worker.log"
-    proc = start_fault_worker("restart", env, log)
+    proc = None
     try:
+        proc = start_fault_worker("restart", env, log)
         first = send(s, *[{"id": f"r1-{i}", "text": f"[draft-slow:0.05] Delivery {i} was late and the box was damaged."}
                            for i in range(30)])
         deadline = time.monotonic() + 300
         while store.counts()["done"] + store.counts()["review"] < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
-        finished_before = store.counts()["done"] + store.counts()["review"]
+        before = store.counts()
         server.stop()
         time.sleep(3)  # Redis stays down for 3 s: the outage itself, not a wait for something
         server.start()
@@ -158,9 +159,11 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path, small_model):
         assert_one_final_record_each(store, first + second)
         assert all(r.status in FINISHED for r in recs.values()), {i: r.error for i, r in recs.items() if r.error}
         assert store.r.zcard(s.keys.index) == 60
-        assert finished_before < 30, "every message was finished before Redis went down: nothing rode out the restart"
+        # Redis went down with replies still to draft (labeled, not yet final): 22 of 30 in a run here
+        assert before["labeled"] > 0, f"nothing was waiting for its reply when Redis went down: {before}"
     finally:
-        launch.stop(proc)
+        if proc is not None:
+            launch.stop(proc)
         server.stop()
     text = log.read_text()
     assert "ready in" in text and server.password not in text  # the password never reaches the log
