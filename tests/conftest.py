@@ -21,7 +21,8 @@ RUN = os.environ.setdefault("MOODQ_TEST_RUN", uuid.uuid4().hex[:8])
 REDIS_URL = os.environ.get("MOODQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 ROOT = Path(__file__).resolve().parent.parent
 FINISHED = ("done", "review")  # a reply stored: passing every reply rule, or for a person to review first
-EXTRA_QUEUES = ("faults", "graceful", "triage", "stage")  # queues of the tests' extra workers, removed at the end
+# Queues of the tests' extra workers, removed at the end:
+EXTRA_QUEUES = ("faults", "faults-small", "graceful", "triage", "stage")
 LOG_DIR = Path(tempfile.gettempdir()) / f"moodq-test-{RUN}"  # worker logs, kept for a look after a failure
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -83,16 +84,16 @@ def slowness(engine) -> float:
     import time
 
     texts = ["I love it, thanks!", "这个天气真让人烦躁。", "Broken again.", "快递很快，包装完好。"] * 2
-    reply = lambda: engine.draft("Broken again.", "negative", "en", [], max_new_tokens=24, deadline_s=600,  # noqa: E731
-                                 sampling={"do_sample": False})
-    engine.judge(texts, "en")  # warm-ups: a process's first reply pays ~0.5 s once (the banned-token list 0.17 s,
-    # the first prefill's kernels ~0.3 s: cProfile here)
-    reply()
+    engine.judge(texts, "en")  # warm-up
     t0 = time.perf_counter()
     engine.judge(texts, "en")
     judge = time.perf_counter() - t0
+    # The reply is timed cold on purpose: a worker's fresh pool process (at start, or after a test kills one) pays
+    # the same one-time costs in its first reply (~0.5 s here: the banned-token list, the first prefill's
+    # kernels), inside the limits scaled by this factor. Timed warm, the factor fell from 1.5 to 1.1 here and the
+    # shared-budget test overran its soft limit in a restarted pool process.
     t0 = time.perf_counter()
-    reply()
+    engine.draft("Broken again.", "negative", "en", [], max_new_tokens=24, deadline_s=600, sampling={"do_sample": False})
     draft = time.perf_counter() - t0
     factor = max(1.0, judge / REFERENCE_S["judge"], draft / REFERENCE_S["draft"])
     print(f"\nhost speed: a claim of 8 short messages {judge:.2f} s, a 24-token reply {draft:.2f} s: "
@@ -174,19 +175,31 @@ def worker(store):
     launch.stop(proc)
 
 
+def _fault_worker(name: str, settings, factor: float, model_env: dict):
+    env = {
+        "MOODQ_QUEUE": f"{settings.queue}-{name}",
+        "MOODQ_SENTIMENT_SOFT_LIMIT": limit(3, factor), "MOODQ_SENTIMENT_HARD_LIMIT": limit(20, factor),
+        "MOODQ_REPLY_SOFT_LIMIT": limit(5, factor), "MOODQ_REPLY_HARD_LIMIT": limit(9, factor),
+        "MOODQ_HISTORY_REPLIES": "true",  # conversation replies in turn order (test_recovery, test_reply_stage)
+        "MOODQ_MAX_RETRIES": "2", "MOODQ_MAX_CHARS": "60", **model_env,
+    }
+    proc = start_fault_worker(name, env)
+    yield load_settings(**{k[6:].lower(): v for k, v in env.items()})
+    launch.stop(proc)
+
+
 @pytest.fixture(scope="session")
 def fault_worker(store, settings, slowness):
     """A real worker with test-only fault injection (tests/faults.py), short limits, its own queue."""
-    env = {
-        "MOODQ_QUEUE": f"{settings.queue}-faults",
-        "MOODQ_SENTIMENT_SOFT_LIMIT": limit(3, slowness), "MOODQ_SENTIMENT_HARD_LIMIT": limit(20, slowness),
-        "MOODQ_REPLY_SOFT_LIMIT": limit(5, slowness), "MOODQ_REPLY_HARD_LIMIT": limit(9, slowness),
-        "MOODQ_HISTORY_REPLIES": "true",  # conversation replies in turn order (test_recovery, test_reply_stage)
-        "MOODQ_MAX_RETRIES": "2", "MOODQ_MAX_CHARS": "60",
-    }
-    proc = start_fault_worker("faults", env)
-    yield load_settings(**{k[6:].lower(): v for k, v in env.items()})
-    launch.stop(proc)
+    yield from _fault_worker("faults", settings, slowness, {})
+
+
+@pytest.fixture(scope="session")
+def small_fault_worker(store, settings, small_model):
+    """The same on the small model (`small_model`), for fault tests whose outcome does not depend on what the
+    model labels or drafts (time limits, bad input, fuzzing, poison, pickle): on the embedded model a pool
+    process that dies reloads it (8-15 s on an AVX2-only host) and every reply is drafted for real."""
+    yield from _fault_worker("faults-small", settings, small_model.slowness, small_model.env)
 
 
 def start_fault_worker(name: str, env: dict, log: Path | None = None, concurrency: int = 1):

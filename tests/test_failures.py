@@ -17,22 +17,22 @@ def test_transient_failure_is_retried_then_succeeds(fault_worker, store):
     assert rec.attempts["sentiment"] == 3 and rec.label == "positive"
 
 
-def test_time_limit_is_retried_then_failed_and_worker_keeps_serving(fault_worker, store):
+def test_time_limit_is_retried_then_failed_and_worker_keeps_serving(small_fault_worker, store):
     """A task past its soft limit is retried max_retries times, then failed with the reason; the next message works."""
-    ids = send(fault_worker, {"id": "slow-1", "text": "[slow] this takes forever"},
+    ids = send(small_fault_worker, {"id": "slow-1", "text": "[slow] this takes forever"},
                 {"id": "after-slow", "text": "Thanks, all good now."})
     recs = wait_final(store, ids)
     slow = recs["slow-1"]
     assert slow.status == "failed"
-    assert slow.error == f"sentiment exceeded its time limit of {fault_worker.sentiment_soft_limit:g} s"
+    assert slow.error == f"sentiment exceeded its time limit of {small_fault_worker.sentiment_soft_limit:g} s"
     assert slow.error_stage == "sentiment" and slow.attempts["sentiment"] == 3  # 1 + max_retries (2)
     assert slow.finished_at and slow.finished_at >= slow.enqueued_at
     assert recs["after-slow"].status in FINISHED
 
 
-def test_bad_input_is_failed_once_with_its_reason(fault_worker, store):
+def test_bad_input_is_failed_once_with_its_reason(small_fault_worker, store):
     """Bad input is not retried: too long for the worker's limit, or a language without prompts."""
-    ids = send(fault_worker, {"id": "bad-long", "text": "x" * 61},
+    ids = send(small_fault_worker, {"id": "bad-long", "text": "x" * 61},
                 {"id": "bad-lang", "text": "Bonjour tout le monde", "lang": "fr"})
     recs = wait_final(store, ids)
     assert recs["bad-long"].status == "failed" and recs["bad-long"].attempts["sentiment"] == 1

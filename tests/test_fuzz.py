@@ -70,7 +70,7 @@ FUZZED: list[int] = []  # messages sent through the worker, for the report
 @pytest.mark.model
 @settings(max_examples=3, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
 @given(st.lists(nasty_text, min_size=10, max_size=20))
-def test_fuzzed_messages_through_a_real_worker(fault_worker, store, texts):
+def test_fuzzed_messages_through_a_real_worker(small_fault_worker, store, texts):
     """Whatever passes the producer ends done with a configured label, or failed with a reason."""
     run = uuid.uuid4().hex[:6]
     msgs = []
@@ -79,7 +79,7 @@ def test_fuzzed_messages_through_a_real_worker(fault_worker, store, texts):
             msgs.append(sources.to_message({"id": f"fz-{run}-{i}", "text": text}, 100_000))
         except ValueError:
             pass  # rejected at the producer (blank, lone surrogate): the test above covers the reason
-    enqueue(msgs, fault_worker, make_app(fault_worker), replace=True)
+    enqueue(msgs, small_fault_worker, make_app(small_fault_worker), replace=True)
     FUZZED.append(len(msgs))
     for rec in wait_final(store, [m.id for m in msgs]).values():
         if rec.status not in FINISHED:
@@ -90,17 +90,17 @@ def test_fuzzed_messages_through_a_real_worker(fault_worker, store, texts):
 
 @pytest.mark.worker
 @pytest.mark.model
-def test_tasks_with_wrong_arguments_or_garbage_do_not_kill_the_worker(fault_worker, store):
+def test_tasks_with_wrong_arguments_or_garbage_do_not_kill_the_worker(small_fault_worker, store):
     """Tasks sent by hand with wrong argument types or for a corrupt stored record: each is refused with a
     log line; the same worker then still labels a message. (Not covered: a non-JSON item pushed straight
     into the queue's Redis list stops kombu's consumer; whoever can write to Redis is trusted.)"""
-    app = make_app(fault_worker)
-    store.r.set(fault_worker.keys.rec("corrupt-1"), json.dumps({"id": 5, "status": "weird"}))
+    app = make_app(small_fault_worker)
+    store.r.set(small_fault_worker.keys.rec("corrupt-1"), json.dumps({"id": 5, "status": "weird"}))
     for args in [(123,), (None,), ([1, 2],), ({"text": "x"},), ("no-such-id",), (), ("a", "b"), ("corrupt-1",)]:
         for task in ("sentiment", "reply"):
-            app.send_task(task, args=args, queue=fault_worker.queue)
-    enqueue([Message(id="after-garbage", text="All good, thanks")], fault_worker, app, replace=True)
+            app.send_task(task, args=args, queue=small_fault_worker.queue)
+    enqueue([Message(id="after-garbage", text="All good, thanks")], small_fault_worker, app, replace=True)
     rec = wait_final(store, ["after-garbage"])["after-garbage"]
     assert rec.status in FINISHED and rec.label in LABELS
-    assert any(name.startswith(f"faults-{RUN}@") for reply in app.control.ping(timeout=2) for name in reply)
-    store.r.delete(fault_worker.keys.rec("corrupt-1"))
+    assert any(name.startswith(f"faults-small-{RUN}@") for reply in app.control.ping(timeout=2) for name in reply)
+    store.r.delete(small_fault_worker.keys.rec("corrupt-1"))

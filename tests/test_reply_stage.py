@@ -92,12 +92,12 @@ def test_earlier_turns_and_the_reply_share_one_time_budget(store, fault_worker):
     assert second.attempts["reply"] == 1 and second.timings.reply_ms < soft * 1000, second
 
 
-def test_a_running_tasks_own_message_cannot_be_claimed(fault_worker, store):
+def test_a_running_tasks_own_message_cannot_be_claimed(small_fault_worker, store):
     """While a sentiment task runs, its message is out of the waiting list another task claims from."""
     hold = "[hold:2] The lid does not close."
-    ids = send(fault_worker, {"id": "own-1", "text": hold})
+    ids = send(small_fault_worker, {"id": "own-1", "text": hold})
     eventually(lambda: store.r.get(store.k.test("fault", "holding", hold)), timeout=120, what="the task running")
-    assert Store(fault_worker).r.zscore(fault_worker.keys.todo("sentiment"), "own-1") is None
+    assert Store(small_fault_worker).r.zscore(small_fault_worker.keys.todo("sentiment"), "own-1") is None
     assert wait_final(store, ids)["own-1"].status in FINISHED
 
 

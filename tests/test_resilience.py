@@ -56,9 +56,9 @@ def test_pool_process_killed_mid_task_is_retried_and_nothing_is_lost(fault_worke
     assert recs["kill-1"].label == "positive"
 
 
-def test_message_that_kills_its_worker_every_time_ends_failed(fault_worker, store):
+def test_message_that_kills_its_worker_every_time_ends_failed(small_fault_worker, store):
     """A poison message is tried 1 + max_retries times, then failed with the reason; others still complete."""
-    ids = send(fault_worker, {"id": "poison-1", "text": "[crash] boom"},
+    ids = send(small_fault_worker, {"id": "poison-1", "text": "[crash] boom"},
                 {"id": "after-poison", "text": "Lovely, thank you"})
     recs = wait_final(store, ids)
     assert_one_final_record_each(store, ids)
@@ -172,7 +172,7 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path, small_model):
     assert not any(server.password.encode() in p.read_bytes() for p in dump)  # ... and not the password
 
 
-def test_pickle_payload_is_refused_not_executed(fault_worker, store, tmp_path):
+def test_pickle_payload_is_refused_not_executed(small_fault_worker, store, tmp_path):
     """JSON only: a pickled task is refused by the worker (its payload never runs) and the worker keeps serving."""
     marker = tmp_path / "pickle-payload-ran"
 
@@ -180,11 +180,12 @@ def test_pickle_payload_is_refused_not_executed(fault_worker, store, tmp_path):
         def __reduce__(self):
             return (os.makedirs, (str(marker),))
 
-    make_app(fault_worker).send_task("sentiment", args=(Payload(),), queue=fault_worker.queue, serializer="pickle")
-    ids = send(fault_worker, {"id": "after-pickle", "text": "Works fine"})
+    make_app(small_fault_worker).send_task("sentiment", args=(Payload(),), queue=small_fault_worker.queue,
+                                           serializer="pickle")
+    ids = send(small_fault_worker, {"id": "after-pickle", "text": "Works fine"})
     assert wait_final(store, ids)["after-pickle"].status in FINISHED
     assert not marker.exists()
-    assert "Refusing to deserialize untrusted content of type pickle" in worker_log("faults").read_text()
+    assert "Refusing to deserialize untrusted content of type pickle" in worker_log("faults-small").read_text()
 
 
 def test_dead_letters_are_listed_and_requeued_from_their_records(fault_worker, worker, store):
