@@ -110,7 +110,7 @@ class SmallModel:
 @pytest.fixture(scope="session")
 def small_model(engine, tmp_path_factory) -> SmallModel:
     """A worker model for tests whose subject is the queue, not the model (kill -9, SIGTERM, a Redis restart,
-    the soak): a random-weight two-layer Qwen2 with the embedded model's tokenizer and chat template, saved
+    the soak, and the fault tests of `small_fault_worker`): a random-weight two-layer Qwen2 with the embedded model's tokenizer and chat template, saved
     with save_pretrained and named by MOODQ_MODEL, so every part of the worker but the weights is the
     production one. Its worker starts in the imports' time and labels in milliseconds on any CPU class (the
     embedded model takes 7-15 s to start, and those tests' waits grew with the host's slowness). Its kernel
