@@ -73,6 +73,10 @@ def _broken(tmp_path: Path, edit) -> Path:
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d["languages"]["zh"]["sentiment"].update(examples=[{"text": "x", "label": "angry"}]),
      "examples[0]: unknown label 'angry'"),
+    (lambda d: d["languages"]["en"]["reply"].update(examples=[{"label": "angry", "text": "x", "reply": "y"}]),
+     "reply.examples[0]: unknown label 'angry'"),
+    (lambda d: d["languages"]["en"]["reply"].update(examples=[{"label": "negative", "text": "x"}]),
+     "reply: Field required"),
     (lambda d: d["languages"]["en"]["sentiment"].update(user="Sentiment of this:"), "must contain $text"),
     (lambda d: d["languages"]["en"]["sentiment"].update(user="$text $oops"), "unknown placeholder"),
     (lambda d: d["languages"]["en"]["sentiment"]["label_words"].pop("negative"), "must name exactly the labels"),

@@ -51,9 +51,18 @@ class SentimentPrompt(Strict):
         return Template(self.user).substitute(text=text)
 
 
+class ReplyExample(Strict):
+    label: str
+    text: str = Field(min_length=1)
+    reply: str = Field(min_length=1)
+
+
 class ReplyPrompt(Strict):
     system: str = Field(description="May use $label and $hint.")
     hints: dict[str, str] = Field(default_factory=dict, description="Per-label advice put into $hint.")
+    examples: list[ReplyExample] = Field(default_factory=list, description="Demonstrations: a message and the reply "
+                                         "a desk lead would send, shown as earlier chat turns to replies for that "
+                                         "label (never lines of a set replies are measured on).")
     openings: dict[str, str] = Field(default_factory=dict, description="Per label: the words the reply starts "
                                      "with (response priming), written into the assistant turn; part of the reply.")
     banned: list[str] = Field(default_factory=list, description="Phrases the reply may never contain "
@@ -62,6 +71,9 @@ class ReplyPrompt(Strict):
 
     def render_system(self, label: str, label_word: str) -> str:
         return Template(self.system).substitute(label=label_word, hint=self.hints.get(label, ""))
+
+    def examples_for(self, label: str) -> list[ReplyExample]:
+        return [ex for ex in self.examples if ex.label == label]
 
 
 class Language(Strict):
@@ -97,6 +109,10 @@ class PromptSet(Strict):
                     raise ValueError(f"{where}.examples[{i}]: unknown label {ex.label!r} (labels: {sorted(labels)})")
             _check_template(s.user, {"text"}, f"{where}.user")
             _check_template(lang.reply.system, {"label", "hint"}, f"languages.{code}.reply.system")
+            for i, ex in enumerate(lang.reply.examples):
+                if ex.label not in labels:
+                    raise ValueError(f"languages.{code}.reply.examples[{i}]: unknown label {ex.label!r} "
+                                     f"(labels: {sorted(labels)})")
             for part in ("hints", "openings"):
                 unknown = set(getattr(lang.reply, part)) - labels
                 if unknown:

@@ -46,10 +46,13 @@ class Chat:
         return self.encode(prefix), self.encode(suffix)
 
     def reply_messages(self, text: str, label: str, lang: str, history: History) -> list[dict]:
-        """The reply conversation: the warm system prompt for this label, earlier turns, the message."""
+        """The reply conversation: the warm system prompt for this label, its demonstrations, earlier turns,
+        the message."""
         conf = self.prompts.languages[lang]
         word = conf.sentiment.label_words[label]
         chat = [{"role": "system", "content": conf.reply.render_system(label, word)}]
+        for ex in conf.reply.examples_for(label):
+            chat += [{"role": "user", "content": ex.text}, {"role": "assistant", "content": ex.reply}]
         for past_text, past_reply in history:
             chat.append({"role": "user", "content": self.clean(past_text)})
             if past_reply:
@@ -59,9 +62,9 @@ class Chat:
 
     @functools.lru_cache(maxsize=None)  # noqa: B019 (a Chat lives as long as its process; few label x language keys)
     def reply_prefix(self, label: str, lang: str) -> tuple[int, ...]:
-        """Token ids of the reply conversation's fixed start, its system turn for (label, language):
+        """Token ids of the reply conversation's fixed start, its system turn and demonstrations for (label, language):
         the same for every message, so it is tokenized once and its KV cache computed once (worker.engine.drafting)."""
-        return tuple(self.encode(self.render(self.reply_messages("", label, lang, [])[:1], generation=False)))
+        return tuple(self.encode(self.render(self.reply_messages("", label, lang, [])[:-1], generation=False)))
 
     def opening(self, label: str, lang: str) -> str:
         """The words the assistant turn starts with (response priming), from the prompt file."""
