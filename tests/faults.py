@@ -7,6 +7,7 @@ model's ``passes`` (what the sentiment task scores with) wrapped so that marked 
   "[crash] ..."        SIGKILLs its own process (the one holding the model) on every attempt
   "[draft-hold:S] ..."  when its reply starts drafting: notes its process id (key fault:drafting:<text>), sleeps S
   "[draft-slow:S] ..."  every decode step of a batch drafting its reply sleeps S seconds (a slow host)
+  "[draft-count] ..."  each process that starts drafting its reply adds its id to fault:drafted-by:<text>
 
 Everything else (retries, limits, records) is the production code path.
 """
@@ -58,6 +59,8 @@ class _Held:
 
     def __next__(self):
         item = next(self.items)
+        if item.text.startswith("[draft-count]"):
+            tasks.store().r.sadd(tasks.s.keys.test("fault", "drafted-by", item.text), os.getpid())
         if m := re.match(r"\[draft-hold:(\d+(?:\.\d+)?)\]", item.text):
             tasks.store().r.set(tasks.s.keys.test("fault", "drafting", item.text), os.getpid(), ex=600)
             time.sleep(float(m.group(1)))

@@ -3,6 +3,8 @@ races a review found (a replaced message, a running task's own id, ids no batch 
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.conftest import (
@@ -18,6 +20,7 @@ from worker.common.schemas import Message
 from worker.common.settings import load_settings
 from worker.common.store import Store
 from worker.jobs import launch
+from worker.jobs.app import make_app
 
 pytestmark = [pytest.mark.worker, pytest.mark.model]
 
@@ -51,6 +54,36 @@ def test_a_reply_to_replaced_text_is_never_stored_on_the_new_record(store, stage
     rec = wait_final(store, ["race-1"])["race-1"]
     assert rec.text == new and rec.label == "positive", rec
     assert rec.reply.startswith("Thank you so much"), rec.reply  # the new text's opening, not "I'm so sorry"
+
+
+def test_a_message_a_batch_took_is_drafted_once_while_its_own_task_waits(stage, slowness):
+    """Two processes: a reply task takes a waiting message into its batch (leasing it) and holds before
+    drafting; the message's own reply task starts on the other process meanwhile. It must wait for the
+    batch, not draft the message again: one process drafts it, its own task counts one attempt, and
+    every lease is gone at the end."""
+    st = Store(stage)
+    first, mate = f"[draft-hold:{limit(3, slowness)}] The lamp arrived broken.", "[draft-count] My parcel is late again."
+    st.r.delete(st.k.test("fault", "drafted-by", mate))
+    st.add([Message(id="lease-mate", text=mate)], replace=True)  # labeled and waiting for a reply; its own
+    st.published(["lease-mate"])  # reply task is sent by hand below, while the other batch drafts it
+    st.take("sentiment", ["lease-mate"])
+
+    def labeled(r):
+        r.status, r.label, r.lang, r.labeled_at = "labeled", "negative", "en", time.time()
+    st.update("lease-mate", labeled)
+    st.offer("reply", {"lease-mate": 0})
+    send(stage, {"id": "lease-first", "text": first})
+    eventually(lambda: st.r.get(st.k.test("fault", "drafting", first)), timeout=120, what="the first reply drafting")
+    holder = st.r.get(st.k.lease("reply", "lease-mate"))
+    assert holder, "the first reply's task took the waiting message into its batch"
+    make_app(stage).send_task("reply", args=["lease-mate"], queue=stage.queue)
+    recs = wait_final(st, ["lease-first", "lease-mate"])
+    assert len(st.r.smembers(st.k.test("fault", "drafted-by", mate))) == 1  # one process drafted it
+    assert recs["lease-mate"].timings.reply_batch == 2, recs  # stored by the first reply's batch
+    eventually(lambda: st.get("lease-mate").attempts.get("reply"), what="the mate's own task, once the batch is over")
+    assert st.get("lease-mate").attempts == {"reply": 1}  # it waited without counting attempts, then found it done
+    eventually(lambda: not st.r.exists(st.k.lease("reply", "lease-mate"), st.k.lease("reply", "lease-first")),
+               what="every lease released")
 
 
 def test_freed_slots_take_waiting_replies_and_flagged_ones_are_drafted_again(store, stage):

@@ -192,3 +192,20 @@ def test_messages_a_claim_rejects_do_not_block_the_ones_behind_them(settings):
         assert "done-1" not in left and "zh-3" in left and "zh-1" not in left
     finally:
         own.delete_all()
+
+
+def test_a_leased_take_leases_what_it_removed_and_skips_what_its_own_task_holds(store):
+    """A reply batch takes waiting ids leased to its task, in one step; an id whose own task already holds
+    it (leased when that task started) leaves the list but is not taken; released leases are gone."""
+    ids = ["ls-1", "ls-2", "ls-3"]
+    store.release("reply", ids)
+    store.offer("reply", {mid: i for i, mid in enumerate(ids)})
+    assert store.lease("reply", "ls-2", "own-task-2", 30) == "own-task-2"
+    assert store.lease("reply", "ls-2", "another-task", 30) == "own-task-2"  # held: the holder is returned
+    assert store.take("reply", ids, ("batch-task", 30)) == {"ls-1", "ls-3"}
+    assert not store.waiting("reply", 10).keys() & set(ids)
+    assert [store.r.get(store.k.lease("reply", mid)) for mid in ids] == ["batch-task", "own-task-2", "batch-task"]
+    assert 0 < store.r.pttl(store.k.lease("reply", "ls-1")) <= 30_000
+    assert store.take("reply", ["ls-1"], ("late-task", 30)) == set()  # not waiting any more
+    store.release("reply", ids)
+    assert not store.r.exists(*(store.k.lease("reply", mid) for mid in ids))

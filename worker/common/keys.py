@@ -12,6 +12,8 @@ never by hand-written key names.
   events                sorted set of ids by the time they were labeled or failed (last day; stats)
   conv:<cid>            sorted set of a conversation's message ids, by seq (bounded)
   todo:<queue>:<stage>  sorted set of ids waiting for a stage; a running task claims a few to batch
+  lease:<stage>:<id>    the task drafting a claimed message in its batch (its id), expiring after the
+                        task's hard limit: the message's own task waits while it exists
   unpublished           sorted set of ids whose record exists but whose task may not be published
                         yet, by the time the record was written (``moodq sweep`` re-publishes old ones)
   alerts                list of the last negative-share alerts (``moodq stats --alert-negative``)
@@ -45,6 +47,9 @@ class Keys:
 
     def todo(self, stage: str) -> str:
         return self._k("todo", self.queue, stage)  # per queue: a worker batches only its own queue's messages
+
+    def lease(self, stage: str, mid: str) -> str:
+        return self._k("lease", stage, mid)
 
     def follow(self, source: str) -> str:
         return self._k("follow", source)

@@ -33,6 +33,21 @@ return out
 """
 
 
+# KEYS: todo:<stage>. ARGV: the lease key prefix, lease milliseconds, the holder, then ids. Removes each id from
+# the waiting list and takes the ones this call removed that nobody holds (a message's own task leases it when
+# it starts), leasing them to the holder in the same step. Returns the ids taken.
+TAKE_LEASED_SCRIPT = """
+local taken = {}
+for i = 4, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1
+      and redis.call('SET', ARGV[1] .. ARGV[i], ARGV[3], 'PX', ARGV[2], 'NX') then
+    table.insert(taken, ARGV[i])
+  end
+end
+return taken
+"""
+
+
 # KEYS: unpublished. ARGV: cutoff time, now, limit. Returns ids marked before the cutoff and renews
 # their marks to now in the same step, so two sweepers never take the same id.
 TAKE_SCRIPT = """

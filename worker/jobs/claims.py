@@ -40,10 +40,12 @@ WAITS_FOR = {"sentiment": "pending", "reply": "labeled"}  # the status a message
 
 def claim(store: Store, stage: str, own: Record, n: int, accept: Callable[[Record], bool],
           chars: float | None = None, keep_rejected: bool = True,
-          cost: Callable[[Record], float] = lambda r: len(r.text)) -> list[Record]:
+          cost: Callable[[Record], float] = lambda r: len(r.text),
+          lease: tuple[str, float] | None = None) -> list[Record]:
     """Up to ``n`` waiting messages of ``stage`` to process with ``own`` in one go, first-ranked first,
-    within ``chars`` characters if given, each message counted as ``cost`` says. A corrupt stored record
-    is left to its own task, which fails it alone."""
+    within ``chars`` characters if given, each message counted as ``cost`` says; with ``lease`` (holder,
+    seconds) each taken message is leased to the holder (Store.take). A corrupt stored record is left to
+    its own task, which fails it alone."""
     if n <= 0:
         return []
     ids = [i for i in store.waiting(stage, max(WINDOW * n, MIN_WINDOW)) if i != own.id]
@@ -57,7 +59,7 @@ def claim(store: Store, stage: str, own: Record, n: int, accept: Callable[[Recor
             picked.append(rec)
             chars = None if chars is None else chars - cost(rec)
     store.take(stage, dead)
-    taken = store.take(stage, [r.id for r in picked])
+    taken = store.take(stage, [r.id for r in picked], lease)
     return [r for r in picked if r.id in taken]
 
 

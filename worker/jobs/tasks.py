@@ -93,6 +93,22 @@ def _labeled(text: str, judgement, lang: str, eng, started: float, elapsed_ms: f
           soft_time_limit=s.reply_soft_limit, time_limit=s.reply_hard_limit)
 def reply(self: StageTask, mid: str) -> str:
     eng = ready_engine()
+    lease = (self.request.id, s.reply_hard_limit + LEASE_MARGIN_S)
+    valid = isinstance(mid, str) and bool(mid)
+    holder = store().lease("reply", mid, *lease) if valid else self.request.id
+    if holder != self.request.id:  # another task took it into its batch: not drafted twice
+        log.info("reply for %s: task %s is drafting it in its batch; checking again in %g s", mid, holder, LEASE_POLL_S)
+        raise self.retry(countdown=LEASE_POLL_S, max_retries=(self.request.retries or 0) + 1)
+    batch: list[Record] = []
+    try:
+        return _reply(self, mid, eng, lease, batch)
+    finally:  # stored, skipped or interrupted: their own tasks now find them done, or draft them
+        store().release("reply", [mid, *(r.id for r in batch)] if valid else [])
+
+
+def _reply(self: StageTask, mid: str, eng, lease: tuple[str, float], batch: list[Record]) -> str:
+    """The reply task's work while it holds its message's lease; ``batch`` gets every message it takes on
+    (leased to it too: their own tasks wait instead of drafting them again)."""
     rec = self.begin(mid)
     if rec is None:
         return mid  # already done (by a batch, or an earlier delivery)
@@ -113,21 +129,26 @@ def reply(self: StageTask, mid: str) -> str:
     size = 1 if ordered else self.batch_size(rec, s.reply_batch_size)
     if size > 1:  # as many at a time as let a full-length reply end well inside the deadline, at the measured pace
         size = slots_for(eng, size, s.max_reply_tokens, options["deadline_s"])
-    batch = [rec] + claim(store(), "reply", rec, size - 1, replyable(s), keep_rejected=False)
+    batch += [rec] + claim(store(), "reply", rec, size - 1, replyable(s), keep_rejected=False, lease=lease)
     earlier = {rec.id: _earlier_turns(self, rec, eng, started, until) if ordered else store().history(rec, s.history_turns)}
     outcome = "done"
-    for i, made in checked(eng, _requests(batch, earlier, size, until, eng), slots=size, until=until,
+    for i, made in checked(eng, _requests(batch, earlier, size, until, eng, lease), slots=size, until=until,
                            redrafts=s.redrafts, **options):
         r = batch[i]
         if r is not rec and made.draft.stop == "deadline":
-            continue  # a batch-mate the deadline cut: its own reply task, still queued, drafts it afresh
+            continue  # a batch-mate the deadline cut: its own reply task drafts it afresh once the lease is released
         stored = store().update(r.id, _done(r, made, earlier.get(r.id, []), started, len(batch), node))
         if r is rec and stored is not None and stored.status == "review":
             outcome = f"needs review: {', '.join(stored.flags)}"
     return f"{mid}: {outcome}"  # what Flower shows as the task's result
 
 
-def _requests(batch: list[Record], earlier: dict[str, list[Record]], size: int, until: float, eng):
+LEASE_POLL_S = 2  # a reply task whose message another task's batch is drafting checks again this often
+LEASE_MARGIN_S = 5  # leases outlive their task's hard limit by this much (a killed task releases none)
+
+
+def _requests(batch: list[Record], earlier: dict[str, list[Record]], size: int, until: float, eng,
+              lease: tuple[str, float]):
     """The task's messages (its own first), then, while a full-length reply would still end before the
     deadline at the measured pace, one more waiting message per freed slot (continuous batching: the batch
     stays full). ``batch`` and ``earlier`` grow with what is taken on."""
@@ -137,7 +158,7 @@ def _requests(batch: list[Record], earlier: dict[str, list[Record]], size: int, 
             earlier[r.id] = store().history(r, s.history_turns) if r.conversation_id else []
         yield Request(r.text, r.label, r.lang, _history(earlier[r.id]))
     while size > 1 and until - time.monotonic() > eng.pace.reply_seconds(s.max_reply_tokens, size):
-        more = claim(store(), "reply", own, 1, replyable(s), keep_rejected=False)
+        more = claim(store(), "reply", own, 1, replyable(s), keep_rejected=False, lease=lease)
         if not more:
             return
         batch.append(more[0])
