@@ -18,22 +18,17 @@ from redis.retry import Retry
 
 from worker.common.errors import BadMessage
 from worker.common.keys import STATUSES
-from worker.common.redis_scripts import (
-    ADD_SCRIPT,
-    PRUNE_SCRIPT,
-    TAKE_LEASED_SCRIPT,
-    TAKE_SCRIPT,
-)
+from worker.common.redis_scripts import ADD_SCRIPT, PRUNE_SCRIPT, TAKE_SCRIPT
 from worker.common.schemas import FINAL, Message, Record
 from worker.common.settings import Settings
+from worker.common.waiting import TODO_KEEP, WaitingLists
 
 CONVERSATION_KEEP = 200  # ids kept per conversation; the reply reads only the last few
 RETRIES = 20  # per command, backing off up to 2 s: survives a Redis restart of ~30 s
 EVENTS_KEEP_S = 86400  # the events index covers the last day
-TODO_KEEP = 100_000  # batching hints kept per stage (with batching off nobody pops them)
 
 
-class Store:
+class Store(WaitingLists):
     def __init__(self, settings: Settings, client: redis.Redis | None = None):
         self.s = settings
         self.r = client or redis.Redis.from_url(
@@ -44,49 +39,6 @@ class Store:
         )
         self.ttl = int(settings.record_ttl_days * 86400) or None
         self.k = settings.keys
-
-    # --- batching hints (losing one only costs batching: every message still has its own task)
-    def offer(self, stage: str, ranked: dict[str, float]) -> None:
-        """Add ids waiting for ``stage``, ranked (lowest first): by seq, or triage priority then seq."""
-        if ranked:
-            self.r.pipeline(transaction=False).zadd(self.k.todo(stage), ranked).zremrangebyrank(
-                self.k.todo(stage), TODO_KEEP, -1).execute()
-
-    def waiting(self, stage: str, n: int) -> dict[str, float]:
-        """The first ``n`` ids waiting for ``stage`` (id -> rank), left in the list."""
-        return dict(self.r.zrange(self.k.todo(stage), 0, n - 1, withscores=True)) if n > 0 else {}
-
-    def take(self, stage: str, ids: list[str], lease: tuple[str, float] | None = None) -> set[str]:
-        """Remove ``ids`` from the waiting list; the ones this call removed (another claim may have been first).
-        With ``lease`` (holder, seconds), each one removed is leased to the holder in the same step, unless
-        another holds it (its own task is running it): that one is removed from the list but not taken."""
-        if not ids:
-            return set()
-        if lease:
-            holder, seconds = lease
-            taken = self._take_leased_script(keys=[self.k.todo(stage)],
-                                             args=[self.k.lease(stage, ""), int(seconds * 1000), holder, *ids])
-            return set(taken)
-        pipe = self.r.pipeline(transaction=False)
-        for mid in ids:
-            pipe.zrem(self.k.todo(stage), mid)
-        return {mid for mid, removed in zip(ids, pipe.execute()) if removed}
-
-    def lease(self, stage: str, mid: str, holder: str, seconds: float) -> str | None:
-        """Lease ``mid`` for ``stage`` to ``holder`` unless another holds it; returns who holds it now."""
-        key = self.k.lease(stage, mid)
-        return holder if self.r.set(key, holder, px=int(seconds * 1000), nx=True) else self.r.get(key)
-
-    def release(self, stage: str, ids: Iterable[str]) -> None:
-        """End the leases on ``ids`` (their batch is over, or left them to their own tasks)."""
-        keys = [self.k.lease(stage, mid) for mid in ids]
-        if keys:
-            self.r.delete(*keys)
-
-    def give_back(self, stage: str, ranked: dict[str, float]) -> None:
-        """Return claimed ids with their ranks."""
-        if ranked:
-            self.r.zadd(self.k.todo(stage), ranked)
 
     # --- writes
     def add(self, messages: list[Message], replace: bool = False) -> tuple[list[Record], list[str]]:
@@ -137,10 +89,6 @@ class Store:
     @functools.cached_property
     def _take_script(self):
         return self.r.register_script(TAKE_SCRIPT)
-
-    @functools.cached_property
-    def _take_leased_script(self):
-        return self.r.register_script(TAKE_LEASED_SCRIPT)
 
     @functools.cached_property
     def _add_script(self):
