@@ -194,9 +194,13 @@ def test_messages_a_claim_rejects_do_not_block_the_ones_behind_them(settings):
         own.delete_all()
 
 
-def test_a_leased_take_leases_what_it_removed_and_skips_what_its_own_task_holds(store):
+def test_a_leased_take_leases_what_it_removed_and_skips_what_its_own_task_holds(settings):
     """A reply batch takes waiting ids leased to its task, in one step; an id whose own task already holds
     it (leased when that task started) leaves the list but is not taken; released leases are gone."""
+    from worker.common.settings import load_settings
+    from worker.common.store import Store
+
+    store = Store(load_settings(redis_url=settings.redis_url, key_prefix=f"{settings.key_prefix}-leases"))
     ids = ["ls-1", "ls-2", "ls-3"]
     store.release("reply", ids)
     store.offer("reply", {mid: i for i, mid in enumerate(ids)})
@@ -209,3 +213,4 @@ def test_a_leased_take_leases_what_it_removed_and_skips_what_its_own_task_holds(
     assert store.take("reply", ["ls-1"], ("late-task", 30)) == set()  # not waiting any more
     store.release("reply", ids)
     assert not store.r.exists(*(store.k.lease("reply", mid) for mid in ids))
+    store.delete_all()

@@ -10,6 +10,7 @@ import redis
 from celery import Task
 from celery.exceptions import (
     Reject,
+    Retry,
     SoftTimeLimitExceeded,
     TimeLimitExceeded,
     WorkerLostError,
@@ -66,6 +67,22 @@ class StageTask(Task):
     retry_on_worker_lost = True
     default_retry_delay = 1
     typing = False
+
+    def before_start(self, task_id, args, kwargs):
+        # Task.retry(max_retries=...) leaves its override on the task object, which every task of this
+        # process shares; Celery's autoretry clears it, a retry raised by hand does not.
+        self.__dict__.pop("override_max_retries", None)
+
+    def wait(self, countdown: float, why: str):
+        """Run this task again in ``countdown`` s, as :meth:`retry` does, without counting a retry: waiting
+        for another task is no failure, and must not use up max_retries, make the message run alone, or
+        make a whole-worker redelivery look like a retry."""
+        again = self.signature_from_request(self.request, countdown=countdown, retries=self.request.retries or 0)
+        try:
+            again.apply_async()
+        except Exception as exc:
+            raise Reject(exc, requeue=False) from exc
+        raise Retry(why, when=countdown, sig=again)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         mid = args[0] if args else kwargs.get("mid")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.common.errors import BadMessage
@@ -98,16 +99,19 @@ def reply(self: StageTask, mid: str) -> str:
     holder = store().lease("reply", mid, *lease) if valid else self.request.id
     if holder != self.request.id:  # another task took it into its batch: not drafted twice
         log.info("reply for %s: task %s is drafting it in its batch; checking again in %g s", mid, holder, LEASE_POLL_S)
-        raise self.retry(countdown=LEASE_POLL_S, max_retries=(self.request.retries or 0) + 1)
-    batch: list[Record] = []
+        self.wait(LEASE_POLL_S, f"task {holder} is drafting this reply in its batch")
+    leased: list[str] = [mid] if valid else []
     try:
-        return _reply(self, mid, eng, lease, batch)
+        return _reply(self, mid, eng, lease, leased)
     finally:  # stored, skipped or interrupted: their own tasks now find them done, or draft them
-        store().release("reply", [mid, *(r.id for r in batch)] if valid else [])
+        try:
+            store().release("reply", leased)
+        except redis.RedisError as exc:  # the leases lapse on their own; keep the task's own outcome
+            log.warning("reply for %s: could not release %d leases (%s); they lapse on their own", mid, len(leased), exc)
 
 
-def _reply(self: StageTask, mid: str, eng, lease: tuple[str, float], batch: list[Record]) -> str:
-    """The reply task's work while it holds its message's lease; ``batch`` gets every message it takes on
+def _reply(self: StageTask, mid: str, eng, lease: tuple[str, float], leased: list[str]) -> str:
+    """The reply task's work while it holds its message's lease; ``leased`` gets every message it takes on
     (leased to it too: their own tasks wait instead of drafting them again)."""
     rec = self.begin(mid)
     if rec is None:
@@ -129,10 +133,12 @@ def _reply(self: StageTask, mid: str, eng, lease: tuple[str, float], batch: list
     size = 1 if ordered else self.batch_size(rec, s.reply_batch_size)
     if size > 1:  # as many at a time as let a full-length reply end well inside the deadline, at the measured pace
         size = slots_for(eng, size, s.max_reply_tokens, options["deadline_s"])
-    batch += [rec] + claim(store(), "reply", rec, size - 1, replyable(s), keep_rejected=False, lease=lease)
-    earlier = {rec.id: _earlier_turns(self, rec, eng, started, until) if ordered else store().history(rec, s.history_turns)}
+    batch = [rec] + claim(store(), "reply", rec, size - 1, replyable(s), keep_rejected=False, lease=lease)
+    leased += [r.id for r in batch[1:]]
+    earlier = {rec.id: _earlier_turns(self, rec, eng, started, until, lease, leased) if ordered
+               else store().history(rec, s.history_turns)}
     outcome = "done"
-    for i, made in checked(eng, _requests(batch, earlier, size, until, eng, lease), slots=size, until=until,
+    for i, made in checked(eng, _requests(batch, earlier, size, until, eng, lease, leased), slots=size, until=until,
                            redrafts=s.redrafts, **options):
         r = batch[i]
         if r is not rec and made.draft.stop == "deadline":
@@ -148,7 +154,7 @@ LEASE_MARGIN_S = 5  # leases outlive their task's hard limit by this much (a kil
 
 
 def _requests(batch: list[Record], earlier: dict[str, list[Record]], size: int, until: float, eng,
-              lease: tuple[str, float]):
+              lease: tuple[str, float], leased: list[str]):
     """The task's messages (its own first), then, while a full-length reply would still end before the
     deadline at the measured pace, one more waiting message per freed slot (continuous batching: the batch
     stays full). ``batch`` and ``earlier`` grow with what is taken on."""
@@ -162,11 +168,13 @@ def _requests(batch: list[Record], earlier: dict[str, list[Record]], size: int, 
         if not more:
             return
         batch.append(more[0])
+        leased.append(more[0].id)
         earlier[more[0].id] = store().history(more[0], s.history_turns) if more[0].conversation_id else []
         yield Request(more[0].text, more[0].label, more[0].lang, _history(earlier[more[0].id]))
 
 
-def _earlier_turns(task: StageTask, rec: Record, eng, started: float, until: float) -> list[Record]:
+def _earlier_turns(task: StageTask, rec: Record, eng, started: float, until: float,
+                   lease: tuple[str, float], leased: list[str]) -> list[Record]:
     """The conversation's earlier turns (history window), each with its reply: a turn labeled but not yet
     replied (triage may have put its reply behind this one) is drafted here first, oldest first, within
     the task's own time budget, so a reply never misses the one before it. A turn not even labeled yet
@@ -177,6 +185,10 @@ def _earlier_turns(task: StageTask, rec: Record, eng, started: float, until: flo
     for i, h in enumerate(earlier):
         if h.status != "labeled":
             continue
+        holder = store().lease("reply", h.id, *lease)
+        if holder != lease[0]:  # its own task is drafting it: wait for that, not draft it twice
+            task.wait(LEASE_POLL_S, f"task {holder} is drafting an earlier turn ({h.id})")
+        leased.append(h.id)
         made = None
         if s.replies_for(h.label):
             request = Request(h.text, h.label, h.lang, _history(earlier[:i]))
