@@ -127,7 +127,7 @@ def test_a_cached_choice_is_reused_and_a_changed_key_probes_again(tmp_path, monk
     assert len(calls) == 1 and first.source == "measured" and again.source == "cached"
     assert (again.dtype, again.score, again.decode) == (FLOAT32, FBGEMM, FBGEMM)
     saved = json.loads(next((tmp_path / "probe").glob("*.json")).read_text())
-    assert saved["key"]["model"] == "tiny" and saved["key"]["shapes"] == [[32, 16, 2], [32, 32, 2], [32, 64, 2], [64, 32, 1]]
+    assert saved["key"]["model"] == "tiny" and saved["key"]["shapes"] == [[32, 32, 1], [32, 64, 1], [32, 128, 1], [64, 32, 1]]
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an ISA cap changes what kernels run
     probe.plan_for(settings, tiny_config(), "tiny", measurer=measurer)
     threads = torch.get_num_threads()
@@ -173,6 +173,36 @@ def test_apply_swaps_every_linear_and_scores_the_edge_layers_in_float():
     assert float_scoring == {n for n in layers if any(f".layers.{i}." in n for i in edges) or n == "lm_head"}
     assert len(float_scoring) == 2 * edge * 7 + 1 < len(layers)  # the middle layers score in int8
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied, kept
+
+
+def test_siblings_of_one_input_run_as_one_int8_call_with_the_same_result(monkeypatch):
+    """q/k/v and gate/up run each int8 phase as one call on their stacked weights (4 calls a middle layer, not 7),
+    and the model's outputs are exactly those of one call per projection; float scoring stays per projection."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    depth = 2 * kernels.SCORE_FLOAT_LAYERS + 2
+    model = Qwen2ForCausalLM(tiny_config(depth)).eval()
+    ids = torch.randint(0, model.config.vocab_size, (3, 9))
+    calls: list[int] = []
+    real_run = kernels.Fbgemm.run
+    monkeypatch.setattr(kernels.Fbgemm, "run", lambda self, state, x: calls.append(1) or real_run(self, state, x))
+    out = {}
+    for fuse in (kernels.FUSE, ()):
+        monkeypatch.setattr(kernels, "FUSE", fuse)
+        swapped = Qwen2ForCausalLM(tiny_config(depth)).eval()
+        swapped.load_state_dict(model.state_dict())
+        kernels.apply(swapped, FLOAT32, FBGEMM, FBGEMM)
+        calls.clear()
+        with torch.inference_mode():
+            scored = swapped(ids).logits
+            n_score = len(calls)
+            with decoding():
+                drafted = swapped(ids).logits
+        out[bool(fuse)] = (scored, drafted, n_score, len(calls) - n_score)
+    middle = depth - 2 * kernels.SCORE_FLOAT_LAYERS
+    assert out[True][2:] == (middle * 4, depth * 4 + 1) and out[False][2:] == (middle * 7, depth * 7 + 1)
+    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
 
 
 @pytest.mark.model

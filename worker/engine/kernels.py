@@ -16,7 +16,8 @@ Candidates (each takes activations of any float dtype and returns that dtype):
 - ``int8-weight-only``: int8 weights, bfloat16 activations (``torch._weight_int8pack_mm``).
 
 A layer keeps only the weights its kernels read: where both phases run the same int8 kernel, the
-float weight is dropped.
+float weight is dropped. Sibling projections a decoder layer calls with one input (q/k/v, gate/up) run an
+int8 phase as one call on their stacked weights: fewer, larger GEMMs, the input scaled and quantised once.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ PHASES = ("score", "decode")
 LABEL_SAFE = frozenset({(FLOAT32, FLOAT32), (BFLOAT16, BFLOAT16), (FBGEMM, FLOAT32), (INTMM, FLOAT32),
                         (INTMM, BFLOAT16)})
 SCORE_FLOAT_LAYERS = 2  # decoder layers at each end that score in float when scoring runs int8
+# Projections that transformers' decoder layers (Llama, Qwen2, Mistral, ...) call with the very same input.
+FUSE = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 _decoding: ContextVar[bool] = ContextVar("moodq_decoding", default=False)
 
@@ -183,6 +186,40 @@ def candidates(dtype: str | None = None) -> dict[str, Kernel]:
     return {k.name: k for k in [*map(Float, floats), Fbgemm(), IntMM(), WeightOnly()]}
 
 
+def fusable(parent: nn.Module) -> list[tuple[str, ...]]:
+    """The groups of ``parent``'s Linear children (by FUSE's names) that read one input and may run as one."""
+    groups = []
+    for names in FUSE:
+        children = [getattr(parent, n, None) for n in names]
+        if all(type(c) is nn.Linear for c in children) and len({c.in_features for c in children}) == 1:
+            groups.append(names)
+    return groups
+
+
+_FUSED = object()  # a PhaseLinear's state for a phase its group runs
+
+
+class _Fused:
+    """Sibling projections called with one input: each int8 kernel runs once on their stacked weights, and
+    every sibling takes its slice. The last input and its outputs are held per thread (the same tensor
+    object comes to q, k and v in turn; held here, it cannot be freed and its id reused); a sibling called
+    with another input runs the stack on it, so its output is right in any case."""
+
+    def __init__(self, weights: list[torch.Tensor], kernels: list[Kernel]):
+        self.sizes = [w.shape[0] for w in weights]
+        int8 = {k.name: k for k in kernels if k.int8}
+        stacked = torch.cat([w.detach() for w in weights]) if int8 else None
+        self.states = {name: k.prepare(stacked) for name, k in int8.items()}
+        self._last = threading.local()
+
+    def run(self, kernel: Kernel, x: torch.Tensor, index: int) -> torch.Tensor:
+        last = self._last
+        if getattr(last, "x", None) is not x or last.kernel != kernel.name:
+            last.x, last.kernel = x, kernel.name
+            last.parts = kernel.run(self.states[kernel.name], x).split(self.sizes, dim=-1)
+        return last.parts[index]
+
+
 class PhaseLinear(nn.Module):
     """A Linear that runs ``score``'s kernel, or ``decode``'s inside :func:`decoding`.
 
@@ -190,13 +227,15 @@ class PhaseLinear(nn.Module):
     ``keep_weight`` keeps the float parameter as well (an output head: scoring reads its rows, and a
     tied input embedding shares it)."""
 
-    def __init__(self, linear: nn.Linear, score: Kernel, decode: Kernel, keep_weight: bool = False):
+    def __init__(self, linear: nn.Linear, score: Kernel, decode: Kernel, keep_weight: bool = False,
+                 group: _Fused | None = None, index: int = 0):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.group, self.index = group, index  # run int8 phases as slice ``index`` of ``group``
         states: dict[str, object] = {}
         for kernel in (score, decode):  # one state per distinct kernel: preparing int8 costs ~30 ms a layer
             if kernel.name not in states:
-                states[kernel.name] = kernel.prepare(linear.weight)
+                states[kernel.name] = _FUSED if group and kernel.int8 else kernel.prepare(linear.weight)
         self.kernels = {"score": (score, states[score.name]), "decode": (decode, states[decode.name])}
         self.bias = linear.bias
         if keep_weight:
@@ -213,12 +252,13 @@ class PhaseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel, state = self.kernels["decode" if _decoding.get() else "score"]
-        y = kernel.run(state, x)
+        y = self.group.run(kernel, x, self.index) if state is _FUSED else kernel.run(state, x)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"score={self.kernels['score'][0]}, decode={self.kernels['decode'][0]}")
+                f"score={self.kernels['score'][0]}, decode={self.kernels['decode'][0]}"
+                + (f", int8 fused with its siblings (slice {self.index})" if self.group else ""))
 
 
 def own_memory(model: nn.Module) -> None:
@@ -244,26 +284,36 @@ def own_memory(model: nn.Module) -> None:
 def apply(model: nn.Module, dtype: str, score: str, decode: str) -> int:
     """Swap ``model``'s Linear layers for :class:`PhaseLinear` ones running ``score`` / ``decode``;
     returns how many were swapped. The output head scores in float (worker.engine.scoring reads its rows)
-    and drafts with ``decode``; with int8 scoring, SCORE_FLOAT_LAYERS decoder layers at each end score in float."""
+    and drafts with ``decode``; with int8 scoring, SCORE_FLOAT_LAYERS decoder layers at each end score in
+    float. Siblings of one input (:func:`fusable`) share one int8 call per phase."""
     if score == dtype and decode == dtype:
         return 0  # the plain float model: nothing to swap
     kernels = candidates(dtype)
     head = model.get_output_embeddings()
     last = getattr(model.config, "num_hidden_layers", 1) - 1
     edges = {f"layers.{i}." for i in [*range(SCORE_FLOAT_LAYERS), *range(last, last - SCORE_FLOAT_LAYERS, -1)]}
-    targets = [(f"{path}.{name}".lstrip("."), parent, name, child) for path, parent in model.named_modules()
-               for name, child in parent.named_children() if type(child) is nn.Linear]
+    jobs = []  # (parent, names, their Linear layers, score kernel): each job one layer or one group of siblings
+    for path, parent in model.named_modules():
+        linears = {name: child for name, child in parent.named_children() if type(child) is nn.Linear}
+        groups = fusable(parent)
+        grouped = {name for names in groups for name in names}
+        for names in [*groups, *[(name,) for name in linears if name not in grouped]]:
+            children = [linears[name] for name in names]
+            float_scoring = children[0] is head or any(e in f"{path}.{names[0]}" for e in edges)
+            jobs.append((parent, names, children, kernels[dtype] if float_scoring and kernels[score].int8 else kernels[score]))
 
-    def swap(target) -> PhaseLinear:
-        full, _, _, child = target
-        float_scoring = child is head or any(e in full for e in edges)
-        layer_score = kernels[dtype] if float_scoring and kernels[score].int8 else kernels[score]
-        return PhaseLinear(child, layer_score, kernels[decode], keep_weight=child is head)
+    def build(job) -> list[PhaseLinear]:
+        _, names, children, layer_score = job
+        if len(children) == 1:
+            return [PhaseLinear(children[0], layer_score, kernels[decode], keep_weight=children[0] is head)]
+        group = _Fused([c.weight for c in children], [layer_score, kernels[decode]])
+        return [PhaseLinear(c, layer_score, kernels[decode], group=group, index=i) for i, c in enumerate(children)]
 
-    # Preparing int8 weights is torch work that releases the GIL: one thread per core halves the start.
     # The largest weight (the head) first, so it is not the last one left running on one core.
-    targets.sort(key=lambda t: t[3].weight.numel(), reverse=True)
+    jobs.sort(key=lambda job: sum(c.weight.numel() for c in job[2]), reverse=True)
+    # Preparing int8 weights is torch work that releases the GIL: one thread per core halves the start.
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        for (_, parent, name, _), layer in zip(targets, pool.map(swap, targets)):
-            setattr(parent, name, layer)
-    return len(targets)
+        for (parent, names, _, _), layers in zip(jobs, pool.map(build, jobs)):
+            for name, layer in zip(names, layers):
+                setattr(parent, name, layer)
+    return sum(len(job[1]) for job in jobs)

@@ -32,7 +32,7 @@ from worker.engine import kernels
 from worker.engine.kernels import BFLOAT16, FLOAT32
 
 log = logging.getLogger(__name__)
-VERSION = 2  # bump when what is measured changes: every host probes again
+VERSION = 3  # bump when what is measured changes: every host probes again (3: q/k/v and gate/up as one call)
 MAX_ERROR = 0.05  # relative (Frobenius) error against float32; int8 kernels are ~0.01, a saturating one ~1
 SKIP_SLOWER = 4.0  # a kernel this much slower than float32 is not timed at larger row counts
 TOKENS_PER_MESSAGE = 40  # rows one message adds to a scoring pass (zh/en dev lines: 20-60 tokens)
@@ -96,8 +96,8 @@ class Plan:
 
 
 def linear_shapes(config) -> list[Shape]:
-    """(in, out, count) of the Linear layers in one decoder layer of a model with this config (built on
-    the meta device: no memory, no weights)."""
+    """(in, out, count) of the Linear calls in one decoder layer of a model with this config (built on
+    the meta device: no memory, no weights); siblings that run as one (kernels.fusable) count as one."""
     from torch import nn
     from transformers import AutoModelForCausalLM
 
@@ -105,9 +105,13 @@ def linear_shapes(config) -> list[Shape]:
         model = AutoModelForCausalLM.from_config(config)
     head = model.get_output_embeddings()
     counts: dict[tuple[int, int], int] = {}
-    for m in model.modules():
-        if type(m) is nn.Linear and m is not head:
-            counts[(m.in_features, m.out_features)] = counts.get((m.in_features, m.out_features), 0) + 1
+    for parent in model.modules():
+        linears = {n: c for n, c in parent.named_children() if type(c) is nn.Linear and c is not head}
+        groups = kernels.fusable(parent)
+        calls = [[linears.pop(n) for n in names] for names in groups] + [[c] for c in linears.values()]
+        for call in calls:
+            shape = (call[0].in_features, sum(c.out_features for c in call))
+            counts[shape] = counts.get(shape, 0) + 1
     layers = max(1, getattr(config, "num_hidden_layers", 1))
     return sorted((i, o, max(1, round(n / layers))) for (i, o), n in counts.items())
 
