@@ -199,23 +199,34 @@ def fusable(parent: nn.Module) -> list[tuple[str, ...]]:
 _FUSED = object()  # a PhaseLinear's state for a phase its group runs
 
 
+class _LastGroupCall(threading.local):
+    """The last stacked call, per thread, of any group: held here, its input cannot be freed and its id
+    reused; one slot for all groups, so a scoring pass leaves one call's outputs held, not one per layer."""
+
+    group: _Fused | None = None
+    x: torch.Tensor | None = None
+    kernel = ""
+    parts: tuple[torch.Tensor, ...] = ()
+
+
+_last_group_call = _LastGroupCall()
+
+
 class _Fused:
     """Sibling projections called with one input: each int8 kernel runs once on their stacked weights, and
-    every sibling takes its slice. The last input and its outputs are held per thread (the same tensor
-    object comes to q, k and v in turn; held here, it cannot be freed and its id reused); a sibling called
-    with another input runs the stack on it, so its output is right in any case."""
+    every sibling takes its slice. The same tensor object comes to q, k and v in turn (gate and up); a
+    sibling called with another input runs the stack on it, so its output is right in any case."""
 
     def __init__(self, weights: list[torch.Tensor], kernels: list[Kernel]):
         self.sizes = [w.shape[0] for w in weights]
         int8 = {k.name: k for k in kernels if k.int8}
         stacked = torch.cat([w.detach() for w in weights]) if int8 else None
         self.states = {name: k.prepare(stacked) for name, k in int8.items()}
-        self._last = threading.local()
 
     def run(self, kernel: Kernel, x: torch.Tensor, index: int) -> torch.Tensor:
-        last = self._last
-        if getattr(last, "x", None) is not x or last.kernel != kernel.name:
-            last.x, last.kernel = x, kernel.name
+        last = _last_group_call
+        if last.group is not self or last.x is not x or last.kernel != kernel.name:
+            last.group, last.x, last.kernel = self, x, kernel.name
             last.parts = kernel.run(self.states[kernel.name], x).split(self.sizes, dim=-1)
         return last.parts[index]
 
