@@ -11,7 +11,7 @@ from torch import nn
 
 from tests.conftest import DATA
 from worker.common.settings import load_settings
-from worker.engine import kernels, probe
+from worker.engine import fusing, kernels, probe
 from worker.engine.kernels import (
     BFLOAT16,
     FBGEMM,
@@ -188,8 +188,8 @@ def test_siblings_of_one_input_run_as_one_int8_call_with_the_same_result(monkeyp
     real_run = kernels.Fbgemm.run
     monkeypatch.setattr(kernels.Fbgemm, "run", lambda self, state, x: calls.append(1) or real_run(self, state, x))
     out = {}
-    for fuse in (kernels.FUSE, ()):
-        monkeypatch.setattr(kernels, "FUSE", fuse)
+    for fuse in (fusing.FUSE, ()):
+        monkeypatch.setattr(fusing, "FUSE", fuse)
         swapped = Qwen2ForCausalLM(tiny_config(depth)).eval()
         swapped.load_state_dict(model.state_dict())
         kernels.apply(swapped, FLOAT32, FBGEMM, FBGEMM)

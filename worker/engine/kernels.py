@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from worker.engine.fusing import FUSED, Fused, fusable
+
 FLOAT32, BFLOAT16 = "float32", "bfloat16"
 FBGEMM, INTMM, WEIGHT_ONLY = "int8-fbgemm", "int8-intmm", "int8-weight-only"
 PHASES = ("score", "decode")
@@ -46,8 +48,6 @@ PHASES = ("score", "decode")
 LABEL_SAFE = frozenset({(FLOAT32, FLOAT32), (BFLOAT16, BFLOAT16), (FBGEMM, FLOAT32), (INTMM, FLOAT32),
                         (INTMM, BFLOAT16)})
 SCORE_FLOAT_LAYERS = 2  # decoder layers at each end that score in float when scoring runs int8
-# Projections that transformers' decoder layers (Llama, Qwen2, Mistral, ...) call with the very same input.
-FUSE = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 _decoding: ContextVar[bool] = ContextVar("moodq_decoding", default=False)
 
@@ -186,51 +186,6 @@ def candidates(dtype: str | None = None) -> dict[str, Kernel]:
     return {k.name: k for k in [*map(Float, floats), Fbgemm(), IntMM(), WeightOnly()]}
 
 
-def fusable(parent: nn.Module) -> list[tuple[str, ...]]:
-    """The groups of ``parent``'s Linear children (by FUSE's names) that read one input and may run as one."""
-    groups = []
-    for names in FUSE:
-        children = [getattr(parent, n, None) for n in names]
-        if all(type(c) is nn.Linear for c in children) and len({c.in_features for c in children}) == 1:
-            groups.append(names)
-    return groups
-
-
-_FUSED = object()  # a PhaseLinear's state for a phase its group runs
-
-
-class _LastGroupCall(threading.local):
-    """The last stacked call, per thread, of any group: held here, its input cannot be freed and its id
-    reused; one slot for all groups, so a scoring pass leaves one call's outputs held, not one per layer."""
-
-    group: _Fused | None = None
-    x: torch.Tensor | None = None
-    kernel = ""
-    parts: tuple[torch.Tensor, ...] = ()
-
-
-_last_group_call = _LastGroupCall()
-
-
-class _Fused:
-    """Sibling projections called with one input: each int8 kernel runs once on their stacked weights, and
-    every sibling takes its slice. The same tensor object comes to q, k and v in turn (gate and up); a
-    sibling called with another input runs the stack on it, so its output is right in any case."""
-
-    def __init__(self, weights: list[torch.Tensor], kernels: list[Kernel]):
-        self.sizes = [w.shape[0] for w in weights]
-        int8 = {k.name: k for k in kernels if k.int8}
-        stacked = torch.cat([w.detach() for w in weights]) if int8 else None
-        self.states = {name: k.prepare(stacked) for name, k in int8.items()}
-
-    def run(self, kernel: Kernel, x: torch.Tensor, index: int) -> torch.Tensor:
-        last = _last_group_call
-        if last.group is not self or last.x is not x or last.kernel != kernel.name:
-            last.group, last.x, last.kernel = self, x, kernel.name
-            last.parts = kernel.run(self.states[kernel.name], x).split(self.sizes, dim=-1)
-        return last.parts[index]
-
-
 class PhaseLinear(nn.Module):
     """A Linear that runs ``score``'s kernel, or ``decode``'s inside :func:`decoding`.
 
@@ -239,14 +194,14 @@ class PhaseLinear(nn.Module):
     tied input embedding shares it)."""
 
     def __init__(self, linear: nn.Linear, score: Kernel, decode: Kernel, keep_weight: bool = False,
-                 group: _Fused | None = None, index: int = 0):
+                 group: Fused | None = None, index: int = 0):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.group, self.index = group, index  # run int8 phases as slice ``index`` of ``group``
         states: dict[str, object] = {}
         for kernel in (score, decode):  # one state per distinct kernel: preparing int8 costs ~30 ms a layer
             if kernel.name not in states:
-                states[kernel.name] = _FUSED if group and kernel.int8 else kernel.prepare(linear.weight)
+                states[kernel.name] = FUSED if group and kernel.int8 else kernel.prepare(linear.weight)
         self.kernels = {"score": (score, states[score.name]), "decode": (decode, states[decode.name])}
         self.bias = linear.bias
         if keep_weight:
@@ -263,7 +218,7 @@ class PhaseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel, state = self.kernels["decode" if _decoding.get() else "score"]
-        y = self.group.run(kernel, x, self.index) if state is _FUSED else kernel.run(state, x)
+        y = self.group.run(kernel, x, self.index) if state is FUSED else kernel.run(state, x)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
@@ -317,7 +272,7 @@ def apply(model: nn.Module, dtype: str, score: str, decode: str) -> int:
         _, names, children, layer_score = job
         if len(children) == 1:
             return [PhaseLinear(children[0], layer_score, kernels[decode], keep_weight=children[0] is head)]
-        group = _Fused([c.weight for c in children], [layer_score, kernels[decode]])
+        group = Fused([c.weight for c in children], [layer_score, kernels[decode]])
         return [PhaseLinear(c, layer_score, kernels[decode], group=group, index=i) for i, c in enumerate(children)]
 
     # The largest weight (the head) first, so it is not the last one left running on one core.

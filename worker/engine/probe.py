@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from worker.engine import kernels
+from worker.engine import fusing, kernels
 from worker.engine.kernels import BFLOAT16, FLOAT32
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Plan:
 
 def linear_shapes(config) -> list[Shape]:
     """(in, out, count) of the Linear calls in one decoder layer of a model with this config (built on
-    the meta device: no memory, no weights); siblings that run as one (kernels.fusable) count as one."""
+    the meta device: no memory, no weights); siblings that run as one (fusing.fusable) count as one."""
     from torch import nn
     from transformers import AutoModelForCausalLM
 
@@ -107,7 +107,7 @@ def linear_shapes(config) -> list[Shape]:
     counts: dict[tuple[int, int], int] = {}
     for parent in model.modules():
         linears = {n: c for n, c in parent.named_children() if type(c) is nn.Linear and c is not head}
-        groups = kernels.fusable(parent)
+        groups = fusing.fusable(parent)
         calls = [[linears.pop(n) for n in names] for names in groups] + [[c] for c in linears.values()]
         for call in calls:
             shape = (call[0].in_features, sum(c.out_features for c in call))
