@@ -203,6 +203,7 @@ def test_siblings_of_one_input_run_as_one_int8_call_with_the_same_result(monkeyp
     middle = depth - 2 * kernels.SCORE_FLOAT_LAYERS
     assert out[True][2:] == (middle * 4, depth * 4 + 1) and out[False][2:] == (middle * 7, depth * 7 + 1)
     assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+    assert fusing._last_group_call.x is None  # every sibling took its slice: no layer's outputs held after the pass
 
 
 @pytest.mark.model

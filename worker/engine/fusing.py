@@ -36,13 +36,14 @@ FUSED = object()  # a PhaseLinear's state for a phase its group runs
 
 
 class _LastGroupCall(threading.local):
-    """The last stacked call, per thread, of any group: held here, its input cannot be freed and its id
-    reused; one slot for all groups, so a scoring pass leaves one call's outputs held, not one per layer."""
+    """The stacked call, per thread, whose slices not every sibling has taken yet: held here, its input
+    cannot be freed and its id reused. One slot for all groups, emptied once each sibling took its slice."""
 
     group: Fused | None = None
     x: torch.Tensor | None = None
     kernel = ""
     parts: tuple[torch.Tensor, ...] = ()
+    taken: frozenset[int] = frozenset()
 
 
 _last_group_call = _LastGroupCall()
@@ -61,7 +62,11 @@ class Fused:
 
     def run(self, kernel: Kernel, x: torch.Tensor, index: int) -> torch.Tensor:
         last = _last_group_call
-        if last.group is not self or last.x is not x or last.kernel != kernel.name:
-            last.group, last.x, last.kernel = self, x, kernel.name
-            last.parts = kernel.run(self.states[kernel.name], x).split(self.sizes, dim=-1)
-        return last.parts[index]
+        if last.group is not self or last.x is not x or last.kernel != kernel.name or index in last.taken:
+            parts = kernel.run(self.states[kernel.name], x).split(self.sizes, dim=-1)  # a raise leaves no stale key
+            last.group, last.x, last.kernel, last.parts, last.taken = self, x, kernel.name, parts, frozenset()
+        part = last.parts[index]
+        last.taken |= {index}
+        if len(last.taken) == len(self.sizes):  # every sibling served: hold nothing between passes
+            last.group, last.x, last.kernel, last.parts, last.taken = None, None, "", (), frozenset()
+        return part
