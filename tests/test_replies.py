@@ -56,11 +56,12 @@ def test_the_cached_system_prompt_gives_the_same_greedy_reply_as_none(engine):
              (SHORT[1], "negative", "en", [("Hello?", "Hi, how can I help?")])]
     opts = {"max_new_tokens": 10, "deadline_s": 60, "sampling": GREEDY}
     cached = [tiny.draft_many([it], **opts)[0].text for it in items]
-    assert len(tiny.drafter._prefixes) == 2  # en/negative (with or without history) and zh/positive
+    assert [phase for _, phase in tiny.drafter.prefixes.held].count("decode") == 2  # en/negative (with or without
+    # history) and zh/positive; the rest are the sentiment frames
     tiny.chat.reply_prefix = lambda label, lang: ()  # no cached prefix: the whole prompt prefilled
-    tiny.drafter._prefixes.clear()
+    tiny.drafter.prefixes.held.clear()
     assert [tiny.draft_many([it], **opts)[0].text for it in items] == cached
-    assert not tiny.drafter._prefixes
+    assert not tiny.drafter.prefixes.held
 
 
 def test_a_long_message_never_cuts_its_short_batch_mates(engine):

@@ -28,6 +28,7 @@ from worker.engine import kvcache
 from worker.engine.chat import Chat, History
 from worker.engine.kernels import decoding
 from worker.engine.pace import Pace
+from worker.engine.prefixes import Prefixes
 
 
 class Request(NamedTuple):
@@ -72,12 +73,12 @@ class _Batch:
 
 
 class Drafter:
-    def __init__(self, model: PreTrainedModel, chat: Chat, pace: Pace | None = None):
+    def __init__(self, model: PreTrainedModel, chat: Chat, pace: Pace | None = None, prefixes: Prefixes | None = None):
         self.model, self.chat = model, chat
         self.pace = pace or Pace()
         self.stops = chat.stop_ids(model.generation_config.eos_token_id)
         self.rows_join = kvcache.rows_can_join(model)
-        self._prefixes: dict[tuple[int, ...], object] = {}  # system prompt ids -> their KV cache
+        self.prefixes = prefixes or Prefixes(model)  # each system prompt's KV cache
         self._texts: dict[int, str] = {}  # token id -> its text, for the sentence ends
 
     def draft_many(self, items: list[Request], *, slots: int | None = None, **options) -> list[Draft]:
@@ -159,10 +160,7 @@ class Drafter:
         prompt starts with it."""
         cache, done = None, 0
         if 0 < len(prefix) < len(prompt) and tuple(prompt[:len(prefix)]) == prefix:
-            if prefix not in self._prefixes:
-                out = self.model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1)
-                self._prefixes[prefix] = kvcache.returned(out)
-            cache, done = copy.deepcopy(self._prefixes[prefix]), len(prefix)
+            cache, done = copy.deepcopy(self.prefixes.get(prefix)), len(prefix)
         started = time.perf_counter()
         out = self.model(input_ids=torch.tensor([prompt[done:]]), position_ids=torch.arange(done, len(prompt))[None],
                          use_cache=True, logits_to_keep=1, **kvcache.cache_arg(self.model, cache))

@@ -62,6 +62,11 @@ def decoding():
         _decoding.reset(token)
 
 
+def phase() -> str:
+    """The phase the layers run now: ``decode`` inside :func:`decoding`, else ``score``."""
+    return "decode" if _decoding.get() else "score"
+
+
 def _per_channel_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 weights (out, in) and their float32 scales, one per output channel."""
     w = w.detach().float()
@@ -217,7 +222,7 @@ class PhaseLinear(nn.Module):
                 self.kernels[phase] = (kernel, shared[kernel.name])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel, state = self.kernels["decode" if _decoding.get() else "score"]
+        kernel, state = self.kernels[phase()]
         y = self.group.run(kernel, x, self.index) if state is FUSED else kernel.run(state, x)
         return y if self.bias is None else y + self.bias
 

@@ -28,7 +28,7 @@ from transformers.utils import logging as hf_logging
 from worker.common.errors import ModelError
 from worker.common.prompts import load_prompts
 from worker.common.settings import Settings
-from worker.engine import embedded, kernels, probe
+from worker.engine import embedded, kernels, prefixes, probe
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # "Loading weights" bars would land in every worker's log
@@ -42,6 +42,7 @@ class Loaded:
     seconds: float
     warm: bool
     plan: probe.Plan | None = None  # the float dtype and each phase's kernel, with the probe's table
+    prefix_folder: Path | None = None  # where its prompt prefixes' KV caches are kept (worker.engine.prefixes)
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -55,6 +56,7 @@ class _Source:
     model_id: str
     config: Callable[[], object]
     weights: Callable[[str], tuple]  # dtype -> (model, tokenizer, warm)
+    sha256: str | None = None  # of the weights' file, where there is one (embedded, GGUF)
 
 
 def _source(settings: Settings) -> _Source:
@@ -63,14 +65,14 @@ def _source(settings: Settings) -> _Source:
         packaged = embedded.MODELS[name]
         locate = lambda: embedded.ensure_gguf(settings.cache_dir, packaged)  # noqa: E731
         return _Source(packaged.model_id, lambda: _gguf_config(locate, packaged.sha256, settings),
-                       lambda dtype: _load_gguf(locate, packaged.sha256, settings, dtype))
+                       lambda dtype: _load_gguf(locate, packaged.sha256, settings, dtype), packaged.sha256)
     if name.endswith(".gguf"):
         file = Path(name).expanduser()
         if not file.is_file():
             raise ModelError(f"GGUF file not found: {file}")
         sha = embedded.sha256_of(file)
         return _Source(f"gguf:{file.name}", lambda: _gguf_config(lambda: file, sha, settings),
-                       lambda dtype: _load_gguf(lambda: file, sha, settings, dtype))
+                       lambda dtype: _load_gguf(lambda: file, sha, settings, dtype), sha)
     return _Source(name, lambda: AutoConfig.from_pretrained(name),
                    lambda dtype: (AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(dtype)), _tokenizer(name), False))
 
@@ -107,7 +109,8 @@ def load(settings: Settings) -> Loaded:
     model.eval()
     kernels.apply(model, plan.dtype, plan.score, plan.decode)
     kernels.own_memory(model)
-    return Loaded(model, tok, source.model_id, time.perf_counter() - started, warm, plan)
+    return Loaded(model, tok, source.model_id, time.perf_counter() - started, warm, plan,
+                  prefixes.folder_for(settings.cache_dir, source.sha256, str(plan)))
 
 
 def check_model(settings: Settings) -> None:

@@ -8,6 +8,7 @@ from worker.engine.chat import Chat, History
 from worker.engine.drafting import Draft, Drafter, Request
 from worker.engine.loading import Loaded
 from worker.engine.pace import Pace
+from worker.engine.prefixes import Prefixes
 from worker.engine.scoring import Judgement, Scorer
 
 __all__ = ["Draft", "Engine", "Judgement"]
@@ -23,8 +24,9 @@ class Engine:
         self.prompts = prompts
         self.labels = prompts.labels
         self.chat = Chat(self.tok, prompts)
-        self.scorer = scorer(self.model, self.chat, prompts, max_text_tokens, pace=self.pace)
-        self.drafter = Drafter(self.model, self.chat, pace=self.pace)
+        self.prefixes = Prefixes(self.model, loaded.prefix_folder)  # the prompts' fixed prefixes, shared by both jobs
+        self.scorer = scorer(self.model, self.chat, prompts, max_text_tokens, pace=self.pace, prefixes=self.prefixes)
+        self.drafter = Drafter(self.model, self.chat, pace=self.pace, prefixes=self.prefixes)
 
     def judge(self, texts: list[str], lang: str, calibrate: bool | None = None, max_batch: int = 16) -> list[Judgement]:
         """Label each text (same language); see :meth:`worker.engine.scoring.Scorer.judge`."""

@@ -22,6 +22,7 @@ from worker.engine import kvcache
 from worker.engine.batching import buckets, head_and_tail
 from worker.engine.chat import Chat
 from worker.engine.pace import Pace
+from worker.engine.prefixes import Prefixes
 
 
 @dataclass
@@ -51,8 +52,9 @@ class Scorer:
     cached = True  # reuse the prefix's KV cache (tests/reference.py overrides this with the plain way)
 
     def __init__(self, model: PreTrainedModel, chat: Chat, prompts: PromptSet, max_text_tokens: int = 0,
-                 pace: Pace | None = None):
+                 pace: Pace | None = None, prefixes: Prefixes | None = None):
         self.model, self.chat, self.prompts = model, chat, prompts
+        self.prefixes = prefixes or Prefixes(model)
         self.labels = prompts.labels
         self.max_text_tokens = max_text_tokens  # sentiment reads at most this many (0 = all)
         self.pace = pace or Pace(max_text_tokens=max_text_tokens)
@@ -130,9 +132,7 @@ class Scorer:
         if getattr(head, "bias", None) is not None:  # e.g. Phi-2, GPT-J
             frame.head_bias = head.bias.detach()[frame.head_tokens].float()
         if self.cached:
-            with torch.inference_mode():
-                out = self.model(torch.tensor([frame.prefix_ids]), use_cache=True)
-                frame.cache = kvcache.returned(out)
+            frame.cache = self.prefixes.get(frame.prefix_ids)
         return frame
 
     def label_logprobs(self, frame: Frame, encoded: list[list[int]]) -> list[list[float]]:
