@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ def start(cache: str, concurrency: int, log: Path) -> tuple[float, list[float], 
         launch.stop(proc)
         raise
     t0 = time.perf_counter()
-    launch.stop(proc, grace=30, sig=signal.SIGQUIT)
+    launch.stop_idle(proc)
     return ready, rss, time.perf_counter() - t0
 
 

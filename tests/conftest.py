@@ -172,7 +172,7 @@ def worker(store):
     """A real worker started through the CLI (`moodq worker`), on the run's queue."""
     proc = _start_worker("main", {}, [sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"])
     yield proc
-    launch.stop(proc)
+    launch.stop_idle(proc)
 
 
 def _fault_worker(name: str, settings, factor: float, model_env: dict):
@@ -185,7 +185,7 @@ def _fault_worker(name: str, settings, factor: float, model_env: dict):
     }
     proc = start_fault_worker(name, env)
     yield load_settings(**{k[6:].lower(): v for k, v in env.items()})
-    launch.stop(proc)
+    launch.stop_idle(proc)
 
 
 @pytest.fixture(scope="session")

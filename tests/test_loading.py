@@ -61,8 +61,8 @@ def test_any_local_transformers_directory_works_by_configuration(tmp_path, engin
 
 
 def test_warm_start_check_neither_hashes_nor_assembles_the_gguf(tmp_path, engine):
-    """With converted weights cached, the main process's check skips the 491 MB GGUF entirely
-    and loads the tokenizer once, so the forked pool processes inherit it."""
+    """With converted weights cached, the main process's check skips the 491 MB GGUF entirely and parses
+    nothing: the load parses the tokenizer, once, while the weights load."""
     from worker.engine import loading
 
     real = load_settings()
@@ -72,11 +72,11 @@ def test_warm_start_check_neither_hashes_nor_assembles_the_gguf(tmp_path, engine
     (tmp_path / "converted" / converted.name).symlink_to(converted)
     (tmp_path / "probe").symlink_to(real.cache_dir / "probe")  # this host's kernel table: no second probe
     settings = load_settings(cache_dir=str(tmp_path))
+    parsed = loading._tokenizer.cache_info().misses
     check_model(settings)
-    assert not (tmp_path / embedded.FILE_NAME).exists()
-    hits = loading._tokenizer.cache_info().hits
+    assert not (tmp_path / embedded.FILE_NAME).exists() and loading._tokenizer.cache_info().misses == parsed
     loaded = load(settings)
-    assert loading._tokenizer.cache_info().hits == hits + 1  # the tokenizer from the check, not parsed again
+    assert loading._tokenizer.cache_info().misses == parsed + 1 and loaded.tokenizer.eos_token == engine.tok.eos_token
     assert loaded.warm and not (tmp_path / embedded.FILE_NAME).exists()
 
 

@@ -40,7 +40,7 @@ def stage(settings, slowness, tmp_path_factory):
     proc, s = _worker(settings, tmp_path_factory.mktemp("stage"), "stage", concurrency=2, triage_label="",
                       reply_batch_size=2, max_reply_tokens=6, redrafts=1, sweep_interval_s=0.5, sweep_after_s=1)
     yield s
-    launch.stop(proc)
+    launch.stop_idle(proc)
 
 
 def test_a_reply_to_replaced_text_is_never_stored_on_the_new_record(store, stage, slowness):

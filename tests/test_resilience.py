@@ -18,12 +18,14 @@ from tests.conftest import (
     ROOT,
     RUN,
     assert_one_final_record_each,
+    eventually,
     free_port,
     send,
     start_fault_worker,
     wait_final,
     worker_log,
 )
+from worker.common.procinfo import children
 from worker.common.settings import load_settings
 from worker.common.store import Store
 from worker.jobs import launch
@@ -161,6 +163,10 @@ def test_redis_restart_mid_run_over_tls_with_password(tmp_path, small_model):
         assert store.r.zcard(s.keys.index) == 60
         # Redis went down with replies still to draft (labeled, not yet final): 22 of 30 in a run here
         assert before["labeled"] > 0, f"nothing was waiting for its reply when Redis went down: {before}"
+        pool = children(proc.pid)
+        launch.stop_idle(proc)  # what `moodq demo` and the tests' fixtures stop an idle worker with
+        assert pool and proc.returncode is not None
+        eventually(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pool), timeout=10, what="the pool gone")
     finally:
         if proc is not None:
             launch.stop(proc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -136,7 +135,7 @@ def demo(timeout, as_json):
         else:
             click.echo(_table(records))
     finally:  # every message is final (or the wait gave up): nothing for a warm shutdown to finish
-        launch.stop(proc, grace=30, sig=signal.SIGQUIT)
+        launch.stop_idle(proc)
     click.echo(f"results after {results_s:.1f} s, demo finished in {time.perf_counter() - started:.1f} s "
                "(worker start, model load and stop included); "
                "peak RSS of the worker processes: "

@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,9 @@ class _Source:
 
     model_id: str
     config: Callable[[], object]
-    weights: Callable[[str], tuple]  # dtype -> (model, tokenizer, warm)
+    weights: Callable[[str], tuple]  # dtype -> (model, warm)
+    tokenizer: Callable[[], PreTrainedTokenizerBase]
+    tokenizer_first: Callable[[], bool] = lambda: True  # are its files there before the weights are loaded?
     sha256: str | None = None  # of the weights' file, where there is one (embedded, GGUF)
 
 
@@ -63,18 +66,24 @@ def _source(settings: Settings) -> _Source:
     name = settings.model
     if name in embedded.MODELS:
         packaged = embedded.MODELS[name]
-        locate = lambda: embedded.ensure_gguf(settings.cache_dir, packaged)  # noqa: E731
-        return _Source(packaged.model_id, lambda: _gguf_config(locate, packaged.sha256, settings),
-                       lambda dtype: _load_gguf(locate, packaged.sha256, settings, dtype), packaged.sha256)
+        return _gguf_source(packaged.model_id, lambda: embedded.ensure_gguf(settings.cache_dir, packaged),
+                            packaged.sha256, settings)
     if name.endswith(".gguf"):
         file = Path(name).expanduser()
         if not file.is_file():
             raise ModelError(f"GGUF file not found: {file}")
-        sha = embedded.sha256_of(file)
-        return _Source(f"gguf:{file.name}", lambda: _gguf_config(lambda: file, sha, settings),
-                       lambda dtype: _load_gguf(lambda: file, sha, settings, dtype), sha)
+        return _gguf_source(f"gguf:{file.name}", lambda: file, embedded.sha256_of(file), settings)
     return _Source(name, lambda: AutoConfig.from_pretrained(name),
-                   lambda dtype: (AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(dtype)), _tokenizer(name), False))
+                   lambda dtype: (AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(dtype)), False),
+                   lambda: _tokenizer(name))
+
+
+def _gguf_source(model_id: str, locate: Callable[[], Path], sha: str, settings: Settings) -> _Source:
+    """A GGUF, de-quantised once: config, weights and tokenizer come from its converted copy after that."""
+    converted = lambda: _any_converted(settings, sha)  # noqa: E731
+    return _Source(model_id, lambda: _gguf_config(locate, sha, settings),
+                   lambda dtype: _load_gguf(locate, sha, settings, dtype),
+                   lambda: _tokenizer(str(converted())), lambda: converted() is not None, sha)
 
 
 def measured_plan(settings: Settings, fresh: bool = False, source: _Source | None = None) -> probe.Plan:
@@ -99,16 +108,22 @@ def load(settings: Settings) -> Loaded:
     try:
         source = _source(settings)
         plan = measured_plan(settings, source=source)
-        model, tok, warm = source.weights(plan.dtype)
+        # The tokenizer parses (Python and Rust: ~2 s on an AVX2-only EPYC) while the weights load and their
+        # kernels are prepared, torch work that mostly releases the GIL. On a first start it reads what the
+        # conversion writes, so it comes after.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            early = pool.submit(source.tokenizer) if source.tokenizer_first() else None
+            model, warm = source.weights(plan.dtype)
+            model.eval()
+            kernels.apply(model, plan.dtype, plan.score, plan.decode)
+            kernels.own_memory(model)
+            tok = early.result() if early else source.tokenizer()
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load model {settings.model!r}: {str(exc).splitlines()[0]}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    model.eval()
-    kernels.apply(model, plan.dtype, plan.score, plan.decode)
-    kernels.own_memory(model)
     return Loaded(model, tok, source.model_id, time.perf_counter() - started, warm, plan,
                   prefixes.folder_for(settings.cache_dir, source.sha256, str(plan)))
 
@@ -116,17 +131,14 @@ def load(settings: Settings) -> Loaded:
 def check_model(settings: Settings) -> None:
     """Cheap start-up check that the configured model exists (no weights are loaded).
 
-    Run in a worker's main process before the pool forks. It also loads the tokenizer when
-    that is cheap to find (converted cache or a model directory), so every pool process
-    inherits it instead of parsing it again (~0.8 s each).
+    Run in a worker's main process before the pool forks. An embedded model with a converted copy (made only
+    from a verified file) is not hashed again, and nothing is parsed: each pool process parses the tokenizer
+    while its weights load.
     """
     name = settings.model
     if name in embedded.MODELS:
         packaged = embedded.MODELS[name]
-        converted = _any_converted(settings, packaged.sha256)
-        if converted:  # made only from a verified file: no need to hash the GGUF again
-            _tokenizer(str(converted))
-        else:
+        if not _any_converted(settings, packaged.sha256):
             embedded.ensure_gguf(settings.cache_dir, packaged)
     elif name.endswith(".gguf"):
         if not Path(name).expanduser().is_file():
@@ -193,16 +205,14 @@ def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings, dtype: 
     """
     converted = _converted_dir(settings, sha, dtype)
     if _ready(converted):
-        tok = _tokenizer(str(converted))
-        model = AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype))
-        return model, tok, True
+        return AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype)), True
     path = locate()
     log.info("de-quantising %s (first start only; converted weights go to %s)", path.name, converted)
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     model = model.to(_dtype(dtype))
     _save_converted(model, tok, converted)
-    return model, tok, False
+    return model, False
 
 
 def _save_converted(model: PreTrainedModel, tok: PreTrainedTokenizerBase, target: Path) -> None:

@@ -45,3 +45,20 @@ def stop(proc: subprocess.Popen, grace: float = 60, sig: int = signal.SIGTERM) -
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def stop_idle(proc: subprocess.Popen, grace: float = 30) -> None:
+    """Stop a worker with nothing left to do (every message it took is final): SIGQUIT to its main process,
+    SIGKILL to its pool processes, which hold nothing to finish (billiard's pool processes sleep 1 s on their
+    way out: ~1 s to stop instead of ~2 on an AVX2-only EPYC)."""
+    if proc.poll() is None:
+        from worker.common.procinfo import children
+
+        pool = children(proc.pid)
+        os.kill(proc.pid, signal.SIGQUIT)  # first: the main process must not replace the pool processes
+        for pid in pool:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    stop(proc, grace, signal.SIGQUIT)
