@@ -54,11 +54,13 @@ class Fused:
     every sibling takes its slice. The same tensor object comes to q, k and v in turn (gate and up); a
     sibling called with another input runs the stack on it, so its output is right in any case."""
 
-    def __init__(self, weights: list[torch.Tensor], kernels: list[Kernel]):
+    def __init__(self, weights: list[torch.Tensor], kernels: list[Kernel], int8: tuple | None = None):
+        """``int8``: the stacked weights' per-channel int8 copy, if it was made already (then the float weights
+        are not read)."""
         self.sizes = [w.shape[0] for w in weights]
-        int8 = {k.name: k for k in kernels if k.int8}
-        stacked = torch.cat([w.detach() for w in weights]) if int8 else None
-        self.states = {name: k.prepare(stacked) for name, k in int8.items()}
+        int8_kernels = {k.name: k for k in kernels if k.int8}
+        stacked = torch.cat([w.detach() for w in weights]) if int8_kernels and int8 is None else None
+        self.states = {name: k.prepare(stacked, int8) for name, k in int8_kernels.items()}
 
     def run(self, kernel: Kernel, x: torch.Tensor, index: int) -> torch.Tensor:
         last = _last_group_call

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from worker.engine.fusing import FUSED, Fused, fusable
+from worker.engine.int8store import Int8Store, per_channel_int8
 
 FLOAT32, BFLOAT16 = "float32", "bfloat16"
 FBGEMM, INTMM, WEIGHT_ONLY = "int8-fbgemm", "int8-intmm", "int8-weight-only"
@@ -67,24 +68,18 @@ def phase() -> str:
     return "decode" if _decoding.get() else "score"
 
 
-def _per_channel_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 weights (out, in) and their float32 scales, one per output channel."""
-    w = w.detach().float()
-    scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127
-    return torch.round(w / scale[:, None]).to(torch.int8), scale
-
-
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
 class Kernel:
-    """How one linear layer runs: ``prepare`` turns a float weight (out, in) into what ``run`` reads."""
+    """How one linear layer runs: ``prepare`` turns a float weight (out, in) into what ``run`` reads. An int8
+    kernel starts from the weight's per-channel int8 copy: ``int8`` when given (then ``weight`` is not read)."""
 
     name = ""
     int8 = True
 
-    def prepare(self, weight: torch.Tensor):
+    def prepare(self, weight: torch.Tensor | None, int8: tuple[torch.Tensor, torch.Tensor] | None = None):
         raise NotImplementedError
 
     def run(self, state, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +95,7 @@ class Float(Kernel):
     def __init__(self, dtype: str):
         self.name, self.dtype = dtype, getattr(torch, dtype)
 
-    def prepare(self, weight):
+    def prepare(self, weight, int8=None):
         return weight.detach().to(self.dtype).contiguous()  # no copy when the model holds this dtype already
 
     def run(self, w, x):
@@ -115,12 +110,12 @@ class Fbgemm(Kernel):
     name = FBGEMM
     CHUNK_ROWS = 20_000
 
-    def prepare(self, weight):
-        return [self._pack(piece) for piece in weight.split(self.CHUNK_ROWS)]
+    def prepare(self, weight, int8=None):
+        q, scale = int8 or per_channel_int8(weight)
+        return [self._pack(*piece) for piece in zip(q.split(self.CHUNK_ROWS), scale.split(self.CHUNK_ROWS))]
 
     @staticmethod
-    def _pack(weight):
-        q, scale = _per_channel_int8(weight)
+    def _pack(q, scale):
         with warnings.catch_warnings():  # quantized tensors are deprecated upstream; torch < 2.14 is pinned
             warnings.simplefilter("ignore")
             qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
@@ -161,8 +156,8 @@ def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class IntMM(Kernel):
     name = INTMM
 
-    def prepare(self, weight):
-        q, scale = _per_channel_int8(weight)
+    def prepare(self, weight, int8=None):
+        q, scale = int8 or per_channel_int8(weight)
         return q.t(), scale  # _int_mm takes the transposed (in, out) view
 
     def run(self, state, x):
@@ -175,8 +170,8 @@ class IntMM(Kernel):
 class WeightOnly(Kernel):
     name = WEIGHT_ONLY
 
-    def prepare(self, weight):
-        q, scale = _per_channel_int8(weight)
+    def prepare(self, weight, int8=None):
+        q, scale = int8 or per_channel_int8(weight)
         return q, scale.bfloat16()
 
     def run(self, state, x):
@@ -199,14 +194,14 @@ class PhaseLinear(nn.Module):
     tied input embedding shares it)."""
 
     def __init__(self, linear: nn.Linear, score: Kernel, decode: Kernel, keep_weight: bool = False,
-                 group: Fused | None = None, index: int = 0):
+                 group: Fused | None = None, index: int = 0, int8: tuple | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.group, self.index = group, index  # run int8 phases as slice ``index`` of ``group``
         states: dict[str, object] = {}
         for kernel in (score, decode):  # one state per distinct kernel: preparing int8 costs ~30 ms a layer
             if kernel.name not in states:
-                states[kernel.name] = FUSED if group and kernel.int8 else kernel.prepare(linear.weight)
+                states[kernel.name] = FUSED if group and kernel.int8 else kernel.prepare(linear.weight, int8)
         self.kernels = {"score": (score, states[score.name]), "decode": (decode, states[decode.name])}
         self.bias = linear.bias
         if keep_weight:
@@ -252,18 +247,20 @@ def own_memory(model: nn.Module) -> None:
         pass
 
 
-def apply(model: nn.Module, dtype: str, score: str, decode: str) -> int:
+def apply(model: nn.Module, dtype: str, score: str, decode: str, int8: Int8Store | None = None) -> int:
     """Swap ``model``'s Linear layers for :class:`PhaseLinear` ones running ``score`` / ``decode``;
     returns how many were swapped. The output head scores in float (worker.engine.scoring reads its rows)
     and drafts with ``decode``; with int8 scoring, SCORE_FLOAT_LAYERS decoder layers at each end score in
-    float. Siblings of one input (:func:`fusable`) share one int8 call per phase."""
+    float. Siblings of one input (:func:`fusable`) share one int8 call per phase. Int8 kernels start from
+    ``int8``'s copies (computed here when it has none)."""
+    int8 = int8 or Int8Store()
     if score == dtype and decode == dtype:
         return 0  # the plain float model: nothing to swap
     kernels = candidates(dtype)
     head = model.get_output_embeddings()
     last = getattr(model.config, "num_hidden_layers", 1) - 1
     edges = {f"layers.{i}." for i in [*range(SCORE_FLOAT_LAYERS), *range(last, last - SCORE_FLOAT_LAYERS, -1)]}
-    jobs = []  # (parent, names, their Linear layers, score kernel): each job one layer or one group of siblings
+    jobs = []  # (parent's path, names, their Linear layers, score kernel): each job one layer or a group of siblings
     for path, parent in model.named_modules():
         linears = {name: child for name, child in parent.named_children() if type(child) is nn.Linear}
         groups = fusable(parent)
@@ -271,20 +268,24 @@ def apply(model: nn.Module, dtype: str, score: str, decode: str) -> int:
         for names in [*groups, *[(name,) for name in linears if name not in grouped]]:
             children = [linears[name] for name in names]
             float_scoring = children[0] is head or any(e in f"{path}.{names[0]}" for e in edges)
-            jobs.append((parent, names, children, kernels[dtype] if float_scoring and kernels[score].int8 else kernels[score]))
+            jobs.append((path, names, children, kernels[dtype] if float_scoring and kernels[score].int8 else kernels[score]))
 
     def build(job) -> list[PhaseLinear]:
-        _, names, children, layer_score = job
+        path, names, children, layer_score = job
+        copy = None
+        if layer_score.int8 or kernels[decode].int8:  # stacked siblings have one copy: the int8 call's weight
+            copy = int8.get(f"{path}.{'+'.join(names)}", (sum(c.out_features for c in children), children[0].in_features),
+                            lambda: torch.cat([c.weight.detach() for c in children]))
         if len(children) == 1:
-            return [PhaseLinear(children[0], layer_score, kernels[decode], keep_weight=children[0] is head)]
-        group = Fused([c.weight for c in children], [layer_score, kernels[decode]])
+            return [PhaseLinear(children[0], layer_score, kernels[decode], keep_weight=children[0] is head, int8=copy)]
+        group = Fused([c.weight for c in children], [layer_score, kernels[decode]], copy)
         return [PhaseLinear(c, layer_score, kernels[decode], group=group, index=i) for i, c in enumerate(children)]
 
     # The largest weight (the head) first, so it is not the last one left running on one core.
     jobs.sort(key=lambda job: sum(c.weight.numel() for c in job[2]), reverse=True)
     # Preparing int8 weights is torch work that releases the GIL: one thread per core halves the start.
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
-        for (parent, names, _, _), layers in zip(jobs, pool.map(build, jobs)):
+        for (path, names, _, _), layers in zip(jobs, pool.map(build, jobs)):
             for name, layer in zip(names, layers):
-                setattr(parent, name, layer)
+                setattr(model.get_submodule(path), name, layer)
     return sum(len(job[1]) for job in jobs)

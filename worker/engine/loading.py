@@ -29,7 +29,8 @@ from transformers.utils import logging as hf_logging
 from worker.common.errors import ModelError
 from worker.common.prompts import load_prompts
 from worker.common.settings import Settings
-from worker.engine import embedded, kernels, prefixes, probe
+from worker.engine import embedded, int8store, kernels, prefixes, probe
+from worker.engine.int8store import Int8Store
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # "Loading weights" bars would land in every worker's log
@@ -115,7 +116,9 @@ def load(settings: Settings) -> Loaded:
             early = pool.submit(source.tokenizer) if source.tokenizer_first() else None
             model, warm = source.weights(plan.dtype)
             model.eval()
-            kernels.apply(model, plan.dtype, plan.score, plan.decode)
+            int8 = Int8Store(int8store.file_for(settings.cache_dir, source.sha256))
+            kernels.apply(model, plan.dtype, plan.score, plan.decode, int8)
+            int8.save()  # the first start on these weights (a few seconds, once)
             kernels.own_memory(model)
             tok = early.result() if early else source.tokenizer()
     except ModelError:
