@@ -77,6 +77,7 @@ def test_warm_start_check_neither_hashes_nor_assembles_the_gguf(tmp_path, engine
     assert not (tmp_path / embedded.FILE_NAME).exists() and loading._tokenizer.cache_info().misses == parsed
     loaded = load(settings)
     assert loading._tokenizer.cache_info().misses == parsed + 1 and loaded.tokenizer.eos_token == engine.tok.eos_token
+    assert len(list((tmp_path / "int8").glob("*.safetensors"))) == 1  # the int8 copies saved for the next start
     assert loaded.warm and not (tmp_path / embedded.FILE_NAME).exists()
 
 

@@ -39,6 +39,28 @@ def test_a_damaged_prefix_file_is_computed_again_and_replaced(engine, tmp_path):
     assert Prefixes(engine.model, tmp_path)._read(tuple(ids), "score") is not None
 
 
+def test_a_second_engine_on_the_same_folder_computes_no_prefix(engine, tmp_path):
+    """What a worker's later start gains: its sentiment frames and its replies' system prompts read from disk."""
+    from worker.engine.loading import Loaded
+    from worker.engine.model import Engine
+
+    def run() -> Engine:
+        eng = Engine(Loaded(engine.model, engine.tok, engine.model_id, 0, True, engine.plan, tmp_path), engine.prompts)
+        eng.judge(["Broken again."], "en")
+        eng.draft("Broken again.", "negative", "en", [], max_new_tokens=2, deadline_s=60, sampling={"do_sample": False})
+        return eng
+
+    assert run().prefixes.computed == len(engine.prompts.languages) + 1  # the frames, then one reply's system prompt
+    assert run().prefixes.computed == 0
+
+
+def test_a_prefix_that_cannot_be_saved_costs_a_warning(engine, tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    prefixes = Prefixes(engine.model, tmp_path / "file" / "folder")
+    assert prefixes.get(engine.chat.sentiment_frame(engine.prompts.languages["en"])[0][:4]) is not None
+    assert "could not save" in caplog.text
+
+
 def test_the_prefix_folder_changes_with_the_weights_and_the_path():
     assert folder_for("/c", None, "avx2/float32 score:float32 decode:float32") is None  # no hash: memory only
     a = folder_for("/c", "abc", "avx2/float32 score:int8-fbgemm decode:int8-fbgemm")

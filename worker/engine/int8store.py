@@ -9,78 +9,64 @@ own form from them at every start (fbgemm's packing).
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from worker.engine import fusing, ondisk
+
+CHUNK_ROWS = 20_000  # rows quantised at a time: an output head's float temporaries stay ~70 MB, not 2 GB
 
 
 def per_channel_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 weights (out, in) and their float32 scales, one per output channel."""
-    w = w.detach().float()
-    scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127
-    return torch.round(w / scale[:, None]).to(torch.int8), scale
+    """int8 weights (out, in) and their float32 scales, one per output channel (rows are independent)."""
+    qs, scales = [], []
+    for rows in w.detach().split(CHUNK_ROWS):
+        rows = rows.float()
+        scale = rows.abs().amax(dim=1).clamp(min=1e-8) / 127
+        qs.append(torch.round(rows / scale[:, None]).to(torch.int8))
+        scales.append(scale)
+    return (qs[0], scales[0]) if len(qs) == 1 else (torch.cat(qs), torch.cat(scales))
 
 
-def file_for(cache_dir: Path, weights: str | None) -> Path | None:
-    """Where the int8 copies of these weights live, or None (no weights hash: they are computed every start)."""
+def file_for(cache_dir: Path, weights: str | None, dtype: str) -> Path | None:
+    """Where the int8 copies of these weights, loaded in ``dtype``, live; None without a weights hash (a model
+    directory or hub id, which can change in place: their copies are computed at every start)."""
     if not weights:
         return None
-    from worker.engine import fusing  # which projections are stacked into one weight
+    import sys
 
-    code = inspect.getsource(per_channel_int8) + repr(fusing.FUSE) + torch.__version__
-    name = hashlib.sha256(f"{weights}\n{code}".encode()).hexdigest()[:20]
+    name = ondisk.key(weights, dtype, torch.__version__, modules=(sys.modules[__name__], fusing))
     return Path(cache_dir) / "int8" / f"{name}.safetensors"
 
 
 class Int8Store:
-    """The int8 copy of each named weight: read from ``file`` when it is there, else computed (and saved
-    there by :meth:`save`). Safe to call from several threads: each name is asked for once."""
+    """The int8 copy of each named weight: read from ``file`` when it is there, else computed (and kept for
+    :meth:`save` when there is a file). Safe to call from several threads: each name is asked for once."""
 
     def __init__(self, file: Path | None = None):
         self.file = file
-        self.saved = self._read()
+        self.saved = (ondisk.read(file) if file is not None else None) or {}
         self.new: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.computed = 0
 
     def get(self, name: str, out_in: tuple[int, int], weight: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``name``'s int8 values and scales; ``weight()`` (of shape ``out_in``) is read only if they are not saved."""
         q, scale = self.saved.get(f"{name}.q"), self.saved.get(f"{name}.scale")
-        if q is not None and scale is not None and tuple(q.shape) == tuple(out_in) and scale.shape == (out_in[0],):
+        if q is not None and scale is not None and tuple(q.shape) == tuple(out_in) and tuple(scale.shape) == (out_in[0],):
             return q, scale
-        self.new[name] = per_channel_int8(weight())
-        return self.new[name]
-
-    def _read(self) -> dict[str, torch.Tensor]:
-        if self.file is None or not self.file.is_file():
-            return {}
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(self.file)
-        except Exception as exc:  # safetensors raises its own errors on damaged bytes
-            log.warning("ignoring the unreadable int8 weights %s (%s); they are computed again", self.file, exc)
-            return {}
+        copy = per_channel_int8(weight())
+        self.computed += 1
+        if self.file is not None:
+            self.new[name] = copy
+        return copy
 
     def save(self) -> None:
-        """Write every copy (saved and new) to ``file``, atomically, if any was computed."""
-        if self.file is None or not self.new:
-            return
-        from safetensors.torch import save_file
-
-        tensors = dict(self.saved)
-        for name, (q, scale) in self.new.items():
-            tensors[f"{name}.q"], tensors[f"{name}.scale"] = q.contiguous(), scale.contiguous()
-        tmp = self.file.with_name(f"{self.file.name}.tmp{os.getpid()}")
-        try:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, tmp)
-            os.replace(tmp, self.file)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            log.warning("could not save the int8 weights to %s (%s); they are computed again next start", self.file, exc)
+        """Write every copy (saved and new) to ``file`` if any was computed; then hold none of them."""
+        if self.file is not None and self.new:
+            tensors = dict(self.saved)
+            for name, (q, scale) in self.new.items():
+                tensors[f"{name}.q"], tensors[f"{name}.scale"] = q, scale
+            ondisk.save(self.file, tensors)
+        self.saved, self.new = {}, {}

@@ -275,7 +275,7 @@ def apply(model: nn.Module, dtype: str, score: str, decode: str, int8: Int8Store
         copy = None
         if layer_score.int8 or kernels[decode].int8:  # stacked siblings have one copy: the int8 call's weight
             copy = int8.get(f"{path}.{'+'.join(names)}", (sum(c.out_features for c in children), children[0].in_features),
-                            lambda: torch.cat([c.weight.detach() for c in children]))
+                            lambda: torch.cat([c.weight.detach() for c in children]) if len(children) > 1 else children[0].weight)
         if len(children) == 1:
             return [PhaseLinear(children[0], layer_score, kernels[decode], keep_weight=children[0] is head, int8=copy)]
         group = Fused([c.weight for c in children], [layer_score, kernels[decode]], copy)

@@ -81,10 +81,13 @@ def _source(settings: Settings) -> _Source:
 
 def _gguf_source(model_id: str, locate: Callable[[], Path], sha: str, settings: Settings) -> _Source:
     """A GGUF, de-quantised once: config, weights and tokenizer come from its converted copy after that."""
-    converted = lambda: _any_converted(settings, sha)  # noqa: E731
+    def tokenizer():  # from the GGUF itself only if its converted copy could not be saved
+        path = _any_converted(settings, sha) or locate()
+        return _tokenizer(str(path)) if path.is_dir() else AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
     return _Source(model_id, lambda: _gguf_config(locate, sha, settings),
                    lambda dtype: _load_gguf(locate, sha, settings, dtype),
-                   lambda: _tokenizer(str(converted())), lambda: converted() is not None, sha)
+                   tokenizer, lambda: _any_converted(settings, sha) is not None, sha)
 
 
 def measured_plan(settings: Settings, fresh: bool = False, source: _Source | None = None) -> probe.Plan:
@@ -116,11 +119,11 @@ def load(settings: Settings) -> Loaded:
             early = pool.submit(source.tokenizer) if source.tokenizer_first() else None
             model, warm = source.weights(plan.dtype)
             model.eval()
-            int8 = Int8Store(int8store.file_for(settings.cache_dir, source.sha256))
+            int8 = Int8Store(int8store.file_for(settings.cache_dir, source.sha256, plan.dtype))
             kernels.apply(model, plan.dtype, plan.score, plan.decode, int8)
-            int8.save()  # the first start on these weights (a few seconds, once)
+            int8.save()  # on the first start with these weights; then it holds no copy
             kernels.own_memory(model)
-            tok = early.result() if early else source.tokenizer()
+            tok = _result_or_again(early, source.tokenizer)
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as exc:
@@ -129,6 +132,17 @@ def load(settings: Settings) -> Loaded:
         tok.pad_token = tok.eos_token
     return Loaded(model, tok, source.model_id, time.perf_counter() - started, warm, plan,
                   prefixes.folder_for(settings.cache_dir, source.sha256, str(plan)))
+
+
+def _result_or_again(early, parse: Callable):
+    """The tokenizer the thread parsed; parsed again here if it failed there (transformers' lazy imports are
+    not all safe from two threads at once) or if it could not start early (a first start)."""
+    if early is not None:
+        try:
+            return early.result()
+        except Exception as exc:
+            log.warning("parsing the tokenizer beside the weights failed (%s); parsing it again", exc)
+    return parse()
 
 
 def check_model(settings: Settings) -> None:
@@ -174,7 +188,8 @@ def _check_gguf(path: Path) -> None:
 
 @functools.cache
 def _tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """One tokenizer per source and process; loaded before fork, it is shared by the pool."""
+    """One tokenizer per source and process (a hub id's or directory's is parsed by the main process's check,
+    before the fork, and shared by the pool)."""
     return AutoTokenizer.from_pretrained(source)
 
 

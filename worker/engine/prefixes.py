@@ -4,28 +4,23 @@ Each is computed once per process and shared by every pass that starts with it. 
 one took 0.9-1.4 s: a worker's start paid ~1.7 s for the sentiment frames, and its first replies ~3 s for
 their system prompts. So they are also kept on disk, and later starts read them in milliseconds.
 
-A file holds one prefix in one phase (scoring runs float layers at each end where drafting runs int8). Its
-folder is keyed by everything else the values depend on: the weights' hash, the path the probe chose, the
-CPU, torch, transformers, and the source of moodq's kernels. A model without a weights hash (a directory
-or hub id, which can change in place) keeps its prefixes in memory only.
+A file holds one prefix (its token ids: a changed prompt is another file) in one phase (scoring runs float
+layers at each end where drafting runs int8). Its folder is keyed by the rest the values depend on: the
+weights' hash, the path the probe chose (dtype and kernels), the host as the probe keys it (CPU, flags, torch,
+threads, ISA caps), transformers, and the source of moodq's kernels and int8 copies. A model without a
+weights hash (a directory or hub id, which can change in place) keeps its prefixes in memory only.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
-import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from worker.engine import fusing, kernels, kvcache
+from worker.engine import fusing, kernels, kvcache, ondisk
 
-log = logging.getLogger(__name__)
 VERSION = 1
 
 
@@ -35,13 +30,11 @@ def folder_for(cache_dir: Path, weights: str | None, path: str) -> Path | None:
         return None
     import transformers
 
-    from worker.engine import cpu
+    from worker.engine import int8store, probe
 
-    code = hashlib.sha256("".join(inspect.getsource(m) for m in (kernels, fusing)).encode()).hexdigest()[:16]
-    identity = {"version": VERSION, "weights": weights, "path": path, "cpu": cpu.model_name(),
-                "flags": hashlib.sha256(" ".join(cpu.flags()).encode()).hexdigest()[:16],
-                "torch": torch.__version__, "transformers": transformers.__version__, "code": code}
-    return Path(cache_dir) / "prefixes" / hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    name = ondisk.key(VERSION, weights, path, probe.host(), transformers.__version__,
+                      modules=(kernels, fusing, int8store))
+    return Path(cache_dir) / "prefixes" / name
 
 
 class Prefixes:
@@ -62,8 +55,7 @@ class Prefixes:
         return self.held[key]
 
     def _file(self, ids: tuple[int, ...], phase: str) -> Path:
-        name = hashlib.sha256(json.dumps([phase, ids]).encode()).hexdigest()[:24]
-        return self.folder / f"{name}.safetensors"
+        return self.folder / f"{ondisk.key(phase, ids)}.safetensors"
 
     def _compute(self, ids: tuple[int, ...], phase: str) -> DynamicCache:
         with torch.inference_mode():
@@ -71,38 +63,17 @@ class Prefixes:
         cache = kvcache.returned(out)
         self.computed += 1
         if self.folder is not None:
-            self._write(cache, ids, phase)
+            ondisk.save(self._file(ids, phase), {f"{i}.{part}": t for i, (k, v, *_) in enumerate(cache)
+                                                 for part, t in (("k", k), ("v", v))})
         return cache
 
-    def _write(self, cache: DynamicCache, ids: tuple[int, ...], phase: str) -> None:
-        from safetensors.torch import save_file
-
-        file = self._file(ids, phase)
-        tmp = file.with_name(f"{file.name}.tmp{os.getpid()}")
-        tensors = {f"{i}.{part}": t.contiguous() for i, (k, v, *_) in enumerate(cache) for part, t in (("k", k), ("v", v))}
-        try:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, tmp, metadata={"phase": phase, "ids": json.dumps(ids)})
-            os.replace(tmp, file)  # another process writing the same prefix writes the same values
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            log.warning("could not save a prompt prefix's KV cache to %s (%s); it is computed again next start", file, exc)
-
     def _read(self, ids: tuple[int, ...], phase: str) -> DynamicCache | None:
-        """The saved cache of ``ids``, or None when there is none or it is not the one (a damaged file, other ids)."""
-        if self.folder is None or not (file := self._file(ids, phase)).is_file():
+        """The saved cache of ``ids``, or None when there is none or it does not fit (damaged, another model)."""
+        tensors = ondisk.read(self._file(ids, phase)) if self.folder is not None else None
+        if not tensors:
             return None
-        from safetensors import safe_open
-
-        try:
-            with safe_open(file, "pt") as f:
-                meta = f.metadata() or {}
-                layers = [(f.get_tensor(f"{i}.k"), f.get_tensor(f"{i}.v")) for i in range(len(f.keys()) // 2)]
-        except Exception as exc:  # safetensors raises its own errors on damaged bytes
-            log.warning("ignoring the unreadable prompt prefix cache %s (%s)", file, exc)
-            return None
-        layers_expected = getattr(self.model.config, "num_hidden_layers", len(layers))
-        if meta.get("phase") != phase or meta.get("ids") != json.dumps(ids) or len(layers) != layers_expected \
-                or any(k.shape[-2] != len(ids) for k, _ in layers):
+        layers = [(tensors.get(f"{i}.k"), tensors.get(f"{i}.v")) for i in range(len(tensors) // 2)]
+        if len(layers) != getattr(self.model.config, "num_hidden_layers", len(layers)) \
+                or any(k is None or v is None or k.shape[-2] != len(ids) for k, v in layers):
             return None
         return DynamicCache(layers)

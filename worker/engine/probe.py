@@ -212,14 +212,18 @@ def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
     return dtype, picked["score"], picked["decode"]
 
 
-def host_key(model_id: str, shapes: list[Shape], rows: Rows) -> dict:
-    """Everything a measurement depends on; a change in any of them means measuring again."""
+def host() -> dict:
+    """What a kernel's speed and rounding depend on here: the CPU, torch, the threads, the ISA caps."""
     from worker.engine import cpu
 
-    return {"version": VERSION, "cpu": cpu.model_name(), "flags": hashlib.sha256(" ".join(cpu.flags()).encode()).hexdigest()[:16],
+    return {"cpu": cpu.model_name(), "flags": hashlib.sha256(" ".join(cpu.flags()).encode()).hexdigest()[:16],
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "isa_caps": {k: os.environ.get(k) for k in ISA_CAPS}, "model": model_id,
-            "shapes": [list(s) for s in shapes], "rows": asdict(rows)}
+            "isa_caps": {k: os.environ.get(k) for k in ISA_CAPS}}
+
+
+def host_key(model_id: str, shapes: list[Shape], rows: Rows) -> dict:
+    """Everything a measurement depends on; a change in any of them means measuring again."""
+    return {"version": VERSION, **host(), "model": model_id, "shapes": [list(s) for s in shapes], "rows": asdict(rows)}
 
 
 def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Callable = measure,

@@ -62,3 +62,7 @@ def stop_idle(proc: subprocess.Popen, grace: float = 30) -> None:
             except ProcessLookupError:
                 pass
     stop(proc, grace, signal.SIGQUIT)
+    try:  # a pool process the main one started meanwhile (it had not seen the SIGQUIT yet) goes too
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
