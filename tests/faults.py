@@ -5,6 +5,8 @@ model's ``passes`` (what the sentiment task scores with) wrapped so that marked 
   "[slow] ..."         sleeps past the soft time limit on every attempt
   "[hold:S] ..."       notes its process id in Redis (key fault:holding:<text>), then sleeps S seconds
   "[crash] ..."        SIGKILLs its own process (the one holding the model) on every attempt
+  "... [as:LABEL] ..."  is labeled LABEL with probability 0.99, whatever the model scored (for tests on the
+                       small random-weight model whose subject is what happens after a label, not the label)
   "[draft-hold:S] ..."  when its reply starts drafting: notes its process id (key fault:drafting:<text>), sleeps S
   "[draft-slow:S] ..."  every decode step of a batch drafting its reply sleeps S seconds (a slow host)
   "[draft-count] ..."  each process that starts drafting its reply adds its id to fault:drafted-by:<text>
@@ -18,6 +20,7 @@ import os
 import re
 import signal
 import time
+from dataclasses import replace
 
 from worker.common.errors import Transient
 from worker.engine import drafting, model
@@ -40,7 +43,15 @@ def _passes(self, texts, lang, *args, **kwargs):
             time.sleep(float(m.group(1)))
         if text.startswith("[crash]"):
             os.kill(os.getpid(), signal.SIGKILL)
-    return _real_passes(self, texts, lang, *args, **kwargs)
+    passes = _real_passes(self, texts, lang, *args, **kwargs)
+    return ((bucket, [_forced(texts[i], j) for i, j in zip(bucket, judgements)]) for bucket, judgements in passes)
+
+
+def _forced(text: str, judgement):
+    if not (m := re.search(r"\[as:(\w+)\]", text)):
+        return judgement
+    probs = {label: 0.99 if label == m.group(1) else 0.01 / (len(judgement.probs) - 1) for label in judgement.probs}
+    return replace(judgement, label=m.group(1), confidence=0.99, probs=probs)
 
 
 model.Engine.passes = _passes

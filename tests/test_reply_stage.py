@@ -34,21 +34,24 @@ def _worker(settings, tmp_path, name: str, concurrency: int = 1, **env):
 
 
 @pytest.fixture(scope="module")
-def stage(settings, slowness, tmp_path_factory):
+def stage(settings, small_model, tmp_path_factory):
     """Two processes, two reply slots each, replies of at most 6 tokens (every draft is cut), one redraft;
-    the upkeep thread sweeps every 0.5 s what was written over 1 s ago and never published."""
+    the upkeep thread sweeps every 0.5 s what was written over 1 s ago and never published. On the small
+    model (`small_model`): these tests are about leases, slots and sweeps; where one needs a label, its
+    text names it (`[as:LABEL]`, tests/faults.py)."""
     proc, s = _worker(settings, tmp_path_factory.mktemp("stage"), "stage", concurrency=2, triage_label="",
-                      reply_batch_size=2, max_reply_tokens=6, redrafts=1, sweep_interval_s=0.5, sweep_after_s=1)
+                      reply_batch_size=2, max_reply_tokens=6, redrafts=1, sweep_interval_s=0.5, sweep_after_s=1,
+                      model=small_model.env["MOODQ_MODEL"], cache_dir=small_model.env["MOODQ_CACHE_DIR"])
     yield s
     launch.stop_idle(proc)
 
 
-def test_a_reply_to_replaced_text_is_never_stored_on_the_new_record(store, stage, slowness):
+def test_a_reply_to_replaced_text_is_never_stored_on_the_new_record(store, stage, small_model):
     """Two processes: the old text's reply is still drafting when the message is replaced and labeled again;
     the new text's reply task waits for the old task's lease, then drafts. The old reply, which ends first,
     must not land on the new record."""
-    old = f"[draft-hold:{limit(1.5, slowness)}] My parcel arrived broken and nobody answers my emails."
-    new = "Lovely service, thank you so much!"
+    old = f"[draft-hold:{limit(1.5, small_model.slowness)}] [as:negative] My parcel arrived broken, no answer."
+    new = "[as:positive] Lovely service, thank you so much!"
     send(stage, {"id": "race-1", "text": old})
     eventually(lambda: store.r.get(store.k.test("fault", "drafting", old)), timeout=120, what="the old reply drafting")
     send(stage, {"id": "race-1", "text": new})  # replace=True
@@ -57,13 +60,13 @@ def test_a_reply_to_replaced_text_is_never_stored_on_the_new_record(store, stage
     assert rec.reply.startswith("Thank you so much"), rec.reply  # the new text's opening, not "I'm so sorry"
 
 
-def test_a_message_a_batch_took_is_drafted_once_while_its_own_task_waits(stage, slowness):
+def test_a_message_a_batch_took_is_drafted_once_while_its_own_task_waits(stage, small_model):
     """Two processes: a reply task takes a waiting message into its batch (leasing it) and holds before
     drafting; the message's own reply task starts on the other process meanwhile. It must wait for the
     batch, not draft the message again: one process drafts it, its own task counts one attempt, and
     every lease is gone at the end."""
     st = Store(stage)
-    first, mate = f"[draft-hold:{limit(1.5, slowness)}] The lamp arrived broken.", "[draft-count] My parcel is late again."
+    first, mate = f"[draft-hold:{limit(1.5, small_model.slowness)}] The lamp arrived broken.", "[draft-count] My parcel is late again."
     st.r.delete(st.k.test("fault", "drafted-by", mate))
     st.add([Message(id="lease-mate", text=mate)], replace=True)  # labeled and waiting for a reply; its own
     st.published(["lease-mate"])  # reply task is sent by hand below, while the other batch drafts it
@@ -114,15 +117,16 @@ def test_a_worker_sweeps_and_prunes_on_its_own(stage):
     assert wait_final(own, later)["after-upkeep"].status in FINISHED
 
 
-def test_earlier_turns_and_the_reply_share_one_time_budget(store, fault_worker):
+def test_earlier_turns_and_the_reply_share_one_time_budget(store, small_fault_worker):
     """Turn 2's reply (more negative: triage serves it first) drafts turn 1's missing reply first. Both
     draft slowly (injected: every decode step sleeps a tenth of the soft limit). Turn 2 gets what is left of
     one budget and is stored for review, cut, inside its soft limit; a fresh deadline after turn 1 would
-    overrun the limit and retry."""
-    soft = fault_worker.reply_soft_limit
+    overrun the limit and retry. On the small model, the labels named in the texts (tests/faults.py)."""
+    soft = small_fault_worker.reply_soft_limit
     slow, cid = f"[draft-slow:{soft / 10:g}]", "budget-chat"
-    ids = send(fault_worker, {"id": "budget-1", "text": f"{slow} Thanks, lovely shop!", "conversation_id": cid},
-               {"id": "budget-2", "text": f"{slow} Now it is broken and I am furious.", "conversation_id": cid})
+    ids = send(small_fault_worker,
+               {"id": "budget-1", "text": f"{slow} [as:positive] Thanks, lovely shop!", "conversation_id": cid},
+               {"id": "budget-2", "text": f"{slow} [as:negative] Now it is broken!", "conversation_id": cid})
     second = wait_final(store, ids)["budget-2"]
     assert second.status == "review" and second.context_ids == ["budget-1"], second
     assert second.attempts["reply"] == 1 and second.timings.reply_ms < soft * 1000, second
@@ -157,14 +161,14 @@ def test_ids_no_reply_batch_can_take_do_not_shrink_the_batches(worker, store, se
             store.update(m.id, lambda r: setattr(r, "status", "done"))
 
 
-def test_a_batch_mate_the_deadline_cut_is_drafted_afresh_by_its_own_task(store, fault_worker):
+def test_a_batch_mate_the_deadline_cut_is_drafted_afresh_by_its_own_task(store, small_fault_worker):
     """Two negative messages drafted in one batch, every decode step slow (injected), so the task's deadline cuts
     both: the task stores its own message's reply (for review, cut) but not its batch-mate's, which its own
-    reply task drafts afresh, alone, with a budget of its own."""
-    soft = fault_worker.reply_soft_limit
+    reply task drafts afresh, alone, with a budget of its own. On the small model, labeled as the texts say."""
+    soft = small_fault_worker.reply_soft_limit
     slow = f"[draft-slow:{soft / 10:.2f}]"  # the fault worker takes at most 60 characters
-    ids = send(fault_worker, {"id": "mate-1", "text": f"{slow} Broken, I am furious."},
-               {"id": "mate-2", "text": f"{slow} Late again, box crushed. Awful."})
+    ids = send(small_fault_worker, {"id": "mate-1", "text": f"{slow} [as:negative] Broken, I am furious."},
+               {"id": "mate-2", "text": f"{slow} [as:negative] Late again, box crushed."})
     recs = wait_final(store, ids)
     assert all(r.label == "negative" and r.status == "review" and "cut" in r.flags for r in recs.values()), recs
     assert sorted(r.timings.reply_batch for r in recs.values()) == [1, 2], recs  # the mate: by its own task
