@@ -5,8 +5,8 @@ model's ``passes`` (what the sentiment task scores with) wrapped so that marked 
   "[slow] ..."         sleeps past the soft time limit on every attempt
   "[hold:S] ..."       notes its process id in Redis (key fault:holding:<text>), then sleeps S seconds
   "[crash] ..."        SIGKILLs its own process (the one holding the model) on every attempt
-  "... [as:LABEL] ..."  is labeled LABEL with probability 0.99, whatever the model scored (for tests on the
-                       small random-weight model whose subject is what happens after a label, not the label)
+  "... [as:LABEL] ..."  is labeled LABEL with probability 0.99 ("[as:LABEL:P]": P), whatever the model scored
+                       (for tests on the small random-weight model whose subject is what happens after a label)
   "[draft-hold:S] ..."  when its reply starts drafting: notes its process id (key fault:drafting:<text>), sleeps S
   "[draft-slow:S] ..."  every decode step of a batch drafting its reply sleeps S seconds (a slow host)
   "[draft-count] ..."  each process that starts drafting its reply adds its id to fault:drafted-by:<text>
@@ -48,10 +48,12 @@ def _passes(self, texts, lang, *args, **kwargs):
 
 
 def _forced(text: str, judgement):
-    if not (m := re.search(r"\[as:(\w+)\]", text)):
+    if not (m := re.search(r"\[as:(\w+)(?::([\d.]+))?\]", text)):
         return judgement
-    probs = {label: 0.99 if label == m.group(1) else 0.01 / (len(judgement.probs) - 1) for label in judgement.probs}
-    return replace(judgement, label=m.group(1), confidence=0.99, probs=probs)
+    p = float(m.group(2) or 0.99)
+    probs = {label: p if label == m.group(1) else (1 - p) / (len(judgement.probs) - 1) for label in judgement.probs}
+    best = max(probs, key=probs.get)
+    return replace(judgement, label=best, confidence=probs[best], probs=probs)
 
 
 model.Engine.passes = _passes

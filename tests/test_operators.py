@@ -23,10 +23,10 @@ from producer.stats import NegativeAlert, rolling
 from tests.conftest import (
     FINISHED,
     RUN,
-    _start_worker,
     eventually,
     free_port,
     send,
+    start_fault_worker,
     wait_final,
     worker_log,
 )
@@ -205,16 +205,17 @@ def test_stream_takeover_walks_past_entries_that_are_not_idle(follow_settings):
 
 @pytest.mark.worker
 @pytest.mark.model
-def test_triage_drafts_replies_for_the_most_negative_first(store, settings):
-    """Replies of a mixed backlog run in order of P(negative), not arrival; export --sort agrees."""
-    env = {"MOODQ_QUEUE": f"{settings.queue}-triage", "MOODQ_REPLY_BATCH_SIZE": "1", "MOODQ_MAX_REPLY_TOKENS": "4"}
+def test_triage_drafts_replies_for_the_most_negative_first(store, settings, small_model):
+    """Replies of a mixed backlog run in order of P(negative), not arrival; export --sort agrees. On the small
+    model, each message's P(negative) named in its text (`[as:negative:P]`, tests/faults.py): the order is the
+    subject here, not the scores (the embedded model's own: tests/test_pipeline.py, tests/test_model.py)."""
+    env = {"MOODQ_QUEUE": f"{settings.queue}-triage", "MOODQ_REPLY_BATCH_SIZE": "1", "MOODQ_MAX_REPLY_TOKENS": "4",
+           **small_model.env}
     s = load_settings(queue=env["MOODQ_QUEUE"], reply_batch_size=1)
-    texts = ["Absolutely wonderful, thank you!", "This is the worst service ever, I am furious.",
-             "Great product, works perfectly.", "Broken on arrival and support ignores me. Terrible.",
-             "Love it, five stars.", "I want a refund, this is a scam.", "Fast delivery, very happy.",
-             "Awful. Crashes every time, total waste of money."]
+    p_negative = [0.05, 0.97, 0.2, 0.9, 0.1, 0.75, 0.3, 0.6]
+    texts = [f"[as:negative:{p}] message {i}" for i, p in enumerate(p_negative)]
     ids = send(s, *[{"id": f"tri-{i}", "text": t} for i, t in enumerate(texts)])
-    proc = _start_worker("triage", env, [sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"])
+    proc = start_fault_worker("triage", env, worker_log("triage"))
     try:
         recs = wait_final(store, ids)
     finally:
