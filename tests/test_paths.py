@@ -245,7 +245,11 @@ def test_int8_scoring_agrees_with_the_float_model(engine):
     texts = {lang: sorted((r["text"] for r in rows if engine.prompts.language_of(r["text"]) == lang), key=len)[:16]
              for lang in ("zh", "en")}
     before = {lang: base.judge(t, lang) for lang, t in texts.items()}
-    assert kernels.apply(plain.model, plan.dtype, kernel, plan.dtype) > 0
+    from worker.engine import embedded, int8store
+
+    # the int8 copies the engine fixture's load kept: not quantised again
+    copies = int8store.Int8Store(int8store.file_for(load_settings().cache_dir, embedded.SHA256, plan.dtype))
+    assert kernels.apply(plain.model, plan.dtype, kernel, plan.dtype, copies) > 0
     variant = Engine(Loaded(plain.model, engine.tok, engine.model_id, 0, True), engine.prompts,
                      max_text_tokens=engine.scorer.max_text_tokens)
     after = {lang: variant.judge(t, lang) for lang, t in texts.items()}
