@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
@@ -72,16 +70,15 @@ def test_warm_start_check_neither_hashes_nor_assembles_the_gguf(tmp_path, engine
     assert loading._ready(converted)  # the session's engine fixture made it
     (tmp_path / "converted").mkdir()
     (tmp_path / "converted" / converted.name).symlink_to(converted)
-    (tmp_path / "probe").symlink_to(real.cache_dir / "probe")  # this host's kernel table: no second probe
+    for kept in ("probe", "int8", "prefixes"):  # this host's kernel table, int8 copies and prompt prefixes: a warm start
+        (tmp_path / kept).symlink_to(real.cache_dir / kept)  # (writing them: tests/test_int8store.py, test_prefixes.py)
     settings = load_settings(cache_dir=str(tmp_path))
     parsed = loading._tokenizer.cache_info().misses
     check_model(settings)
     assert not (tmp_path / embedded.FILE_NAME).exists() and loading._tokenizer.cache_info().misses == parsed
     loaded = load(settings)
     assert loading._tokenizer.cache_info().misses == parsed + 1 and loaded.tokenizer.eos_token == engine.tok.eos_token
-    assert len(list((tmp_path / "int8").glob("*.safetensors"))) == 1  # the int8 copies saved for the next start
     assert loaded.warm and not (tmp_path / embedded.FILE_NAME).exists()
-    shutil.rmtree(tmp_path / "int8")  # 0.5 GB: pytest keeps its last three runs' temporary folders
 
 
 @pytest.mark.parametrize("content", [b"not a gguf at all" * 100, "truncated"])
