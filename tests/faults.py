@@ -5,8 +5,8 @@ model's ``passes`` (what the sentiment task scores with) wrapped so that marked 
   "[slow] ..."         sleeps past the soft time limit on every attempt
   "[hold:S] ..."       notes its process id in Redis (key fault:holding:<text>), then sleeps S seconds
   "[crash] ..."        SIGKILLs its own process (the one holding the model) on every attempt
-  "... [as:LABEL] ..."  is labeled LABEL with probability 0.99 ("[as:LABEL:P]": P), whatever the model scored
-                       (for tests on the small random-weight model whose subject is what happens after a label)
+  "... [as:LABEL] ..."  gets P(LABEL) = 0.99 ("[as:LABEL:P]": P) and the likelier label, whatever the model
+                       scored (for tests on the small random-weight model whose subject is what follows a label)
   "[draft-hold:S] ..."  when its reply starts drafting: notes its process id (key fault:drafting:<text>), sleeps S
   "[draft-slow:S] ..."  every decode step of a batch drafting its reply sleeps S seconds (a slow host)
   "[draft-count] ..."  each process that starts drafting its reply adds its id to fault:drafted-by:<text>

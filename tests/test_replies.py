@@ -66,11 +66,12 @@ def test_the_cached_system_prompt_gives_the_same_greedy_reply_as_none(engine):
 
 def test_a_long_message_never_cuts_its_short_batch_mates(engine):
     """One 1,900-character message and five short ones in one call: the short ones end at their own
-    end of turn, as they do alone; the long one runs in its own bucket."""
+    end of turn, as they do without it (in one call of their own: batched and one-at-a-time drafting agree,
+    test_batched_greedy_replies_equal_one_at_a_time_on_a_tiny_float32_model); the long one runs in its own bucket."""
     long = ("I ordered a sofa in March and it is now June. " * 45)[:1900]
     items = [(long, "negative", "en", [])] + [(t, "positive" if "Thanks" in t else "negative", "en", []) for t in SHORT]
     opts = {"max_new_tokens": 96, "deadline_s": 120, "sampling": GREEDY}
-    alone = [engine.draft_many([it], **opts)[0] for it in items[1:]]
+    alone = engine.draft_many(items[1:], **opts)
     together = engine.draft_many(items, **opts)
     assert all(d.stop == "end" for d in alone), [d.text for d in alone]
     for a, t in zip(alone, together[1:]):
