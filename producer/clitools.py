@@ -16,7 +16,6 @@ from worker.common.errors import MoodqError
 from worker.common.settings import Settings, get_settings
 
 option = functools.partial(click.option, show_envvar=True, show_default=True)
-CONNECT_WAIT_S = 10  # a command waits this long for Redis (workers ride out ~30 s restarts)
 
 
 def settings_help() -> str:
@@ -28,11 +27,13 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
-def reach(settings: Settings | None = None, wait_s: float = CONNECT_WAIT_S):
-    """A Store whose Redis answers; says at once when it does not, retries for ``wait_s``, then fails."""
+def reach(settings: Settings | None = None, wait_s: float | None = None):
+    """A Store whose Redis answers; says at once when it does not, retries for ``wait_s`` (default
+    ``MOODQ_REDIS_WAIT_S``), then fails."""
     from worker.common.store import Store
 
     s = settings or get_settings()
+    wait_s = s.redis_wait_s if wait_s is None else wait_s
     probe = redis.Redis.from_url(s.redis_url, socket_connect_timeout=2, socket_timeout=2)
     deadline = time.monotonic() + wait_s
     said = False

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
 
     # --- where things live
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker and record store; redis:// or rediss://, password in the URL.")
+    redis_wait_s: float = Field(10, ge=0, description="How long a command (enqueue, watch, export, …) retries "
+                                "reaching Redis before it fails; workers ride out ~30 s restarts on their own.")
     key_prefix: str = Field("moodq", pattern=r"^[A-Za-z0-9_.:-]+$", description="Prefix of every record/history key in Redis.")
     queue: str = Field("moodq", pattern=r"^[A-Za-z0-9_.-]+$", description="Celery queue the tasks go to.")
     record_ttl_days: float = Field(30, ge=0, description="Days a record is kept after its last change (0 = forever).")
