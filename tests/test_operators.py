@@ -324,3 +324,48 @@ def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
     finally:
         launch.stop(flower, grace=10)
     assert auth.split(":")[1] not in log.read_text()
+
+
+@pytest.mark.model
+def test_cache_prune_removes_old_unused_entries_and_keeps_what_this_host_reads(tmp_path, engine):
+    """`moodq cache --prune` on a cache dir holding this host's real entries (linked) beside entries nothing
+    reads any more (an old torch's int8 copies, another dtype's weights, another host's probe table and
+    prefixes): the old unused ones go, a recent unused one stays (--unused-days), what a worker reads stays."""
+    import os
+
+    from worker.engine import cachefiles
+    from worker.engine.loading import cache_in_use
+
+    real = load_settings()
+    used = [p for p in cache_in_use(real) if p.exists()]
+    assert {p.parent.name for p in used} >= {"probe", "converted", "int8"}  # the engine fixture's start read them
+    for p in used:
+        link = tmp_path / p.relative_to(real.cache_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(p)
+    old = time.time() - 30 * 86400
+    stale = ["int8/0123456789.safetensors", "probe/abcdef.json", "probe/abcdef.lock",
+             "converted/1d9614638d18024d-float32/model.safetensors", "prefixes/0ldh0st/0.safetensors"]
+    for name in stale:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x" * 1000)
+        for p in (tmp_path / name, (tmp_path / name).parent):
+            os.utime(p, (old, old))
+    (tmp_path / "int8" / "recent.safetensors").write_bytes(b"r")
+
+    here = load_settings(cache_dir=str(tmp_path))
+    found = cachefiles.entries(tmp_path, cache_in_use(here))
+    assert {e.path.name for e in found if e.in_use} == {p.name for p in used}
+    a_year_on = cachefiles.stale(found, 7, now=time.time() + 365 * 86400)  # in use is kept however old
+    assert not any(e.in_use for e in a_year_on) and len(a_year_on) == len(found) - len(used)
+
+    out = cli(["cache", "--prune"], MOODQ_CACHE_DIR=str(tmp_path))
+    assert out.exit_code == 0, out.output
+    assert "removed 4 of them" in out.output and "in use" in out.output
+    assert not any((tmp_path / name).exists() for name in stale)
+    assert not (tmp_path / "converted" / "1d9614638d18024d-float32").exists()
+    assert (tmp_path / "int8" / "recent.safetensors").exists()
+    assert all((tmp_path / p.relative_to(real.cache_dir)).exists() for p in used) and all(p.exists() for p in used)
+    listed = json.loads(cli(["cache", "--json"], MOODQ_CACHE_DIR=str(tmp_path)).output)
+    assert sorted(e["path"] for e in listed) == sorted(
+        [str(tmp_path / p.relative_to(real.cache_dir)) for p in used] + [str(tmp_path / "int8" / "recent.safetensors")])

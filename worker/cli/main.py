@@ -20,7 +20,7 @@ COMMANDS = [
     # reading results
     results.watch, results.export, results.failed, results.stats, results.report,
     # running and watching workers
-    workers.worker, workers.check, workers.workers, workers.probe, workers.flower, workers.evaluate,
+    workers.worker, workers.check, workers.workers, workers.probe, workers.cache, workers.flower, workers.evaluate,
     # trying it out
     trial.ask, trial.demo,
 ]

@@ -1,4 +1,4 @@
-"""Commands for whoever runs the workers: worker, workers, flower, eval.
+"""Commands for whoever runs the workers: worker, workers, check, probe, cache, flower, eval.
 
 torch is imported inside the commands, so the rest of ``moodq`` stays light.
 """
@@ -9,6 +9,7 @@ import gc
 import json
 import os
 import sys
+import time
 
 import click
 
@@ -169,6 +170,42 @@ def probe(fresh, concurrency, as_json):
         from worker.engine import cpu
 
         click.echo(f"{cpu.describe()}; {torch.get_num_threads()} threads per process\n{table_text(plan)}")
+
+
+@click.command()
+@option("--prune", is_flag=True, help="Remove the entries the current settings do not use and no worker has "
+        "used for --unused-days.")
+@option("--unused-days", type=click.FloatRange(0), default=7.0, show_default=True,
+        help="With --prune: how long an entry must have gone unused (a worker stamps what it reads at its start).")
+@option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+def cache(prune, unused_days, as_json):
+    """What MOODQ_CACHE_DIR holds: each entry's kind, size, when a worker last used it, and whether a worker
+    with the current settings reads it on this host.
+
+    Entries are keyed by what their values depend on (weights, dtype, torch, the host, moodq's kernels): after
+    an upgrade or a change of model the old ones are never read again, and --prune removes them."""
+    from worker.engine import cachefiles
+    from worker.engine.loading import cache_in_use
+
+    s = get_settings()
+    found = cachefiles.entries(s.cache_dir, cache_in_use(s))
+    gone = cachefiles.stale(found, unused_days) if prune else []
+    for entry in gone:
+        cachefiles.remove(entry)
+    if as_json:
+        click.echo(json.dumps([{"path": str(e.path), "kind": e.kind, "bytes": e.size, "used": e.used,
+                                "in_use": e.in_use, "removed": e in gone} for e in found]))
+        return
+    click.echo(f"{s.cache_dir}:")
+    for e in found:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.used))
+        state = "removed" if e in gone else "in use" if e.in_use else "unused"
+        click.echo(f"  {e.kind:<9} {e.size / 1e6:>9,.1f} MB  {when}  {state:<7}  {e.path.name}")
+    idle = [e for e in found if not e.in_use]
+    click.echo(f"{sum(e.size for e in found) / 1e6:,.1f} MB in all; {sum(e.size for e in idle) / 1e6:,.1f} MB in "
+               f"{len(idle)} entries the current settings do not use"
+               + (f"; removed {len(gone)} of them, unused for {unused_days:g} days or more "
+                  f"({sum(e.size for e in gone) / 1e6:,.1f} MB)" if prune else "; `moodq cache --prune` removes them"))
 
 
 @click.command()

@@ -29,7 +29,7 @@ from transformers.utils import logging as hf_logging
 from worker.common.errors import ModelError
 from worker.common.prompts import load_prompts
 from worker.common.settings import Settings
-from worker.engine import embedded, int8store, kernels, prefixes, probe
+from worker.engine import cachefiles, embedded, int8store, kernels, prefixes, probe
 from worker.engine.int8store import Int8Store
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,23 @@ def load(settings: Settings) -> Loaded:
         raise ModelError(f"cannot load model {settings.model!r}: {str(exc).splitlines()[0]}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    cachefiles.stamp(_cache_entries(settings, source, plan))
     return Loaded(model, tok, source.model_id, time.perf_counter() - started, warm, plan,
                   prefixes.folder_for(settings.cache_dir, source.sha256, str(plan)))
+
+
+def cache_in_use(settings: Settings) -> list[Path]:
+    """The entries of ``MOODQ_CACHE_DIR`` a worker with these settings reads on this host (worker.engine.cachefiles)."""
+    source = _source(settings)
+    return _cache_entries(settings, source, measured_plan(settings, source=source))
+
+
+def _cache_entries(settings: Settings, source: _Source, plan: probe.Plan) -> list[Path]:
+    sha, packaged = source.sha256, embedded.MODELS.get(settings.model)
+    return [p for p in (packaged and settings.cache_dir / packaged.file_name, plan.file,
+                        sha and _converted_dir(settings, sha, plan.dtype),
+                        int8store.file_for(settings.cache_dir, sha, plan.dtype),
+                        prefixes.folder_for(settings.cache_dir, sha, str(plan))) if p]
 
 
 def _result_or_again(early, parse: Callable):

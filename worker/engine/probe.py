@@ -86,6 +86,7 @@ class Plan:
     layers: int = 0
     source: str = "measured"  # measured, cached (read from the probe's file), set (no probe: the float path)
     seconds: float = 0.0  # what the probe took
+    file: Path | None = None  # the cached table it was read from or saved to
 
     def __str__(self) -> str:
         return f"{self.cpu + '/' if self.cpu else ''}{self.dtype} score:{self.score} decode:{self.decode}"
@@ -255,7 +256,7 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
             source = "cached"
     dtype, score, decode = choose(saved["table"], rows, settings.dtype, settings.quant, int8_scoring)
     return Plan(dtype, score, decode, cpu.cpu_class(), saved["table"], rows,
-                getattr(config, "num_hidden_layers", 0), source, saved["seconds"])
+                getattr(config, "num_hidden_layers", 0), source, saved["seconds"], file)
 
 
 def _read(file: Path, key: dict) -> dict | None:
