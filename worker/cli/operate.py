@@ -205,7 +205,7 @@ def cache(prune, unused_days, as_json):
     click.echo(f"{sum(e.size for e in found) / 1e6:,.1f} MB in all; {sum(e.size for e in idle) / 1e6:,.1f} MB in "
                f"{len(idle)} entries the current settings do not use"
                + (f"; removed {len(gone)} of them, unused for {unused_days:g} days or more "
-                  f"({sum(e.size for e in gone) / 1e6:,.1f} MB)" if prune else "; `moodq cache --prune` removes them"))
+                  f"({sum(e.size for e in gone) / 1e6:,.1f} MB)" if prune else f"; `moodq cache --prune` removes those unused for {unused_days:g} days or more"))
 
 
 @click.command()
