@@ -9,11 +9,8 @@ Candidates (each takes activations of any float dtype and returns that dtype):
 - ``float32``, ``bfloat16``: ``F.linear`` on weights of that dtype.
 - ``int8-fbgemm``: W8A8 dynamic int8 by torch.ao's quantized linear (fbgemm, engine x86; 7-bit
   activations, so no int16 saturation without VNNI). fbgemm gives the activations one scale per
-  call; each row is first mapped onto [0, 1] from its own min and max, so the 7 bits cover that row's
-  range (a padded batch of short and long rows otherwise cost labels, ../shared/MEASURED.md), and mapped
-  back after (span * W a + min * W 1). Dividing by the row's max-abs instead spread 7 bits over twice
-  the range of a one-sided row: 20 % more error on the model's real activations, and 1.2 / 2.5 points
-  of zh / en accuracy against float32 on an AVX512 host, where this loses 0.5 / 0.5.
+  call; each row is first divided by its own max-abs, so that scale acts per token (a padded batch
+  of short and long rows otherwise cost labels, ../shared/MEASURED.md), and multiplied back after.
 - ``int8-intmm``: W8A8 with one scale per token and per output channel on ``torch._int_mm``
   (oneDNN where the CPU has VNNI; a scalar loop, 5-25x slower than float32, where it does not).
 - ``int8-weight-only``: int8 weights, bfloat16 activations (``torch._weight_int8pack_mm``).
@@ -47,8 +44,7 @@ PHASES = ("score", "decode")
 # lines of each set with `python bench/paths.py` (bench/README.md, "Which kernels may label"), on the
 # host class the kernel is fast on: int8-fbgemm on a real AVX2-only EPYC, where one float layer at each
 # end lost 2.0 points on en (it lost 0.8 on an AVX512 host) and two lose 0.0 / 0.5; the others on the
-# AVX512-BF16 EPYC with one float layer at each end (int8-fbgemm there too, 2026-12-01: -0.5 / -0.5 with each
-# row mapped onto [0, 1]; -1.2 / -2.5 with the max-abs scaling it had before). int8-fbgemm with bfloat16 activations lost 1.3
+# AVX512-BF16 EPYC with one float layer at each end. int8-fbgemm with bfloat16 activations lost 1.3
 # points on en and is not here; int8-weight-only was never measured. Speed alone never adds a kernel here.
 LABEL_SAFE = frozenset({(FLOAT32, FLOAT32), (BFLOAT16, BFLOAT16), (FBGEMM, FLOAT32), (INTMM, FLOAT32),
                         (INTMM, BFLOAT16)})
@@ -116,8 +112,7 @@ class Fbgemm(Kernel):
 
     def prepare(self, weight, int8=None):
         q, scale = int8 or per_channel_int8(weight)
-        pieces = [self._pack(*piece) for piece in zip(q.split(self.CHUNK_ROWS), scale.split(self.CHUNK_ROWS))]
-        return pieces, q.sum(dim=1, dtype=torch.int32).float() * scale  # W 1 of the int8 weights (rows' offsets)
+        return [self._pack(*piece) for piece in zip(q.split(self.CHUNK_ROWS), scale.split(self.CHUNK_ROWS))]
 
     @staticmethod
     def _pack(q, scale):
@@ -126,15 +121,12 @@ class Fbgemm(Kernel):
             qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
             return torch.ops.quantized.linear_prepack(qw, None)
 
-    def run(self, state, x):
-        pieces, rowsum = state
+    def run(self, pieces, x):
         a = _rows(x).float()
-        low = a.amin(dim=1, keepdim=True)
-        span = (a.amax(dim=1, keepdim=True) - low).clamp_(min=1e-8)
-        a = (a - low).div_(span)  # each row onto [0, 1]: 7 bits over its own range, not over +-its peak
+        peak = a.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8)
+        a = a / peak
         y = [torch.ops.quantized.linear_dynamic(a, packed, True) for packed in pieces]
-        y = (y[0] if len(y) == 1 else torch.cat(y, dim=1)).mul_(span)
-        y.addr_(low.view(-1), rowsum)  # W x = span W a + low W 1 (in place: the output is the largest tensor here)
+        y = (y[0] if len(y) == 1 else torch.cat(y, dim=1)).mul_(peak)
         return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
 
