@@ -55,6 +55,9 @@ def main() -> None:
         loaded = load(settings)
         swapped = kernels.apply(loaded.model, dtype, kernel, dtype)
         assert kernel == dtype or swapped, "no layer was swapped: the comparison would prove nothing"
+        # The prompt prefixes' KV caches on disk are keyed by the plan loaded (float here), not by the kernel swapped
+        # in: read from there, one path would score on prefixes another path computed. Each computes its own.
+        loaded.prefix_folder = None
         eng = Engine(loaded, load_prompts(settings.prompts), max_text_tokens=settings.sentiment_max_tokens)
         for name, rows in sets.items():
             langs = languages(eng, rows)
