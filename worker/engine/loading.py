@@ -245,6 +245,8 @@ def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings, dtype: 
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     model = model.to(_dtype(dtype))
     _save_converted(model, tok, converted)
+    if _ready(converted):  # run what later starts load: .to() above also cast the rotary inv_freq to bfloat16
+        return AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype)), False
     return model, False
 
 
