@@ -202,10 +202,10 @@ def cache(prune, unused_days, as_json):
         state = "removed" if e in gone else "in use" if e.in_use else "unused"
         click.echo(f"  {e.kind:<9} {e.size / 1e6:>9,.1f} MB  {when}  {state:<7}  {e.path.name}")
     idle = [e for e in found if not e.in_use]
+    after = (f"removed {len(gone)} of them ({sum(e.size for e in gone) / 1e6:,.1f} MB)" if prune
+             else "`moodq cache --prune` removes those")
     click.echo(f"{sum(e.size for e in found) / 1e6:,.1f} MB in all; {sum(e.size for e in idle) / 1e6:,.1f} MB in "
-               f"{len(idle)} entries the current settings do not use"
-               + (f"; removed {len(gone)} of them, unused for {unused_days:g} days or more "
-                  f"({sum(e.size for e in gone) / 1e6:,.1f} MB)" if prune else f"; `moodq cache --prune` removes those unused for {unused_days:g} days or more"))
+               f"{len(idle)} entries the current settings do not use; {after} unused for {unused_days:g} days or more")
 
 
 @click.command()

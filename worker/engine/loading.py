@@ -130,9 +130,9 @@ def load(settings: Settings) -> Loaded:
         raise ModelError(f"cannot load model {settings.model!r}: {str(exc).splitlines()[0]}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    cachefiles.stamp(_cache_entries(settings, source, plan))
-    return Loaded(model, tok, source.model_id, time.perf_counter() - started, warm, plan,
-                  prefixes.folder_for(settings.cache_dir, source.sha256, str(plan)))
+    folder = prefixes.folder_for(settings.cache_dir, source.sha256, str(plan))
+    cachefiles.stamp(_cache_entries(settings, source, plan, folder))
+    return Loaded(model, tok, source.model_id, time.perf_counter() - started, warm, plan, folder)
 
 
 def cache_in_use(settings: Settings) -> list[Path]:
@@ -141,12 +141,13 @@ def cache_in_use(settings: Settings) -> list[Path]:
     return _cache_entries(settings, source, measured_plan(settings, source=source))
 
 
-def _cache_entries(settings: Settings, source: _Source, plan: probe.Plan) -> list[Path]:
+def _cache_entries(settings: Settings, source: _Source, plan: probe.Plan, folder: Path | None = None) -> list[Path]:
+    """``folder``: the prompt prefixes' folder, when the caller has it already."""
     sha, packaged = source.sha256, embedded.MODELS.get(settings.model)
+    folder = folder or prefixes.folder_for(settings.cache_dir, sha, str(plan))
     return [p for p in (packaged and settings.cache_dir / packaged.file_name, plan.file,
                         sha and _converted_dir(settings, sha, plan.dtype),
-                        int8store.file_for(settings.cache_dir, sha, plan.dtype),
-                        prefixes.folder_for(settings.cache_dir, sha, str(plan))) if p]
+                        int8store.file_for(settings.cache_dir, sha, plan.dtype), folder) if p]
 
 
 def _result_or_again(early, parse: Callable):
@@ -246,6 +247,7 @@ def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings, dtype: 
     model = model.to(_dtype(dtype))
     _save_converted(model, tok, converted)
     if _ready(converted):  # run what later starts load: .to() above also cast the rotary inv_freq to bfloat16
+        del model  # not two copies in memory at once
         return AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype)), False
     return model, False
 
