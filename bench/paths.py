@@ -2,7 +2,8 @@
 
 For each path the embedded model is loaded once in the dtype, its Linear layers set to the scoring
 kernel (worker.engine.kernels.apply: SCORE_FLOAT_LAYERS decoder layers at each end stay float, as the worker
-runs them; --edges 0 puts every layer on the kernel), and both dev sets are labeled as `moodq eval`
+runs them; --edges 0 puts every layer on the kernel, a path's own third field overrides it for that path,
+as in float32:int8-fbgemm:0), and both dev sets are labeled as `moodq eval`
 labels them. A kernel may go into worker.engine.kernels.LABEL_SAFE only if it stays within 1 point of
 float32 on both sets; the probe never lets speed alone choose a scoring kernel.
 
@@ -38,19 +39,19 @@ PATHS = ("float32:float32,float32:int8-fbgemm,float32:int8-intmm,"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=400, help="lines of each dev set")
-    ap.add_argument("--paths", default=PATHS, help="comma list of dtype:scoring-kernel")
+    ap.add_argument("--paths", default=PATHS, help="comma list of dtype:scoring-kernel[:edges]")
     ap.add_argument("--edges", type=int, default=kernels.SCORE_FLOAT_LAYERS,
                     help="decoder layers at each end that score in float when the kernel is int8")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     print(header())
     torch.set_num_threads(args.threads)
-    kernels.SCORE_FLOAT_LAYERS = args.edges
     sets = {name: read_labeled(DEV / f"{name}_dev.jsonl")[: args.n] for name in ("zh", "en")}
     reference: dict[str, list[str]] = {}
     print(f"{'dtype:scoring kernel':<26}{'set':>4}{'acc':>8}{'vs float32':>12}{'agree w/ fp32':>15}{'msg/s':>8}")
     for spec in args.paths.split(","):
-        dtype, kernel = spec.split(":")
+        dtype, kernel, *edges = spec.split(":")
+        kernels.SCORE_FLOAT_LAYERS = int(edges[0]) if edges else args.edges
         settings = load_settings(dtype=dtype, quant="none", threads=args.threads)
         loaded = load(settings)
         swapped = kernels.apply(loaded.model, dtype, kernel, dtype)
