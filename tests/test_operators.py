@@ -344,10 +344,15 @@ def test_cache_prune_removes_old_unused_entries_and_keeps_what_this_host_reads(t
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(p)
     old = time.time() - 30 * 86400
+    # another dtype's weights: the dtype this host's plan does not load (writing the one it loads would go
+    # through the link above into the real cache: on a float32 host it once overwrote the real weights)
+    read = next(p.name for p in used if p.parent.name == "converted")
+    other = read.replace("float32", "bfloat16") if read.endswith("-float32") else read.rsplit("-", 1)[0] + "-float32"
     stale = ["int8/0123456789.safetensors", "probe/abcdef.json", "probe/abcdef.lock",
-             "converted/1d9614638d18024d-float32/model.safetensors", "prefixes/0ldh0st/0.safetensors"]
+             f"converted/{other}/model.safetensors", "prefixes/0ldh0st/0.safetensors"]
     for name in stale:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        assert not any(d.is_symlink() for d in (tmp_path / name).parents), f"{name} would be written into the real cache"
         (tmp_path / name).write_bytes(b"x" * 1000)
         for p in (tmp_path / name, (tmp_path / name).parent):
             os.utime(p, (old, old))
@@ -363,7 +368,7 @@ def test_cache_prune_removes_old_unused_entries_and_keeps_what_this_host_reads(t
     assert out.exit_code == 0, out.output
     assert "removed 4 of them" in out.output and "in use" in out.output
     assert not any((tmp_path / name).exists() for name in stale)
-    assert not (tmp_path / "converted" / "1d9614638d18024d-float32").exists()
+    assert not (tmp_path / "converted" / other).exists()
     assert (tmp_path / "int8" / "recent.safetensors").exists()
     assert all((tmp_path / p.relative_to(real.cache_dir)).exists() for p in used) and all(p.exists() for p in used)
     listed = json.loads(cli(["cache", "--json"], MOODQ_CACHE_DIR=str(tmp_path)).output)
