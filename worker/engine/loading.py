@@ -239,7 +239,12 @@ def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings, dtype: 
     """
     converted = _converted_dir(settings, sha, dtype)
     if _ready(converted):
-        return AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype)), True
+        try:
+            return AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype)), True
+        except Exception as exc:  # safetensors, json and OS errors alike: the copy is rebuilt from the GGUF
+            log.warning("the converted weights in %s cannot be read (%s: %s); removing them and converting again",
+                        converted, type(exc).__name__, exc)
+            shutil.rmtree(converted, ignore_errors=True)
     path = locate()
     log.info("de-quantising %s (first start only; converted weights go to %s)", path.name, converted)
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
