@@ -23,8 +23,11 @@ import time
 from dataclasses import replace
 
 from worker.common.errors import Transient
-from worker.engine import drafting, model
-from worker.jobs import tasks
+from worker.engine import frozen_imports
+
+with frozen_imports():  # as `moodq worker` imports them (worker/cli/operate.py)
+    from worker.engine import drafting, model
+    from worker.jobs import tasks
 from worker.jobs.app import app  # noqa: F401  (celery -A tests.faults)
 
 _real_passes = model.Engine.passes

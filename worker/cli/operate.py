@@ -5,7 +5,6 @@ torch is imported inside the commands, so the rest of ``moodq`` stays light.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
@@ -20,16 +19,10 @@ from worker.common.settings import get_settings
 def preflight() -> None:
     """Fail fast, in the main process, on a broken prompt file or a missing or corrupt model."""
     from worker.common.prompts import load_prompts
+    from worker.engine import frozen_imports
 
-    # torch and transformers, imported here for the pool processes to inherit, allocate millions of objects
-    # and no garbage: Python's cyclic collector, run hundreds of times meanwhile, cost 1.3-2.6 s of the
-    # 8-9.5 s these imports take on an AVX2-only EPYC. Frozen after, the collector never walks them again.
-    gc.disable()
-    try:
+    with frozen_imports():  # torch and transformers, imported here for the pool processes to inherit
         from worker.engine.loading import check_model
-    finally:
-        gc.freeze()
-        gc.enable()
 
     s = get_settings()
     load_prompts(s.prompts)
