@@ -3,7 +3,8 @@
 For each path the embedded model is loaded once in the dtype, its Linear layers set to the scoring
 kernel (worker.engine.kernels.apply: SCORE_FLOAT_LAYERS decoder layers at each end stay float, as the worker
 runs them; --edges 0 puts every layer on the kernel, a path's own third field overrides it for that path,
-as in float32:int8-fbgemm:0), and both dev sets are labeled as `moodq eval`
+as in float32:int8-fbgemm:0, and a fourth names the only Linear layers of those that stay float, as in
+float32:int8-fbgemm:2:down_proj+o_proj), and both dev sets are labeled as `moodq eval`
 labels them. A kernel may go into worker.engine.kernels.LABEL_SAFE only if it stays within 1 point of
 float32 on both sets; the probe never lets speed alone choose a scoring kernel.
 
@@ -39,7 +40,7 @@ PATHS = ("float32:float32,float32:int8-fbgemm,float32:int8-intmm,"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=400, help="lines of each dev set")
-    ap.add_argument("--paths", default=PATHS, help="comma list of dtype:scoring-kernel[:edges]")
+    ap.add_argument("--paths", default=PATHS, help="comma list of dtype:scoring-kernel[:edges[:parts]]")
     ap.add_argument("--edges", type=int, default=kernels.SCORE_FLOAT_LAYERS,
                     help="decoder layers at each end that score in float when the kernel is int8")
     ap.add_argument("--threads", type=int, default=2)
@@ -52,6 +53,7 @@ def main() -> None:
     for spec in args.paths.split(","):
         dtype, kernel, *edges = spec.split(":")
         kernels.SCORE_FLOAT_LAYERS = int(edges[0]) if edges else args.edges
+        kernels.SCORE_FLOAT_PARTS = tuple(edges[1].split("+")) if len(edges) > 1 else ()
         settings = load_settings(dtype=dtype, quant="none", threads=args.threads)
         loaded = load(settings)
         swapped = kernels.apply(loaded.model, dtype, kernel, dtype)

@@ -49,6 +49,7 @@ PHASES = ("score", "decode")
 LABEL_SAFE = frozenset({(FLOAT32, FLOAT32), (BFLOAT16, BFLOAT16), (FBGEMM, FLOAT32), (INTMM, FLOAT32),
                         (INTMM, BFLOAT16)})
 SCORE_FLOAT_LAYERS = 2  # decoder layers at each end that score in float when scoring runs int8
+SCORE_FLOAT_PARTS: tuple[str, ...] = ()  # of those layers' Linear layers, the ones that do (empty: all of them)
 
 _decoding: ContextVar[bool] = ContextVar("moodq_decoding", default=False)
 
@@ -267,7 +268,8 @@ def apply(model: nn.Module, dtype: str, score: str, decode: str, int8: Int8Store
         grouped = {name for names in groups for name in names}
         for names in [*groups, *[(name,) for name in linears if name not in grouped]]:
             children = [linears[name] for name in names]
-            float_scoring = children[0] is head or any(e in f"{path}.{names[0]}" for e in edges)
+            edge = any(e in f"{path}.{names[0]}" for e in edges) and (not SCORE_FLOAT_PARTS or names[0] in SCORE_FLOAT_PARTS)
+            float_scoring = children[0] is head or edge
             jobs.append((path, names, children, kernels[dtype] if float_scoring and kernels[score].int8 else kernels[score]))
 
     def build(job) -> list[PhaseLinear]:
