@@ -202,9 +202,9 @@ def small_fault_worker(store, settings, small_model):
     yield from _fault_worker("faults-small", settings, small_model.slowness, small_model.env)
 
 
-def start_fault_worker(name: str, env: dict, log: Path | None = None, concurrency: int = 1):
-    """A real worker of the test-only fault app (tests/faults.py) on ``env``'s queue."""
-    args = [sys.executable, "-m", "celery", "-A", "tests.faults", "worker", "-Q", env["MOODQ_QUEUE"],
+def start_fault_worker(name: str, env: dict, log: Path | None = None, concurrency: int = 1, queue: str | None = None):
+    """A real worker of the test-only fault app (tests/faults.py) consuming ``queue`` (default: ``env``'s queue)."""
+    args = [sys.executable, "-m", "celery", "-A", "tests.faults", "worker", "-Q", queue or env["MOODQ_QUEUE"],
             "-c", str(concurrency), "-P", "prefork", "-l", "INFO"]
     return _start_worker(name, env, args, log)
 

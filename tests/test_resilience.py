@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,20 +78,27 @@ def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings
     env = {"MOODQ_QUEUE": f"{settings.queue}-graceful", "MOODQ_REPLY_LABELS": "none", "MOODQ_SENTIMENT_BATCH_SIZE": "1",
            **small_model.env}
     s = load_settings(queue=env["MOODQ_QUEUE"], reply_labels="none")
-    first = start_fault_worker("graceful-1", env, tmp_path / "graceful-1.log")
-    hold = "[hold:2] Thanks, that was quick"
-    ids = send(s, {"id": "grace-hold", "text": hold},
-                *[{"id": f"grace-{i}", "text": f"The app crashes again, attempt {i}"} for i in range(4)])
-    _holding_pid(store, hold)
-    os.kill(first.pid, signal.SIGTERM)  # to the main process only, as docker stop and kill do
-    first.wait(120)
-    held = store.get("grace-hold")
-    assert held.status in ("labeled", *FINISHED) and held.attempts["sentiment"] == 1, held
-    assert sum(store.get(i).status == "pending" for i in ids) >= 2  # still queued, not dropped
-    second = start_fault_worker("graceful-2", env, tmp_path / "graceful-2.log")
+    # The next worker starts beside the first (two processes importing torch on two cores), on a queue nothing is
+    # sent to; it is told to take the test's queue (Celery's add_consumer) once the first has stopped.
+    with ThreadPoolExecutor(1) as beside:
+        starting = beside.submit(start_fault_worker, "graceful-2", env, tmp_path / "graceful-2.log",
+                                 queue=f"{env['MOODQ_QUEUE']}-standby")
+        first = start_fault_worker("graceful-1", env, tmp_path / "graceful-1.log")
+        second = starting.result()
     try:
+        hold = "[hold:2] Thanks, that was quick"
+        ids = send(s, {"id": "grace-hold", "text": hold},
+                    *[{"id": f"grace-{i}", "text": f"The app crashes again, attempt {i}"} for i in range(4)])
+        _holding_pid(store, hold)
+        os.kill(first.pid, signal.SIGTERM)  # to the main process only, as docker stop and kill do
+        first.wait(120)
+        held = store.get("grace-hold")
+        assert held.status in ("labeled", *FINISHED) and held.attempts["sentiment"] == 1, held
+        assert sum(store.get(i).status == "pending" for i in ids) >= 2  # still queued, not dropped
+        make_app(s).control.add_consumer(s.queue, destination=[f"graceful-2-{RUN}@{os.uname().nodename}"], reply=True)
         recs = wait_final(store, ids)
     finally:
+        launch.stop(first)
         launch.stop(second)
     assert_one_final_record_each(store, ids)
     assert all(r.status in FINISHED for r in recs.values())
