@@ -83,7 +83,11 @@ def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings
     with ThreadPoolExecutor(1) as beside:
         starting = beside.submit(start_fault_worker, "graceful-2", env, tmp_path / "graceful-2.log",
                                  queue=f"{env['MOODQ_QUEUE']}-standby")
-        first = start_fault_worker("graceful-1", env, tmp_path / "graceful-1.log")
+        try:
+            first = start_fault_worker("graceful-1", env, tmp_path / "graceful-1.log")
+        except BaseException:
+            launch.stop(starting.result())  # not left running
+            raise
         second = starting.result()
     try:
         hold = "[hold:2] Thanks, that was quick"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -241,7 +242,7 @@ def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings, dtype: 
     if _ready(converted):
         try:
             return AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype)), True
-        except Exception as exc:  # safetensors, json and OS errors alike: the copy is rebuilt from the GGUF
+        except (OSError, ValueError, SafetensorError) as exc:  # an unreadable copy (not, say, a MemoryError) is rebuilt
             log.warning("the converted weights in %s cannot be read (%s: %s); removing them and converting again",
                         converted, type(exc).__name__, exc)
             shutil.rmtree(converted, ignore_errors=True)
