@@ -167,46 +167,103 @@ def _start_worker(name: str, env: dict, args: list[str], log: Path | None = None
     return launch.start(args, env, log, f"{name}-{RUN}@%h", timeout=600, ready_text="ready in")
 
 
-@pytest.fixture(scope="session")
-def worker(store):
-    """A real worker started through the CLI (`moodq worker`), on the run's queue."""
-    proc = _start_worker("main", {}, [sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"])
-    yield proc
-    launch.stop_idle(proc)
+def _fault_args(env: dict, concurrency: int = 1, queue: str | None = None) -> list[str]:
+    """A worker of the test-only fault app (tests/faults.py) consuming ``queue`` (default: ``env``'s queue)."""
+    return [sys.executable, "-m", "celery", "-A", "tests.faults", "worker", "-Q", queue or env["MOODQ_QUEUE"],
+            "-c", str(concurrency), "-P", "prefork", "-l", "INFO"]
 
 
-def _fault_worker(name: str, settings, factor: float, model_env: dict):
-    env = {
+def _fault_env(name: str, settings, factor: float, model_env: dict) -> dict:
+    return {
         "MOODQ_QUEUE": f"{settings.queue}-{name}",
         "MOODQ_SENTIMENT_SOFT_LIMIT": limit(3, factor), "MOODQ_SENTIMENT_HARD_LIMIT": limit(20, factor),
         "MOODQ_REPLY_SOFT_LIMIT": limit(5, factor), "MOODQ_REPLY_HARD_LIMIT": limit(9, factor),
         "MOODQ_HISTORY_REPLIES": "true",  # conversation replies in turn order (test_recovery, test_reply_stage)
         "MOODQ_MAX_RETRIES": "2", "MOODQ_MAX_CHARS": "60", **model_env,
     }
-    proc = start_fault_worker(name, env)
-    yield load_settings(**{k[6:].lower(): v for k, v in env.items()})
-    launch.stop_idle(proc)
 
 
 @pytest.fixture(scope="session")
-def fault_worker(store, settings, slowness):
-    """A real worker with test-only fault injection (tests/faults.py), short limits, its own queue."""
-    yield from _fault_worker("faults", settings, slowness, {})
+def session_workers(request, store, settings) -> dict:
+    """The run-wide workers the collected tests use (`worker`, `fault_worker`, `small_fault_worker`), started
+    at once and all ready before the first of those tests runs. A worker's start is mostly single-threaded
+    imports: three started one after another took 3 x 7 s here (3 x 11-13 s on an AVX2-only EPYC), on two
+    cores together less. Their time limits are scaled by speeds measured first, on a quiet host."""
+    needed = {f for item in request.session.items for f in item.fixturenames}
+    specs = {}  # fixture -> (log name, env, command)
+    if "worker" in needed:
+        specs["worker"] = ("main", {}, [sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"])
+    if "fault_worker" in needed:
+        env = _fault_env("faults", settings, request.getfixturevalue("slowness"), {})
+        specs["fault_worker"] = ("faults", env, _fault_args(env))
+    if "small_fault_worker" in needed:
+        small = request.getfixturevalue("small_model")
+        env = _fault_env("faults-small", settings, small.slowness, small.env)
+        specs["small_fault_worker"] = ("faults-small", env, _fault_args(env))
+    procs = {}
+    try:
+        for fixture, (name, env, args) in specs.items():
+            procs[fixture] = launch.spawn(args, env, worker_log(name), f"{name}-{RUN}@%h")
+        for fixture, (name, env, _) in specs.items():
+            launch.wait_ready(procs[fixture], env, worker_log(name), f"{name}-{RUN}@%h", timeout=600,
+                              ready_text="ready in")
+        yield {fixture: (procs[fixture], load_settings(**{k[6:].lower(): v for k, v in env.items()}))
+               for fixture, (_, env, _) in specs.items()}
+    finally:
+        for proc in procs.values():
+            launch.stop_idle(proc)
 
 
 @pytest.fixture(scope="session")
-def small_fault_worker(store, settings, small_model):
+def worker(session_workers):
+    """A real worker started through the CLI (`moodq worker`), on the run's queue."""
+    return session_workers["worker"][0]
+
+
+@pytest.fixture(scope="session")
+def fault_worker(session_workers):
+    """A real worker with test-only fault injection (tests/faults.py), short limits, its own queue; its settings."""
+    return session_workers["fault_worker"][1]
+
+
+@pytest.fixture(scope="session")
+def small_fault_worker(session_workers):
     """The same on the small model (`small_model`), for fault tests whose outcome does not depend on what the
     model labels or drafts (time limits, bad input, fuzzing, poison, pickle): on the embedded model a pool
     process that dies reloads it (8-15 s on an AVX2-only host) and every reply is drafted for real."""
-    yield from _fault_worker("faults-small", settings, small_model.slowness, small_model.env)
+    return session_workers["small_fault_worker"][1]
 
 
 def start_fault_worker(name: str, env: dict, log: Path | None = None, concurrency: int = 1, queue: str | None = None):
     """A real worker of the test-only fault app (tests/faults.py) consuming ``queue`` (default: ``env``'s queue)."""
-    args = [sys.executable, "-m", "celery", "-A", "tests.faults", "worker", "-Q", queue or env["MOODQ_QUEUE"],
-            "-c", str(concurrency), "-P", "prefork", "-l", "INFO"]
-    return _start_worker(name, env, args, log)
+    return _start_worker(name, env, _fault_args(env, concurrency, queue), log)
+
+
+def start_with_standby(name: str, env: dict, logs: Path):
+    """A fault-app worker on ``env``'s queue and, started beside it (two processes importing torch on two cores
+    start in little more than one's time), a second one on a queue nothing is sent to, for a test that stops
+    the first: `take_over` then hands the second the queue. Returns (first, second)."""
+    standby = {"MOODQ_QUEUE": f"{env['MOODQ_QUEUE']}-standby"}
+    second = launch.spawn(_fault_args(env, queue=standby["MOODQ_QUEUE"]), {**env, **standby}, logs / f"{name}-2.log",
+                          f"{name}-2-{RUN}@%h")
+    try:
+        first = _start_worker(f"{name}-1", env, _fault_args(env), logs / f"{name}-1.log")
+        try:
+            launch.wait_ready(second, {**env, **standby}, logs / f"{name}-2.log", f"{name}-2-{RUN}@%h",
+                              timeout=600, ready_text="ready in")
+        except BaseException:
+            launch.stop(first)
+            raise
+    except BaseException:
+        launch.stop(second)  # not left running
+        raise
+    return first, second
+
+
+def take_over(settings, name: str) -> None:
+    """The standby worker of `start_with_standby` takes ``settings``' queue (Celery's add_consumer)."""
+    make_app(settings).control.add_consumer(settings.queue, destination=[f"{name}-2-{RUN}@{os.uname().nodename}"],
+                                            reply=True)
 
 
 def send(settings, *rows) -> list[str]:

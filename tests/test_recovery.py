@@ -24,7 +24,8 @@ from tests.conftest import (
     eventually,
     limit,
     send,
-    start_fault_worker,
+    start_with_standby,
+    take_over,
     wait_final,
     worker_log,
 )
@@ -71,10 +72,8 @@ def test_a_worker_whose_model_cannot_load_takes_no_message_and_exits_non_zero(ow
     ids = send(own, *[{"id": f"nomodel-{i}", "text": f"message {i}"} for i in range(3)])
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(b"GGUF" + os.urandom(4096))
-    run = subprocess.run([sys.executable, "-m", "worker", "worker", "-c", "1"], capture_output=True, text=True,
-                         env=_env(own, MOODQ_MODEL=str(corrupt)), cwd=ROOT, timeout=300)
-    assert run.returncode == 2 and "is not a readable GGUF" in run.stderr, run.stderr[-2000:]
-    # A model the start-up check accepts but the pool process cannot load (config and tokenizer, no weights):
+    # ... and a model the start-up check accepts but the pool process cannot load (config and tokenizer, no
+    # weights). The two workers start at once: each is mostly single-threaded imports.
     from transformers import Qwen2Config
 
     Qwen2Config(vocab_size=len(engine.tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -82,10 +81,17 @@ def test_a_worker_whose_model_cannot_load_takes_no_message_and_exits_non_zero(ow
     engine.tok.save_pretrained(tmp_path / "noweights")
     log = worker_log("noweights")
     with log.open("w") as out:
-        run = subprocess.run([sys.executable, "-m", "worker", "worker", "-c", "2"], stdout=out,
-                             stderr=subprocess.STDOUT, env=_env(own, MOODQ_MODEL=str(tmp_path / "noweights")),
-                             cwd=ROOT, timeout=300)
-    assert run.returncode == 1, log.read_text()[-3000:]
+        noweights = subprocess.Popen([sys.executable, "-m", "worker", "worker", "-c", "2"], stdout=out,
+                                     stderr=subprocess.STDOUT, env=_env(own, MOODQ_MODEL=str(tmp_path / "noweights")),
+                                     cwd=ROOT)
+    try:
+        run = subprocess.run([sys.executable, "-m", "worker", "worker", "-c", "1"], capture_output=True, text=True,
+                             env=_env(own, MOODQ_MODEL=str(corrupt)), cwd=ROOT, timeout=300)
+        assert run.returncode == 2 and "is not a readable GGUF" in run.stderr, run.stderr[-2000:]
+        assert noweights.wait(300) == 1, log.read_text()[-3000:]
+    finally:
+        if noweights.poll() is None:
+            noweights.kill()
     assert "stopping this worker so it takes no messages" in log.read_text()
     from worker.jobs.upkeep import health
 
@@ -118,29 +124,31 @@ def test_records_whose_task_was_never_published_are_swept(worker, store, setting
 @pytest.mark.worker
 @pytest.mark.model
 def test_kill_9_of_the_whole_worker_loses_nothing(own, store, tmp_path, small_model):
-    """SIGKILL of the main process and its pool mid-task: with a short MOODQ_VISIBILITY_TIMEOUT (8 s), Redis hands
-    the unacknowledged task to the next worker, and every message ends with exactly one final record.
-    On the small model (conftest.small_model): what is tested is the queue's, not the model's."""
-    soft, hard = limit(5, small_model.slowness), limit(6, small_model.slowness)
+    """SIGKILL of the main process and its pool mid-task: with a short MOODQ_VISIBILITY_TIMEOUT (4 s: the longest
+    hard limit, 3 s, plus the retry countdown's 1 s), Redis hands the unacknowledged task to the next worker, and
+    every message ends with exactly one final record. On the small model (conftest.small_model): what is tested
+    is the queue's, not the model's."""
+    soft, hard = limit(2.5, small_model.slowness), limit(3, small_model.slowness)
     limits = {"MOODQ_SENTIMENT_SOFT_LIMIT": soft, "MOODQ_SENTIMENT_HARD_LIMIT": hard, "MOODQ_REPLY_SOFT_LIMIT": soft,
-              "MOODQ_REPLY_HARD_LIMIT": hard, "MOODQ_VISIBILITY_TIMEOUT": limit(8, small_model.slowness),
+              "MOODQ_REPLY_HARD_LIMIT": hard, "MOODQ_VISIBILITY_TIMEOUT": limit(4, small_model.slowness),
               "MOODQ_REPLY_LABELS": "none"}
     env = {"MOODQ_KEY_PREFIX": own.key_prefix, "MOODQ_QUEUE": own.queue, **small_model.env, **limits}
     s = load_settings(**{k[6:].lower(): v for k, v in env.items()})
-    first = start_fault_worker("kill9-1", env, tmp_path / "kill9-1.log")
-    hold = "[hold:3] The screen cracked the first day."
-    ids = send(s, {"id": "k9-hold", "text": hold}, *[{"id": f"k9-{i}", "text": f"Lovely shop, order {i}"} for i in range(4)])
-    key = Store(s).k.test("fault", "holding", hold)
-    deadline = time.monotonic() + 300
-    while not Store(s).r.get(key):
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)  # main process and pool, as the OOM killer or a host crash would
-    first.wait(30)
-    second = start_fault_worker("kill9-2", env, tmp_path / "kill9-2.log")
+    first, second = start_with_standby("kill9", env, tmp_path)  # the second takes over once the first is killed
     try:
+        hold = "[hold:1] The screen cracked the first day."
+        ids = send(s, {"id": "k9-hold", "text": hold},
+                   *[{"id": f"k9-{i}", "text": f"Lovely shop, order {i}"} for i in range(4)])
+        key = Store(s).k.test("fault", "holding", hold)
+        eventually(lambda: Store(s).r.get(key) or first.poll() is not None, timeout=300, interval=0.05,
+                   what="the held message reaching the model")
+        assert first.poll() is None
+        os.killpg(first.pid, signal.SIGKILL)  # main process and pool, as the OOM killer or a host crash would
+        first.wait(30)
+        take_over(s, "kill9")
         recs = wait_final(Store(s), ids, timeout=300)
     finally:
+        launch.stop(first)
         launch.stop(second)
     assert_one_final_record_each(Store(s), ids)
     assert all(r.status == "done" for r in recs.values()), {i: (r.status, r.error) for i, r in recs.items()}

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,8 @@ from tests.conftest import (
     free_port,
     send,
     start_fault_worker,
+    start_with_standby,
+    take_over,
     wait_final,
     worker_log,
 )
@@ -78,17 +79,7 @@ def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings
     env = {"MOODQ_QUEUE": f"{settings.queue}-graceful", "MOODQ_REPLY_LABELS": "none", "MOODQ_SENTIMENT_BATCH_SIZE": "1",
            **small_model.env}
     s = load_settings(queue=env["MOODQ_QUEUE"], reply_labels="none")
-    # The next worker starts beside the first (two processes importing torch on two cores), on a queue nothing is
-    # sent to; it is told to take the test's queue (Celery's add_consumer) once the first has stopped.
-    with ThreadPoolExecutor(1) as beside:
-        starting = beside.submit(start_fault_worker, "graceful-2", env, tmp_path / "graceful-2.log",
-                                 queue=f"{env['MOODQ_QUEUE']}-standby")
-        try:
-            first = start_fault_worker("graceful-1", env, tmp_path / "graceful-1.log")
-        except BaseException:
-            launch.stop(starting.result())  # not left running
-            raise
-        second = starting.result()
+    first, second = start_with_standby("graceful", env, tmp_path)  # the second takes over once the first stopped
     try:
         hold = "[hold:2] Thanks, that was quick"
         ids = send(s, {"id": "grace-hold", "text": hold},
@@ -99,7 +90,7 @@ def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings
         held = store.get("grace-hold")
         assert held.status in ("labeled", *FINISHED) and held.attempts["sentiment"] == 1, held
         assert sum(store.get(i).status == "pending" for i in ids) >= 2  # still queued, not dropped
-        make_app(s).control.add_consumer(s.queue, destination=[f"graceful-2-{RUN}@{os.uname().nodename}"], reply=True)
+        take_over(s, "graceful")
         recs = wait_final(store, ids)
     finally:
         launch.stop(first)

@@ -16,10 +16,23 @@ def start(args: list[str], env: dict[str, str], log_path: Path | str, hostname: 
           timeout: float = 900, ready_text: str | None = None) -> subprocess.Popen:
     """Start ``args --hostname hostname`` with extra ``MOODQ_*`` env; wait until it answers a ping
     (and, with ``ready_text``, until its log shows that text, e.g. the model's "ready" line)."""
-    log_path = Path(log_path)
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([*args, "--hostname", hostname], env={**os.environ, **env}, stdout=log,
+    proc = spawn(args, env, log_path, hostname)
+    wait_ready(proc, env, log_path, hostname, timeout=timeout, ready_text=ready_text)
+    return proc
+
+
+def spawn(args: list[str], env: dict[str, str], log_path: Path | str, hostname: str) -> subprocess.Popen:
+    """Start ``args --hostname hostname`` with extra ``MOODQ_*`` env, its output to ``log_path``; no wait."""
+    with Path(log_path).open("w") as log:
+        return subprocess.Popen([*args, "--hostname", hostname], env={**os.environ, **env}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen, env: dict[str, str], log_path: Path | str, hostname: str, *,
+               timeout: float = 900, ready_text: str | None = None) -> None:
+    """Wait until a worker ``spawn`` started answers a ping (and its log shows ``ready_text``); stopped and
+    an error raised if it exits first or is not ready within ``timeout`` seconds."""
+    log_path = Path(log_path)
     app = make_app(load_settings(**{k[6:].lower(): v for k, v in env.items() if k.startswith("MOODQ_")}))
     node = hostname.replace("%h", os.uname().nodename)
     deadline = time.monotonic() + timeout
@@ -29,7 +42,7 @@ def start(args: list[str], env: dict[str, str], log_path: Path | str, hostname: 
         # The log is read first (cheap); the ping returns at the first reply (limit=1), not after its timeout.
         if (ready_text is None or ready_text in log_path.read_text()) and \
                 app.control.ping(destination=[node], timeout=1.0, limit=1):
-            return proc
+            return
         time.sleep(0.1)
     stop(proc)
     raise RuntimeError(f"worker did not become ready in {timeout:g} s:\n{log_path.read_text()[-3000:]}")
