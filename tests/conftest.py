@@ -173,11 +173,12 @@ def _fault_args(env: dict, concurrency: int = 1, queue: str | None = None) -> li
             "-c", str(concurrency), "-P", "prefork", "-l", "INFO"]
 
 
-def _fault_env(name: str, settings, factor: float, model_env: dict) -> dict:
+def _fault_env(name: str, settings, factor: float, model_env: dict, soft: tuple[float, float] = (3, 5)) -> dict:
+    """A fault worker's settings; ``soft``: its sentiment and reply soft limits on the reference host."""
     return {
         "MOODQ_QUEUE": f"{settings.queue}-{name}",
-        "MOODQ_SENTIMENT_SOFT_LIMIT": limit(3, factor), "MOODQ_SENTIMENT_HARD_LIMIT": limit(20, factor),
-        "MOODQ_REPLY_SOFT_LIMIT": limit(5, factor), "MOODQ_REPLY_HARD_LIMIT": limit(9, factor),
+        "MOODQ_SENTIMENT_SOFT_LIMIT": limit(soft[0], factor), "MOODQ_SENTIMENT_HARD_LIMIT": limit(20, factor),
+        "MOODQ_REPLY_SOFT_LIMIT": limit(soft[1], factor), "MOODQ_REPLY_HARD_LIMIT": limit(soft[1] * 1.8, factor),
         "MOODQ_HISTORY_REPLIES": "true",  # conversation replies in turn order (test_recovery, test_reply_stage)
         "MOODQ_MAX_RETRIES": "2", "MOODQ_MAX_CHARS": "60", **model_env,
     }
@@ -198,7 +199,8 @@ def session_workers(request, store, settings) -> dict:
         specs["fault_worker"] = ("faults", env, _fault_args(env))
     if "small_fault_worker" in needed:
         small = request.getfixturevalue("small_model")
-        env = _fault_env("faults-small", settings, small.slowness, small.env)
+        # the small model labels and drafts in milliseconds: half the limits, which its tests wait out
+        env = _fault_env("faults-small", settings, small.slowness, small.env, soft=(2, 2.5))
         specs["small_fault_worker"] = ("faults-small", env, _fault_args(env))
     procs = {}
     try:

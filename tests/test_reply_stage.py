@@ -134,7 +134,7 @@ def test_earlier_turns_and_the_reply_share_one_time_budget(store, small_fault_wo
 
 def test_a_running_tasks_own_message_cannot_be_claimed(small_fault_worker, store):
     """While a sentiment task runs, its message is out of the waiting list another task claims from."""
-    hold = "[hold:2] The lid does not close."
+    hold = "[hold:1] The lid does not close."  # inside the sentiment soft limit (2 s)
     ids = send(small_fault_worker, {"id": "own-1", "text": hold})
     eventually(lambda: store.r.get(store.k.test("fault", "holding", hold)), timeout=120, what="the task running")
     assert Store(small_fault_worker).r.zscore(small_fault_worker.keys.todo("sentiment"), "own-1") is None
