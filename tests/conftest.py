@@ -22,7 +22,7 @@ REDIS_URL = os.environ.get("MOODQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 ROOT = Path(__file__).resolve().parent.parent
 FINISHED = ("done", "review")  # a reply stored: passing every reply rule, or for a person to review first
 # Queues of the tests' extra workers, removed at the end:
-EXTRA_QUEUES = ("faults", "faults-small", "graceful", "triage", "stage")
+EXTRA_QUEUES = ("faults-small", "graceful", "graceful-standby", "triage", "stage")
 LOG_DIR = Path(tempfile.gettempdir()) / f"moodq-test-{RUN}"  # worker logs, kept for a look after a failure
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -72,33 +72,9 @@ def engine(settings):
     return resident(load_settings(threads=2))
 
 
-# What a short claim and a short reply took on the machines the suite's time limits were written for
+# What a short claim took with the small model on the machines the suite's time limits were written for
 # (2-core AVX512-BF16 EPYC, 2026-11-30): the limits below are scaled by how much slower this host is.
-REFERENCE_S = {"judge": 0.25, "draft": 1.0, "small_judge": 0.01}
-
-
-@pytest.fixture(scope="session")
-def slowness(engine) -> float:
-    """How many times slower than the reference this host labels and drafts, measured in this run (at
-    least 1). Every time limit a test relies on is multiplied by it, so no outcome depends on the CPU."""
-    import time
-
-    texts = ["I love it, thanks!", "这个天气真让人烦躁。", "Broken again.", "快递很快，包装完好。"] * 2
-    engine.judge(texts, "en")  # warm-up
-    t0 = time.perf_counter()
-    engine.judge(texts, "en")
-    judge = time.perf_counter() - t0
-    # The reply is timed cold on purpose: a worker's fresh pool process (at start, or after a test kills one) pays
-    # the same one-time costs in its first reply (~0.5 s here: the banned-token list, the first prefill's
-    # kernels), inside the limits scaled by this factor. Timed warm, the factor fell from 1.5 to 1.1 here and the
-    # shared-budget test overran its soft limit in a restarted pool process.
-    t0 = time.perf_counter()
-    engine.draft("Broken again.", "negative", "en", [], max_new_tokens=24, deadline_s=600, sampling={"do_sample": False})
-    draft = time.perf_counter() - t0
-    factor = max(1.0, judge / REFERENCE_S["judge"], draft / REFERENCE_S["draft"])
-    print(f"\nhost speed: a claim of 8 short messages {judge:.2f} s, a 24-token reply {draft:.2f} s: "
-          f"time limits x{factor:.1f}")
-    return factor
+REFERENCE_S = {"small_judge": 0.01}
 
 
 @dataclass
@@ -173,34 +149,30 @@ def _fault_args(env: dict, concurrency: int = 1, queue: str | None = None) -> li
             "-c", str(concurrency), "-P", "prefork", "-l", "INFO"]
 
 
-def _fault_env(name: str, settings, factor: float, model_env: dict, soft: tuple[float, float] = (3, 5)) -> dict:
-    """A fault worker's settings; ``soft``: its sentiment and reply soft limits on the reference host."""
+def _fault_env(name: str, settings, small: SmallModel) -> dict:
+    """The small-model fault worker's settings: short limits (the model labels and drafts in milliseconds; the
+    time-limit and budget tests wait them out), its own queue."""
     return {
         "MOODQ_QUEUE": f"{settings.queue}-{name}",
-        "MOODQ_SENTIMENT_SOFT_LIMIT": limit(soft[0], factor), "MOODQ_SENTIMENT_HARD_LIMIT": limit(20, factor),
-        "MOODQ_REPLY_SOFT_LIMIT": limit(soft[1], factor), "MOODQ_REPLY_HARD_LIMIT": limit(soft[1] * 1.8, factor),
+        "MOODQ_SENTIMENT_SOFT_LIMIT": limit(2, small.slowness), "MOODQ_SENTIMENT_HARD_LIMIT": limit(20, small.slowness),
+        "MOODQ_REPLY_SOFT_LIMIT": limit(2.5, small.slowness), "MOODQ_REPLY_HARD_LIMIT": limit(4.5, small.slowness),
         "MOODQ_HISTORY_REPLIES": "true",  # conversation replies in turn order (test_recovery, test_reply_stage)
-        "MOODQ_MAX_RETRIES": "2", "MOODQ_MAX_CHARS": "60", **model_env,
+        "MOODQ_MAX_RETRIES": "2", "MOODQ_MAX_CHARS": "60", **small.env,
     }
 
 
 @pytest.fixture(scope="session")
 def session_workers(request, store, settings) -> dict:
-    """The run-wide workers the collected tests use (`worker`, `fault_worker`, `small_fault_worker`), started
-    at once and all ready before the first of those tests runs. A worker's start is mostly single-threaded
-    imports: three started one after another took 3 x 7 s here (3 x 11-13 s on an AVX2-only EPYC), on two
-    cores together less. Their time limits are scaled by speeds measured first, on a quiet host."""
+    """The run-wide workers the collected tests use (`worker`, `small_fault_worker`), started at once and both
+    ready before the first of those tests runs. A worker's start is mostly single-threaded imports (7 s here,
+    11-13 s on an AVX2-only EPYC): on two cores, two take little more than one. The fault worker's limits are
+    scaled by the small model's speed, measured first, on a quiet host."""
     needed = {f for item in request.session.items for f in item.fixturenames}
     specs = {}  # fixture -> (log name, env, command)
     if "worker" in needed:
         specs["worker"] = ("main", {}, [sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"])
-    if "fault_worker" in needed:
-        env = _fault_env("faults", settings, request.getfixturevalue("slowness"), {})
-        specs["fault_worker"] = ("faults", env, _fault_args(env))
     if "small_fault_worker" in needed:
-        small = request.getfixturevalue("small_model")
-        # the small model labels and drafts in milliseconds: half the limits, which its tests wait out
-        env = _fault_env("faults-small", settings, small.slowness, small.env, soft=(2, 2.5))
+        env = _fault_env("faults-small", settings, request.getfixturevalue("small_model"))
         specs["small_fault_worker"] = ("faults-small", env, _fault_args(env))
     procs = {}
     try:
@@ -223,16 +195,12 @@ def worker(session_workers):
 
 
 @pytest.fixture(scope="session")
-def fault_worker(session_workers):
-    """A real worker with test-only fault injection (tests/faults.py), short limits, its own queue; its settings."""
-    return session_workers["fault_worker"][1]
-
-
-@pytest.fixture(scope="session")
 def small_fault_worker(session_workers):
-    """The same on the small model (`small_model`), for fault tests whose outcome does not depend on what the
-    model labels or drafts (time limits, bad input, fuzzing, poison, pickle): on the embedded model a pool
-    process that dies reloads it (8-15 s on an AVX2-only host) and every reply is drafted for real."""
+    """A real worker of the test-only fault app (tests/faults.py) on the small model (`small_model`), its own
+    queue, short limits; its settings. For tests whose subject is what the queue does (retries, time limits, bad
+    input, fuzzing, poison, pickle, a killed pool process, replaced text, turn order): where one needs a label,
+    its text names it (`[as:LABEL]`). On the embedded model a pool process that dies reloads it (8-15 s on an
+    AVX2-only host) and every reply is drafted for real."""
     return session_workers["small_fault_worker"][1]
 
 

@@ -11,9 +11,10 @@ from tests.conftest import FINISHED, eventually, send, wait_final
 pytestmark = [pytest.mark.worker, pytest.mark.model]
 
 
-def test_transient_failure_is_retried_then_succeeds(fault_worker, store):
-    """A message whose first two attempts raise a transient error ends done on the third."""
-    ids = send(fault_worker, {"id": "flaky-1", "text": "[transient:2] I love it"})
+def test_transient_failure_is_retried_then_succeeds(small_fault_worker, store):
+    """A message whose first two attempts raise a transient error ends done on the third (its label: the one
+    the text names, tests/faults.py)."""
+    ids = send(small_fault_worker, {"id": "flaky-1", "text": "[transient:2] [as:positive] I love it"})
     rec = wait_final(store, ids)["flaky-1"]
     assert rec.status in FINISHED, rec.error
     assert rec.attempts["sentiment"] == 3 and rec.label == "positive"

@@ -44,7 +44,8 @@ def own(settings):
     s = load_settings(key_prefix=f"{settings.key_prefix}-{RUN}-own", queue=f"{settings.queue}-own")
     yield s
     Store(s).delete_all()
-    task_queue.remove(make_app(s), s.queue)
+    for queue in (s.queue, f"{s.queue}-standby"):  # the second, of the kill -9 test's standby worker
+        task_queue.remove(make_app(s), queue)
 
 
 @pytest.fixture
@@ -157,13 +158,14 @@ def test_kill_9_of_the_whole_worker_loses_nothing(own, store, tmp_path, small_mo
 
 @pytest.mark.worker
 @pytest.mark.model
-def test_conversation_turns_are_replied_in_order_under_triage(fault_worker, store):
-    """With MOODQ_HISTORY_REPLIES (the reply sees the replies to earlier turns): turn 2 is far more negative, so
-    triage serves its reply first; it must still see turn 1's reply, drafted first."""
+def test_conversation_turns_are_replied_in_order_under_triage(small_fault_worker, store):
+    """With MOODQ_HISTORY_REPLIES (the reply sees the replies to earlier turns): turn 2 is far more negative (the
+    labels the texts name, tests/faults.py), so triage serves its reply first; it must still see turn 1's reply,
+    drafted first."""
     cid = f"conv-order-{RUN}"
-    ids = send(fault_worker, {"id": f"{cid}-1", "text": "Thanks, the order arrived and it is lovely!", "conversation_id": cid},
-               {"id": f"{cid}-2", "text": "Actually it is broken, a disgrace, I want a refund now!",
-                "conversation_id": cid})
+    ids = send(small_fault_worker,
+               {"id": f"{cid}-1", "text": "[as:positive] Thanks, it arrived and it is lovely!", "conversation_id": cid},
+               {"id": f"{cid}-2", "text": "[as:negative] Actually it is broken, a disgrace!", "conversation_id": cid})
     recs = wait_final(store, ids)
     first, second = recs[ids[0]], recs[ids[1]]
     assert first.status in FINISHED and second.status in FINISHED and first.reply and second.reply
@@ -216,15 +218,16 @@ def test_a_live_worker_beats_and_checks_ok(worker, settings):
 
 @pytest.mark.worker
 @pytest.mark.model
-def test_replace_of_an_id_in_flight_ends_in_one_status_with_the_new_text(fault_worker, store):
+def test_replace_of_an_id_in_flight_ends_in_one_status_with_the_new_text(small_fault_worker, store):
     """`enqueue --replace` while the old text is being labeled: the old task's label is not written onto
-    the new text, the old chain's reply does not fail the new record, and the id sits in one status set."""
-    hold = "[hold:3] I love this, thank you so much!"
-    send(fault_worker, {"id": "inflight-1", "text": hold})
+    the new text, the old chain's reply does not fail the new record, and the id sits in one status set. The
+    labels are the ones the texts name (tests/faults.py)."""
+    hold = "[hold:1] [as:positive] I love this, thank you so much!"
+    send(small_fault_worker, {"id": "inflight-1", "text": hold})
     key = store.k.test("fault", "holding", hold)
 
     eventually(lambda: store.r.get(key), timeout=120, what="the old text reaching the model")
-    send(fault_worker, {"id": "inflight-1", "text": "Broken on arrival, I want a refund."})  # replace=True
+    send(small_fault_worker, {"id": "inflight-1", "text": "[as:negative] Broken on arrival, I want a refund."})  # replace=True
     rec = wait_final(store, ["inflight-1"])["inflight-1"]
-    assert rec.status in FINISHED and rec.text.startswith("Broken") and rec.label == "negative", rec
+    assert rec.status in FINISHED and rec.text.startswith("[as:negative] Broken") and rec.label == "negative", rec
     assert_one_final_record_each(store, ["inflight-1"])

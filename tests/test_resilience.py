@@ -47,10 +47,11 @@ def _holding_pid(store: Store, text: str, timeout: float = 300) -> int:
     raise AssertionError(f"{text!r} never reached the model")
 
 
-def test_pool_process_killed_mid_task_is_retried_and_nothing_is_lost(fault_worker, store):
-    """SIGKILL the process holding the model while it scores: the message and the batch it carried complete."""
-    hold = "[hold:2] I love this phone"
-    ids = send(fault_worker, {"id": "kill-1", "text": hold},
+def test_pool_process_killed_mid_task_is_retried_and_nothing_is_lost(small_fault_worker, store):
+    """SIGKILL the process holding the model while it scores: the message and the batch it carried complete
+    (their labels: the ones the texts name, tests/faults.py)."""
+    hold = "[hold:1] [as:positive] I love this phone"
+    ids = send(small_fault_worker, {"id": "kill-1", "text": hold},
                 *[{"id": f"kill-other-{i}", "text": f"Great service, order {i}"} for i in range(5)])
     os.kill(_holding_pid(store, hold), signal.SIGKILL)
     recs = wait_final(store, ids)
@@ -205,14 +206,14 @@ def test_pickle_payload_is_refused_not_executed(small_fault_worker, store, tmp_p
     assert "Refusing to deserialize untrusted content of type pickle" in worker_log("faults-small").read_text()
 
 
-def test_dead_letters_are_listed_and_requeued_from_their_records(fault_worker, worker, store):
+def test_dead_letters_are_listed_and_requeued_from_their_records(small_fault_worker, worker, store):
     """`moodq failed` lists the failed message; `moodq retry-failed` runs it again without the source file
     (on the default queue, where the main worker picks it up)."""
     from click.testing import CliRunner
 
     from worker.cli.main import main
 
-    ids = send(fault_worker, {"id": "dead-1", "text": "[transient:3] I want my money back"})
+    ids = send(small_fault_worker, {"id": "dead-1", "text": "[transient:3] I want my money back"})
     assert wait_final(store, ids)["dead-1"].status == "failed"  # 3 faults > max_retries 2
     listed = CliRunner().invoke(main, ["failed", "--stage", "sentiment"])
     line = next(ln for ln in listed.output.splitlines() if ln.startswith("dead-1\t"))
