@@ -144,9 +144,10 @@ def _start_worker(name: str, env: dict, args: list[str], log: Path | None = None
 
 
 def _fault_args(env: dict, concurrency: int = 1, queue: str | None = None) -> list[str]:
-    """A worker of the test-only fault app (tests/faults.py) consuming ``queue`` (default: ``env``'s queue)."""
+    """A worker of the test-only fault app (tests/faults.py) consuming ``queue`` (default: ``env``'s queue), with
+    the options `moodq worker` gives Celery (worker/cli/operate.py; without mingle: a second less to start)."""
     return [sys.executable, "-m", "celery", "-A", "tests.faults", "worker", "-Q", queue or env["MOODQ_QUEUE"],
-            "-c", str(concurrency), "-P", "prefork", "-l", "INFO"]
+            "-c", str(concurrency), "-P", "prefork", "-l", "INFO", "-E", "--without-mingle"]
 
 
 def _fault_env(name: str, settings, small: SmallModel) -> dict:
