@@ -17,10 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from worker.common.procinfo import tree_peak_rss_mb
-from worker.jobs import launch
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `python bench/startup.py` from a checkout: bench.common, as the other scripts
+
+from worker.common.procinfo import tree_peak_rss_mb  # noqa: E402
+from worker.jobs import launch  # noqa: E402
 
 
 def start(cache: str, concurrency: int, log: Path) -> tuple[float, list[float], float]:
