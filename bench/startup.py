@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # `python bench/startup.py` from a checkout: bench.common, as the other scripts
+sys.path.insert(0, str(ROOT))  # `python bench/startup.py` from a checkout finds worker and bench, as the other scripts
 
 from worker.common.procinfo import tree_peak_rss_mb  # noqa: E402
 from worker.jobs import launch  # noqa: E402

@@ -90,7 +90,7 @@ def small_model(engine, tmp_path_factory) -> SmallModel:
     with save_pretrained and named by MOODQ_MODEL, so every part of the worker but the weights is the
     production one. Its worker starts in the imports' time and labels in milliseconds on any CPU class (the
     embedded model takes 7-15 s to start, and those tests' waits grew with the host's slowness). Its kernel
-    probe goes to a cache dir of its own, not the operator's. Its slowness is measured here, as `slowness` is."""
+    probe goes to a cache dir of its own, not the operator's. Its slowness is measured here."""
     import time
 
     import torch
@@ -131,6 +131,12 @@ def score_noise(engine) -> float:
 def limit(seconds: float, slowness: float) -> str:
     """A time limit for a test worker's environment: ``seconds`` on the reference host, scaled to this one."""
     return f"{seconds * slowness:g}"
+
+
+def held(seconds: float, slowness: float) -> str:
+    """tests/faults.py's marker that holds a sentiment task ``seconds`` on the reference host, scaled to this
+    one: a test that acts while a task is held has that long, whatever the host."""
+    return f"[hold:{seconds * slowness:.1f}]"
 
 
 def worker_log(name: str) -> Path:
@@ -213,15 +219,15 @@ def start_fault_worker(name: str, env: dict, log: Path | None = None, concurrenc
 def start_with_standby(name: str, env: dict, logs: Path):
     """A fault-app worker on ``env``'s queue and, started beside it (two processes importing torch on two cores
     start in little more than one's time), a second one on a queue nothing is sent to, for a test that stops
-    the first: `take_over` then hands the second the queue. Returns (first, second)."""
-    standby = {"MOODQ_QUEUE": f"{env['MOODQ_QUEUE']}-standby"}
-    second = launch.spawn(_fault_args(env, queue=standby["MOODQ_QUEUE"]), {**env, **standby}, logs / f"{name}-2.log",
+    the first: `take_over` then hands the second the queue. Returns (first, second). The second's settings are
+    the first's (its queue's waiting lists, its heartbeat): only what it consumes until then differs."""
+    second = launch.spawn(_fault_args(env, queue=f"{env['MOODQ_QUEUE']}-standby"), env, logs / f"{name}-2.log",
                           f"{name}-2-{RUN}@%h")
     try:
         first = _start_worker(f"{name}-1", env, _fault_args(env), logs / f"{name}-1.log")
         try:
-            launch.wait_ready(second, {**env, **standby}, logs / f"{name}-2.log", f"{name}-2-{RUN}@%h",
-                              timeout=600, ready_text="ready in")
+            launch.wait_ready(second, env, logs / f"{name}-2.log", f"{name}-2-{RUN}@%h", timeout=600,
+                              ready_text="ready in")
         except BaseException:
             launch.stop(first)
             raise

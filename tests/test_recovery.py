@@ -22,6 +22,7 @@ from tests.conftest import (
     RUN,
     assert_one_final_record_each,
     eventually,
+    held,
     limit,
     send,
     start_with_standby,
@@ -84,15 +85,14 @@ def test_a_worker_whose_model_cannot_load_takes_no_message_and_exits_non_zero(ow
     with log.open("w") as out:
         noweights = subprocess.Popen([sys.executable, "-m", "worker", "worker", "-c", "2"], stdout=out,
                                      stderr=subprocess.STDOUT, env=_env(own, MOODQ_MODEL=str(tmp_path / "noweights")),
-                                     cwd=ROOT)
+                                     cwd=ROOT, start_new_session=True)
     try:
         run = subprocess.run([sys.executable, "-m", "worker", "worker", "-c", "1"], capture_output=True, text=True,
                              env=_env(own, MOODQ_MODEL=str(corrupt)), cwd=ROOT, timeout=300)
         assert run.returncode == 2 and "is not a readable GGUF" in run.stderr, run.stderr[-2000:]
         assert noweights.wait(300) == 1, log.read_text()[-3000:]
     finally:
-        if noweights.poll() is None:
-            noweights.kill()
+        launch.stop(noweights, grace=10)  # its process group, if an assertion above failed first
     assert "stopping this worker so it takes no messages" in log.read_text()
     from worker.jobs.upkeep import health
 
@@ -137,7 +137,7 @@ def test_kill_9_of_the_whole_worker_loses_nothing(own, store, tmp_path, small_mo
     s = load_settings(**{k[6:].lower(): v for k, v in env.items()})
     first, second = start_with_standby("kill9", env, tmp_path)  # the second takes over once the first is killed
     try:
-        hold = "[hold:1] The screen cracked the first day."
+        hold = f"{held(1.2, small_model.slowness)} The screen cracked the first day."
         ids = send(s, {"id": "k9-hold", "text": hold},
                    *[{"id": f"k9-{i}", "text": f"Lovely shop, order {i}"} for i in range(4)])
         key = Store(s).k.test("fault", "holding", hold)
@@ -218,11 +218,11 @@ def test_a_live_worker_beats_and_checks_ok(worker, settings):
 
 @pytest.mark.worker
 @pytest.mark.model
-def test_replace_of_an_id_in_flight_ends_in_one_status_with_the_new_text(small_fault_worker, store):
+def test_replace_of_an_id_in_flight_ends_in_one_status_with_the_new_text(small_fault_worker, small_model, store):
     """`enqueue --replace` while the old text is being labeled: the old task's label is not written onto
     the new text, the old chain's reply does not fail the new record, and the id sits in one status set. The
     labels are the ones the texts name (tests/faults.py)."""
-    hold = "[hold:1] [as:positive] I love this, thank you so much!"
+    hold = f"{held(1.2, small_model.slowness)} [as:positive] I love this, thank you so much!"
     send(small_fault_worker, {"id": "inflight-1", "text": hold})
     key = store.k.test("fault", "holding", hold)
 

@@ -11,6 +11,7 @@ from tests.conftest import (
     EXTRA_QUEUES,
     FINISHED,
     eventually,
+    held,
     limit,
     send,
     start_fault_worker,
@@ -132,9 +133,9 @@ def test_earlier_turns_and_the_reply_share_one_time_budget(store, small_fault_wo
     assert second.attempts["reply"] == 1 and second.timings.reply_ms < soft * 1000, second
 
 
-def test_a_running_tasks_own_message_cannot_be_claimed(small_fault_worker, store):
+def test_a_running_tasks_own_message_cannot_be_claimed(small_fault_worker, small_model, store):
     """While a sentiment task runs, its message is out of the waiting list another task claims from."""
-    hold = "[hold:1] The lid does not close."  # inside the sentiment soft limit (2 s)
+    hold = f"{held(1.2, small_model.slowness)} The lid does not close."  # inside the soft limit (2 s, scaled)
     ids = send(small_fault_worker, {"id": "own-1", "text": hold})
     eventually(lambda: store.r.get(store.k.test("fault", "holding", hold)), timeout=120, what="the task running")
     assert Store(small_fault_worker).r.zscore(small_fault_worker.keys.todo("sentiment"), "own-1") is None

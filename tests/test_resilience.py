@@ -20,6 +20,7 @@ from tests.conftest import (
     assert_one_final_record_each,
     eventually,
     free_port,
+    held,
     send,
     start_fault_worker,
     start_with_standby,
@@ -47,10 +48,10 @@ def _holding_pid(store: Store, text: str, timeout: float = 300) -> int:
     raise AssertionError(f"{text!r} never reached the model")
 
 
-def test_pool_process_killed_mid_task_is_retried_and_nothing_is_lost(small_fault_worker, store):
+def test_pool_process_killed_mid_task_is_retried_and_nothing_is_lost(small_fault_worker, small_model, store):
     """SIGKILL the process holding the model while it scores: the message and the batch it carried complete
     (their labels: the ones the texts name, tests/faults.py)."""
-    hold = "[hold:1] [as:positive] I love this phone"
+    hold = f"{held(1.2, small_model.slowness)} [as:positive] I love this phone"
     ids = send(small_fault_worker, {"id": "kill-1", "text": hold},
                 *[{"id": f"kill-other-{i}", "text": f"Great service, order {i}"} for i in range(5)])
     os.kill(_holding_pid(store, hold), signal.SIGKILL)

@@ -38,6 +38,7 @@ def wait_ready(proc: subprocess.Popen, env: dict[str, str], log_path: Path | str
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            _kill_group(proc)  # a pool process its main process left behind
             raise RuntimeError(f"worker exited early:\n{log_path.read_text()[-3000:]}")
         # The log is read first (cheap); the ping returns at the first reply (limit=1), not after its timeout.
         if (ready_text is None or ready_text in log_path.read_text()) and \
@@ -75,7 +76,12 @@ def stop_idle(proc: subprocess.Popen, grace: float = 30) -> None:
             except ProcessLookupError:
                 pass
     stop(proc, grace, signal.SIGQUIT)
-    try:  # a pool process the main one started meanwhile (it had not seen the SIGQUIT yet) goes too
+    _kill_group(proc)  # a pool process the main one started meanwhile (it had not seen the SIGQUIT yet) goes too
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left in the process group of ``proc`` (started with ``start_new_session``)."""
+    try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
