@@ -307,7 +307,7 @@ def test_flower_reads_back_real_tasks_metrics_and_worker_info(worker, store):
             names = {t["name"] for t in tasks.values() if ids[0] in (t.get("args") or "")}
             if {"sentiment", "reply"} <= names:
                 break
-            time.sleep(1)
+            time.sleep(0.25)
         mine = [t for t in tasks.values() if ids[0] in (t.get("args") or "")]
         assert {t["name"] for t in mine} == {"sentiment", "reply"} and all(t["state"] == "SUCCESS" for t in mine)
         for shown in (t["args"] for t in mine):  # sentiment and its chained reply alike

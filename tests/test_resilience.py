@@ -83,14 +83,14 @@ def test_sigterm_lets_the_running_task_finish_and_the_rest_waits(store, settings
     s = load_settings(queue=env["MOODQ_QUEUE"], reply_labels="none")
     first, second = start_with_standby("graceful", env, tmp_path)  # the second takes over once the first stopped
     try:
-        hold = "[hold:2] Thanks, that was quick"
+        hold = f"{held(1.2, small_model.slowness)} Thanks, that was quick"
         ids = send(s, {"id": "grace-hold", "text": hold},
                     *[{"id": f"grace-{i}", "text": f"The app crashes again, attempt {i}"} for i in range(4)])
         _holding_pid(store, hold)
         os.kill(first.pid, signal.SIGTERM)  # to the main process only, as docker stop and kill do
         first.wait(120)
-        held = store.get("grace-hold")
-        assert held.status in ("labeled", *FINISHED) and held.attempts["sentiment"] == 1, held
+        running = store.get("grace-hold")
+        assert running.status in ("labeled", *FINISHED) and running.attempts["sentiment"] == 1, running
         assert sum(store.get(i).status == "pending" for i in ids) >= 2  # still queued, not dropped
         take_over(s, "graceful")
         recs = wait_final(store, ids)
