@@ -144,9 +144,20 @@ def worker_log(name: str) -> Path:
     return LOG_DIR / f"{name}.log"
 
 
+def _spawn(name: str, env: dict, args: list[str], log: Path | None = None):
+    """Start a test worker named ``name`` (its hostname, and its log unless ``log`` is given); no wait."""
+    return launch.spawn(args, env, log or worker_log(name), f"{name}-{RUN}@%h")
+
+
+def _wait_ready(proc, name: str, env: dict, log: Path | None = None) -> None:
+    """Wait until the test worker ``_spawn`` started as ``name`` has its model loaded and answers a ping."""
+    launch.wait_ready(proc, env, log or worker_log(name), f"{name}-{RUN}@%h", timeout=600, ready_text="ready in")
+
+
 def _start_worker(name: str, env: dict, args: list[str], log: Path | None = None):
-    log = log or worker_log(name)
-    return launch.start(args, env, log, f"{name}-{RUN}@%h", timeout=600, ready_text="ready in")
+    proc = _spawn(name, env, args, log)
+    _wait_ready(proc, name, env, log)
+    return proc
 
 
 def _fault_args(env: dict, concurrency: int = 1, queue: str | None = None) -> list[str]:
@@ -184,10 +195,9 @@ def session_workers(request, store, settings) -> dict:
     procs = {}
     try:
         for fixture, (name, env, args) in specs.items():
-            procs[fixture] = launch.spawn(args, env, worker_log(name), f"{name}-{RUN}@%h")
+            procs[fixture] = _spawn(name, env, args)
         for fixture, (name, env, _) in specs.items():
-            launch.wait_ready(procs[fixture], env, worker_log(name), f"{name}-{RUN}@%h", timeout=600,
-                              ready_text="ready in")
+            _wait_ready(procs[fixture], name, env)
         yield {fixture: (procs[fixture], load_settings(**{k[6:].lower(): v for k, v in env.items()}))
                for fixture, (_, env, _) in specs.items()}
     finally:
@@ -221,13 +231,11 @@ def start_with_standby(name: str, env: dict, logs: Path):
     start in little more than one's time), a second one on a queue nothing is sent to, for a test that stops
     the first: `take_over` then hands the second the queue. Returns (first, second). The second's settings are
     the first's (its queue's waiting lists, its heartbeat): only what it consumes until then differs."""
-    second = launch.spawn(_fault_args(env, queue=f"{env['MOODQ_QUEUE']}-standby"), env, logs / f"{name}-2.log",
-                          f"{name}-2-{RUN}@%h")
+    second = _spawn(f"{name}-2", env, _fault_args(env, queue=f"{env['MOODQ_QUEUE']}-standby"), logs / f"{name}-2.log")
     try:
         first = _start_worker(f"{name}-1", env, _fault_args(env), logs / f"{name}-1.log")
         try:
-            launch.wait_ready(second, env, logs / f"{name}-2.log", f"{name}-2-{RUN}@%h", timeout=600,
-                              ready_text="ready in")
+            _wait_ready(second, f"{name}-2", env, logs / f"{name}-2.log")
         except BaseException:
             launch.stop(first)
             raise
