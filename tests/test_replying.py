@@ -46,6 +46,34 @@ def test_a_flagged_draft_is_drafted_again_until_it_passes(tiny, monkeypatch):
     assert seen == {r.text: 3 for r in REQUESTS}
 
 
+def test_a_redraft_is_sampled_while_first_drafts_stay_greedy(tiny, monkeypatch):
+    """TEST-ONLY rule: the first request's first draft is flagged. Its redraft shares a batch with the third
+    request's first draft: that one is greedy (the same under any seed), the redraft is sampled by
+    ``resampling`` (seeds differ). Without ``resampling`` the redraft would be the greedy draft again."""
+    drafts: list[tuple[str, str]] = []
+
+    def first_flagged(draft, request, opening):
+        drafts.append((request.text, draft.text))
+        return ["refusal"] if len(drafts) == 1 else []
+
+    monkeypatch.setattr(replying, "flags_of", first_flagged)
+    hot = {"do_sample": True, "temperature": 1.5, "top_p": 1.0, "top_k": 0}
+
+    def run(seed, resampling):
+        drafts.clear()
+        torch.manual_seed(seed)
+        got = dict(checked(tiny, REQUESTS, slots=2, sampling=GREEDY, resampling=resampling, redrafts=1, **OPTS))
+        assert got[0].drafts == 2 and [d[0] for d in drafts].count(REQUESTS[0].text) == 2
+        mine = [text for who, text in drafts if who == REQUESTS[0].text]
+        return mine[0], mine[1], got[2].draft.text
+
+    runs = [run(seed, hot) for seed in range(3)]
+    assert len({first for first, _, _ in runs}) == 1 and len({third for _, _, third in runs}) == 1  # greedy
+    assert len({again for _, again, _ in runs}) > 1 and all(again != first for first, again, _ in runs)
+    first, again, _ = run(0, None)
+    assert again == first
+
+
 def test_a_draft_still_flagged_after_its_redrafts_needs_review(tiny):
     """The real rules on the random model's replies (gibberish: wrong language, not addressing anyone)."""
     got = dict(checked(tiny, REQUESTS, slots=3, sampling=GREEDY, redrafts=1, **OPTS))

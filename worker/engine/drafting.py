@@ -38,6 +38,7 @@ class Request(NamedTuple):
     label: str
     lang: str
     history: History = ()
+    redraft: bool = False  # drafted again because a rule flagged its draft: picks with the redraft sampling
 
 
 @dataclass
@@ -56,6 +57,7 @@ class _Row:
     start: int  # where the reply begins
     deadline: float  # monotonic
     opening: str  # the primed first words: part of the reply
+    redraft: bool = False
     stop: str | None = None
 
     @property
@@ -89,18 +91,20 @@ class Drafter:
         return drafts
 
     def stream(self, items: Iterable[Request], *, slots: int, max_new_tokens: int, deadline_s: float, sampling: dict,
-               until: float | None = None, end_after: int = 0) -> Iterator[tuple[int, Draft]]:
+               until: float | None = None, end_after: int = 0,
+               resampling: dict | None = None) -> Iterator[tuple[int, Draft]]:
         """(index, draft) for each item as its reply ends, at most ``slots`` drafted at a time.
 
         ``items`` is read lazily: the next item is taken only when a slot is free, so a caller can
         hand out work as it arrives. Each reply may take ``deadline_s`` from the moment it starts,
         and none runs past ``until`` (monotonic); a reply cut by a deadline or the token cap is
         ``truncated``, and ``stop`` says which. With ``end_after``, a reply that has that many tokens ends
-        at its next sentence end (not truncated: every sentence is whole). The model runs its decode
-        kernels only inside each step, never while the caller holds a draft.
+        at its next sentence end (not truncated: every sentence is whole). Items marked ``redraft`` pick
+        their tokens by ``resampling`` (default: ``sampling``). The model runs its decode kernels only
+        inside each step, never while the caller holds a draft.
         """
         slots = max(1, slots) if self.rows_join else 1
-        choose, pending = self._chooser(sampling), iter(enumerate(items))
+        choose, pending = self._chooser(sampling, resampling), iter(enumerate(items))
         batch = _Batch()
         while True:
             with torch.inference_mode(), decoding():
@@ -115,11 +119,12 @@ class Drafter:
     def _fill(self, batch: _Batch, pending, slots: int, choose, deadline_s: float, until: float | None) -> None:
         """Free slots take the next items: each prompt prefilled alone, then joined to the batch."""
         while len(batch.rows) < slots and (nxt := next(pending, None)) is not None:
-            i, (text, label, lang, history) = nxt[0], Request(*nxt[1])
-            prompt = self.chat.reply_prompt(text, label, lang, history)
-            row_cache, logits = self._prefill(prompt, self.chat.reply_prefix(label, lang))
+            i, item = nxt[0], Request(*nxt[1])
+            prompt = self.chat.reply_prompt(item.text, item.label, item.lang, item.history)
+            row_cache, logits = self._prefill(prompt, self.chat.reply_prefix(item.label, item.lang))
             deadline = time.monotonic() + deadline_s
-            row = _Row(i, list(prompt), len(prompt), min(deadline, until or deadline), self.chat.opening(label, lang))
+            row = _Row(i, list(prompt), len(prompt), min(deadline, until or deadline),
+                       self.chat.opening(item.label, item.lang), item.redraft)
             row.tokens += choose([row], logits)
             batch.cache, batch.mask = kvcache.join(batch.cache, row_cache), self._join_masks(batch.mask, len(prompt))
             batch.rows.append(row)
@@ -192,7 +197,25 @@ class Drafter:
         return Draft((row.opening + text).strip(), truncated=row.stop not in ("end", "sentence"), tokens=len(new),
                      stop=row.stop)
 
-    def _chooser(self, sampling: dict):
+    def _chooser(self, sampling: dict, resampling: dict | None = None):
+        """The next token of each row: by ``sampling``, or by ``resampling`` for a redraft's row."""
+        first = self._picker(sampling)
+        again = self._picker(resampling) if resampling and resampling != sampling else first
+
+        def choose(rows: list[_Row], logits: torch.Tensor) -> list[int]:
+            if again is first or not any(r.redraft for r in rows):
+                return first(rows, logits)
+            picked = [0] * len(rows)
+            for pick, redraft in ((first, False), (again, True)):
+                where = [j for j, r in enumerate(rows) if r.redraft == redraft]
+                if where:
+                    for j, token in zip(where, pick([rows[j] for j in where], logits[where])):
+                        picked[j] = token
+            return picked
+
+        return choose
+
+    def _picker(self, sampling: dict):
         """The next token of each row: the model's generation config with ``sampling`` on top, as
         transformers' logits processors (banned phrases, repetition penalty, n-gram bans), then
         greedy, or temperature and top-p sampling among the top-k tokens."""

@@ -5,7 +5,8 @@ ends, and drafted again while a rule flags it and time allows. The worker's repl
 A draft is flagged by ``worker.quality.reply_checks`` (refusal or talk of being an AI, wrong language, echo,
 not addressing the customer, loop, repeating its instructions, empty), by what no reply may do whatever the
 message (``substance.NEVER``: blaming the customer, promising money, inventing facts), or as ``cut`` (ended
-by the token cap or the deadline, not by the model). A flagged draft is drafted again, another sample with the same settings, up to
+by the token cap or the deadline, not by the model). A flagged draft is drafted again, sampled by
+``resampling`` (a first draft is greedy by default, and greedy would draft the same reply again), up to
 ``redrafts`` times while a full-length reply still fits before ``until`` at the measured pace. One
 still flagged after that is returned with its flags: the worker stores it as ``review``, never ``done``.
 """
@@ -67,24 +68,26 @@ class _Feed:
         return self
 
     def __next__(self) -> Request:
-        if self.again:
+        redraft = bool(self.again)
+        if redraft:
             index = self.again.popleft()
         else:
             request = next(self.requests)  # StopIteration: nothing waiting (for now)
             self.known.append(request)
             index = len(self.known) - 1
         self.order.append(index)
-        return self.known[index]
+        return Request(*self.known[index])._replace(redraft=redraft)
 
 
 def checked(engine, requests: Iterable[Request], *, slots: int, max_new_tokens: int, deadline_s: float,
-            sampling: dict, until: float | None = None, redrafts: int = 2, end_after: int = 0) -> Iterator[tuple[int, Reply]]:
+            sampling: dict, until: float | None = None, redrafts: int = 2, end_after: int = 0,
+            resampling: dict | None = None) -> Iterator[tuple[int, Reply]]:
     """(request index, reply) for each request as its kept draft ends; see the module's doc."""
     feed = _Feed(requests)
     made: dict[int, Reply] = {}
     for item, draft in engine.drafter.stream(feed, slots=slots, max_new_tokens=max_new_tokens,
                                              deadline_s=deadline_s, sampling=sampling, until=until,
-                                             end_after=end_after):
+                                             end_after=end_after, resampling=resampling):
         index = feed.order[item]
         request = feed.known[index]
         flags = flags_of(draft, request, engine.chat.opening(request.label, request.lang))
