@@ -66,6 +66,19 @@ def demonstrated(chat):
     return Chat(chat.tok, PromptSet.model_validate(data))
 
 
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_label_the_model_was_unsure_of_gets_the_unsure_hint_and_opening(chat, lang):
+    """Below the prompt file's unsure_below, the reply is drafted with the 'unsure' hint, word and opening;
+    at or above it (or with no confidence known) with the label's own."""
+    reply = chat.prompts.languages[lang].reply
+    assert reply.unsure_below == 0.8
+    assert [chat.tone("positive", lang, c) for c in (0.55, 0.79, 0.8, 0.97, None)] == \
+        ["unsure", "unsure", "positive", "positive", "positive"]
+    system = chat.reply_messages("x", "unsure", lang, [])[0]["content"]
+    assert reply.hints["unsure"] in system and reply.unsure_word in system and reply.hints["positive"] not in system
+    assert chat.opening("unsure", lang) == reply.openings["unsure"]
+
+
 @pytest.mark.parametrize("lang, label", [("zh", "negative"), ("en", "positive")])
 def test_reply_demonstrations_are_the_cached_prefix_and_only_for_their_label(demonstrated, lang, label):
     """Demonstrations follow the system turn as chat turns; with it they are the reply's fixed start,

@@ -74,6 +74,15 @@ def test_a_redraft_is_sampled_while_first_drafts_stay_greedy(tiny, monkeypatch):
     assert again == first
 
 
+def test_an_unsure_label_is_drafted_with_the_unsure_opening(tiny):
+    """The request's confidence reaches the drafter: below unsure_below the reply starts with the 'unsure'
+    opening, above it with its label's."""
+    openings = tiny.prompts.languages["en"].reply.openings
+    sure, unsure = tiny.draft_many([Request("Do you ship to Canada?", "positive", "en", (), 0.97),
+                                    Request("Do you ship to Canada?", "positive", "en", (), 0.55)], sampling=GREEDY, **OPTS)
+    assert sure.text.startswith(openings["positive"]) and unsure.text.startswith(openings["unsure"])
+
+
 def test_a_draft_still_flagged_after_its_redrafts_needs_review(tiny):
     """The real rules on the random model's replies (gibberish: wrong language, not addressing anyone)."""
     got = dict(checked(tiny, REQUESTS, slots=3, sampling=GREEDY, redrafts=1, **OPTS))

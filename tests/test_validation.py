@@ -82,6 +82,8 @@ def _broken(tmp_path: Path, edit) -> Path:
     (lambda d: d["languages"]["en"]["sentiment"]["label_words"].pop("negative"), "must name exactly the labels"),
     (lambda d: d["languages"]["en"]["sentiment"].update(colour="red"), "colour: Extra inputs are not permitted"),
     (lambda d: d.pop("version"), "version: Field required"),
+    (lambda d: d["languages"]["en"]["reply"].update(unsure_word=""), "unsure_below needs hints.unsure and unsure_word"),
+    (lambda d: d["languages"]["zh"]["reply"]["hints"].update(angry="x"), "reply.hints: unknown labels ['angry']"),
 ])
 def test_broken_prompt_file_fails_with_a_clear_message(tmp_path, edit, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

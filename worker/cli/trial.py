@@ -84,7 +84,7 @@ def _ask_local(msg, s) -> None:
     if s.replies_for(j.label):
         from worker.quality.replying import Request, checked
 
-        _, reply = next(checked(eng, [Request(msg.text, j.label, lang)], slots=1, redrafts=s.redrafts,
+        _, reply = next(checked(eng, [Request(msg.text, j.label, lang, confidence=j.confidence)], slots=1, redrafts=s.redrafts,
                                 **s.draft_options()))
         click.echo(f"reply: {reply.draft.text}" + (f"  [NEEDS REVIEW: {', '.join(reply.flags)}]" if reply.flags else ""))
 

@@ -22,6 +22,7 @@ from pydantic import (
 
 from worker.common.errors import ConfigError, readable
 
+UNSURE = "unsure"  # the reply tone of a label the model was not sure of (ReplyPrompt.unsure_below)
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 LETTER = re.compile(r"[^\W\d_]")
 
@@ -68,6 +69,14 @@ class ReplyPrompt(Strict):
     banned: list[str] = Field(default_factory=list, description="Phrases the reply may never contain "
                               "(refusals, 'as an AI'); generation cannot produce their tokens in that order.")
     one_paragraph: bool = Field(False, description="No line breaks in a reply, so it cannot turn into a list.")
+    unsure_below: float = Field(0.0, ge=0, le=1, description="A label less sure than this (its confidence) gets the "
+                                "reply hint and opening named 'unsure' instead of its own: a message the model "
+                                "could not read as clearly positive or negative is often a question or a mixed one.")
+    unsure_word: str = Field("", description="What $label says in the reply's system text for an unsure label.")
+
+    def tone(self, label: str, confidence: float | None) -> str:
+        """The hint and opening a reply is drafted with: its label's, or 'unsure' below ``unsure_below``."""
+        return UNSURE if confidence is not None and confidence < self.unsure_below else label
 
     def render_system(self, label: str, label_word: str) -> str:
         return Template(self.system).substitute(label=label_word, hint=self.hints.get(label, ""))
@@ -114,9 +123,11 @@ class PromptSet(Strict):
                     raise ValueError(f"languages.{code}.reply.examples[{i}]: unknown label {ex.label!r} "
                                      f"(labels: {sorted(labels)})")
             for part in ("hints", "openings"):
-                unknown = set(getattr(lang.reply, part)) - labels
+                unknown = set(getattr(lang.reply, part)) - labels - {UNSURE}
                 if unknown:
                     raise ValueError(f"languages.{code}.reply.{part}: unknown labels {sorted(unknown)}")
+            if lang.reply.unsure_below and (UNSURE not in lang.reply.hints or not lang.reply.unsure_word):
+                raise ValueError(f"languages.{code}.reply.unsure_below needs hints.{UNSURE} and unsure_word")
         return self
 
     def language_of(self, text: str, requested: str | None = None) -> str:

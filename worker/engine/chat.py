@@ -49,7 +49,7 @@ class Chat:
         """The reply conversation: the warm system prompt for this label, its demonstrations, earlier turns,
         the message."""
         conf = self.prompts.languages[lang]
-        word = conf.sentiment.label_words[label]
+        word = conf.sentiment.label_words.get(label) or conf.reply.unsure_word
         chat = [{"role": "system", "content": conf.reply.render_system(label, word)}]
         for ex in conf.reply.examples_for(label):
             chat += [{"role": "user", "content": ex.text}, {"role": "assistant", "content": ex.reply}]
@@ -65,6 +65,10 @@ class Chat:
         """Token ids of the reply conversation's fixed start, its system turn and demonstrations for (label, language):
         the same for every message, so it is tokenized once and its KV cache computed once (worker.engine.drafting)."""
         return tuple(self.encode(self.render(self.reply_messages("", label, lang, [])[:-1], generation=False)))
+
+    def tone(self, label: str, lang: str, confidence: float | None) -> str:
+        """The label whose hint and opening a reply gets: its own, or 'unsure' (worker.common.prompts.ReplyPrompt.tone)."""
+        return self.prompts.languages[lang].reply.tone(label, confidence)
 
     def opening(self, label: str, lang: str) -> str:
         """The words the assistant turn starts with (response priming), from the prompt file."""

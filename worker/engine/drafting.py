@@ -38,6 +38,7 @@ class Request(NamedTuple):
     label: str
     lang: str
     history: History = ()
+    confidence: float | None = None  # the label's: a label the model was unsure of gets the 'unsure' reply tone
     redraft: bool = False  # drafted again because a rule flagged its draft: picks with the redraft sampling
 
 
@@ -120,11 +121,12 @@ class Drafter:
         """Free slots take the next items: each prompt prefilled alone, then joined to the batch."""
         while len(batch.rows) < slots and (nxt := next(pending, None)) is not None:
             i, item = nxt[0], Request(*nxt[1])
-            prompt = self.chat.reply_prompt(item.text, item.label, item.lang, item.history)
-            row_cache, logits = self._prefill(prompt, self.chat.reply_prefix(item.label, item.lang))
+            tone = self.chat.tone(item.label, item.lang, item.confidence)
+            prompt = self.chat.reply_prompt(item.text, tone, item.lang, item.history)
+            row_cache, logits = self._prefill(prompt, self.chat.reply_prefix(tone, item.lang))
             deadline = time.monotonic() + deadline_s
             row = _Row(i, list(prompt), len(prompt), min(deadline, until or deadline),
-                       self.chat.opening(item.label, item.lang), item.redraft)
+                       self.chat.opening(tone, item.lang), item.redraft)
             row.tokens += choose([row], logits)
             batch.cache, batch.mask = kvcache.join(batch.cache, row_cache), self._join_masks(batch.mask, len(prompt))
             batch.rows.append(row)

@@ -162,7 +162,7 @@ def _requests(batch: list[Record], earlier: dict[str, list[Record]], size: int, 
     for r in list(batch):
         if r.id not in earlier:
             earlier[r.id] = store().history(r, s.history_turns) if r.conversation_id else []
-        yield Request(r.text, r.label, r.lang, _history(earlier[r.id]))
+        yield Request(r.text, r.label, r.lang, _history(earlier[r.id]), r.confidence)
     while size > 1 and until - time.monotonic() > eng.pace.reply_seconds(s.max_reply_tokens, size):
         more = claim(store(), "reply", own, 1, replyable(s), keep_rejected=False, lease=lease)
         if not more:
@@ -170,7 +170,7 @@ def _requests(batch: list[Record], earlier: dict[str, list[Record]], size: int, 
         batch.append(more[0])
         leased.append(more[0].id)
         earlier[more[0].id] = store().history(more[0], s.history_turns) if more[0].conversation_id else []
-        yield Request(more[0].text, more[0].label, more[0].lang, _history(earlier[more[0].id]))
+        yield Request(more[0].text, more[0].label, more[0].lang, _history(earlier[more[0].id]), more[0].confidence)
 
 
 def _earlier_turns(task: StageTask, rec: Record, eng, started: float, until: float,
@@ -191,7 +191,7 @@ def _earlier_turns(task: StageTask, rec: Record, eng, started: float, until: flo
         leased.append(h.id)
         made = None
         if s.replies_for(h.label):
-            request = Request(h.text, h.label, h.lang, _history(earlier[:i]))
+            request = Request(h.text, h.label, h.lang, _history(earlier[:i]), h.confidence)
             _, made = next(checked(eng, [request], slots=1, until=until, redrafts=s.redrafts, **s.draft_options()))
             if made.draft.stop == "deadline":
                 break  # out of time: that turn stays labeled, for its own task to draft in full

@@ -82,15 +82,15 @@ def evaluate_replies(engine: Engine, rows: list[dict], settings: Settings, *, la
     """The report, and one dict per message: text, lang, label, gold, reply, stop, tokens, flags, drafts, ..."""
     langs = languages(engine, rows, lang)
     judged = judge_all(engine, rows, langs, batch_size=settings.sentiment_batch_size)
-    out = [{"id": r.get("id"), "text": r["text"], "lang": code, "label": j.label, "gold": r.get("label"),
-            "reply": None, "stop": None, "tokens": 0, "flags": [], "first_flags": [], "drafts": 0}
+    out = [{"id": r.get("id"), "text": r["text"], "lang": code, "label": j.label, "confidence": round(j.confidence, 4),
+            "gold": r.get("label"), "reply": None, "stop": None, "tokens": 0, "flags": [], "first_flags": [], "drafts": 0}
            for r, code, j in zip(rows, langs, judged)]
     options = settings.draft_options()
     slots = slots_for(engine, settings.reply_batch_size, settings.max_reply_tokens, options["deadline_s"])
     figures = {}
     for code in dict.fromkeys(langs):
         todo = [i for i, o in enumerate(out) if o["lang"] == code and settings.replies_for(o["label"])]
-        requests = (Request(out[i]["text"], out[i]["label"], code) for i in todo)
+        requests = (Request(out[i]["text"], out[i]["label"], code, confidence=judged[i].confidence) for i in todo)
         started, drafted = time.perf_counter(), 0
         for k, reply in checked(engine, requests, slots=slots, redrafts=settings.redrafts, **options):
             line, draft = out[todo[k]], reply.draft

@@ -90,7 +90,8 @@ def checked(engine, requests: Iterable[Request], *, slots: int, max_new_tokens: 
                                              end_after=end_after, resampling=resampling):
         index = feed.order[item]
         request = feed.known[index]
-        flags = flags_of(draft, request, engine.chat.opening(request.label, request.lang))
+        tone = engine.chat.tone(request.label, request.lang, request.confidence)
+        flags = flags_of(draft, request, engine.chat.opening(tone, request.lang))
         reply = made.get(index)
         if reply is None:
             reply = made[index] = Reply(draft, flags, 1, list(flags), draft.tokens)
