@@ -2,7 +2,8 @@
 
 The dev sets have no conversations, so this builds two-turn ones from consecutive dev lines (turn 1
 and turn 2 of the same customer), drafts turn 1's reply, then turn 2's with turn 1 and its reply as
-history, as a worker does (shipped prompts and sampling, int8-decode where that is the path).
+history, as a worker does (shipped prompts and drafting, int8-decode where that is the path; the dev
+set's gold label stands for the model's, with no confidence, so never the unsure tone).
 A turn-2 reply "copies" when it shares a run of --span tokens or more with turn 1's reply, the
 opening excluded; the longest shared run is reported too.
 

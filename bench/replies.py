@@ -47,7 +47,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--quant", default="none,auto", help="comma list of MOODQ_QUANT values")
-    ap.add_argument("--greedy", action="store_true", help="greedy instead of the configured sampling")
+    ap.add_argument("--greedy", action="store_true", help="greedy first drafts whatever MOODQ_TEMPERATURE says "
+                    "(the default since 2026-12-01; older commands in bench/README.md pass it)")
+    ap.add_argument("--redraft", action="store_true", help="pick tokens as redrafts do (sampled at "
+                    "MOODQ_REDRAFT_TEMPERATURE) instead of as first drafts do (greedy by default)")
     ap.add_argument("--method", default="continuous", help="comma list: continuous (moodq), refill, bucketed (before)")
     args = ap.parse_args()
     print(header())
@@ -55,12 +58,12 @@ def main() -> None:
     at_max: dict[str, float] = {}
     for spec in args.quant.split(","):
         dtype, quant = spec.split(":") if ":" in spec else (args.dtype, spec)  # e.g. float32:none,auto:auto
-        settings = load_settings(threads=2, dtype=dtype, quant=quant)
+        settings = load_settings(threads=2, dtype=dtype, quant=quant, **({"temperature": 0.0} if args.greedy else {}))
         loaded = load(settings)
         eng = Engine(loaded, load_prompts(settings.prompts), max_text_tokens=settings.sentiment_max_tokens)
         rows = read_labeled(Path(args.data))[: args.n]
         items = [(r["text"][:300], r["label"], eng.prompts.language_of(r["text"]), []) for r in rows]
-        sampling = {"do_sample": False} if args.greedy else settings.sampling()
+        sampling = settings.sampling(redraft=args.redraft)
         common = {"max_new_tokens": args.tokens, "deadline_s": 600, "sampling": sampling}
         eng.draft_many(items[:2], **{**common, "max_new_tokens": 4})  # warm-up
         print(f"\n{args.n} replies, up to {args.tokens} tokens, {sampling}, path {eng.path}")

@@ -62,6 +62,12 @@ def test_default_prompts_are_valid():
     assert p.language_of("这个天气真让人烦躁。") == "zh" and p.language_of("so annoying") == "en"
 
 
+def test_replies_are_greedy_first_and_redrafts_sampled_by_default():
+    options = load_settings().draft_options()
+    assert options["sampling"]["do_sample"] is False and "temperature" not in options["sampling"]
+    assert options["resampling"]["do_sample"] is True and options["resampling"]["temperature"] == 0.7
+
+
 def _broken(tmp_path: Path, edit) -> Path:
     data = yaml.safe_load(PROMPTS_FILE.read_text(encoding="utf-8"))
     edit(data)
@@ -82,7 +88,9 @@ def _broken(tmp_path: Path, edit) -> Path:
     (lambda d: d["languages"]["en"]["sentiment"]["label_words"].pop("negative"), "must name exactly the labels"),
     (lambda d: d["languages"]["en"]["sentiment"].update(colour="red"), "colour: Extra inputs are not permitted"),
     (lambda d: d.pop("version"), "version: Field required"),
-    (lambda d: d["languages"]["en"]["reply"].update(unsure_word=""), "unsure_below needs hints.unsure and unsure_word"),
+    (lambda d: d["languages"]["en"]["reply"].update(unsure_word=""), "unsure_below needs hints.unsure, unsure_word"),
+    (lambda d: d["languages"]["zh"]["reply"]["openings"].pop("unsure"), "unsure_below needs hints.unsure, unsure_word"),
+    (lambda d: d.update(labels=["positive", "unsure"]), "'unsure' names the reply tone of an unsure label"),
     (lambda d: d["languages"]["zh"]["reply"]["hints"].update(angry="x"), "reply.hints: unknown labels ['angry']"),
 ])
 def test_broken_prompt_file_fails_with_a_clear_message(tmp_path, edit, message):

@@ -103,6 +103,8 @@ class PromptSet(Strict):
         labels = set(self.labels)
         if len(labels) != len(self.labels):
             raise ValueError("labels must be distinct")
+        if UNSURE in labels:
+            raise ValueError(f"{UNSURE!r} names the reply tone of an unsure label; call the label something else")
         for code, lang in self.languages.items():
             s = lang.sentiment
             where = f"languages.{code}.sentiment"
@@ -126,8 +128,11 @@ class PromptSet(Strict):
                 unknown = set(getattr(lang.reply, part)) - labels - {UNSURE}
                 if unknown:
                     raise ValueError(f"languages.{code}.reply.{part}: unknown labels {sorted(unknown)}")
-            if lang.reply.unsure_below and (UNSURE not in lang.reply.hints or not lang.reply.unsure_word):
-                raise ValueError(f"languages.{code}.reply.unsure_below needs hints.{UNSURE} and unsure_word")
+            unsure = lang.reply.unsure_below and (UNSURE not in lang.reply.hints or not lang.reply.unsure_word
+                                                  or (lang.reply.openings and UNSURE not in lang.reply.openings))
+            if unsure:
+                raise ValueError(f"languages.{code}.reply.unsure_below needs hints.{UNSURE}, unsure_word "
+                                 f"and (where the labels have openings) openings.{UNSURE}")
         return self
 
     def language_of(self, text: str, requested: str | None = None) -> str:

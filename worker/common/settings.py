@@ -69,17 +69,18 @@ class Settings(BaseSettings):
     reply_end_after: int = Field(40, ge=0, description="A reply this many tokens long ends at its next sentence end "
                                  "(whole sentences, not cut), so a rambling one stops near here (0 = off). 40: the "
                                  "longest replies of the graded desk set 62-66 tokens instead of 107-128, sendable "
-                                 "unchanged within its noise (bench/README.md).")
+                                 "unchanged within its noise (sampled replies, 2026-11-30; greedy, end past 16 "
+                                 "against 40: 9 against 9 of 81 sendable for a blind reader, bench/README.md).")
     reply_labels: Annotated[Literal["all"] | frozenset[str], NoDecode] = Field(
         "all", description="Labels that get a drafted reply: 'all', 'none', or a comma list such as 'negative'.")
     triage_label: str = Field("negative", description="Replies are drafted first for messages most likely to carry this label ('' = first come, first served).")
     history_turns: int = Field(6, ge=0, description="Earlier turns of a conversation the reply sees.")
     history_replies: bool = Field(False, description="Also show the reply model the replies drafted for those turns. "
                                   "Off: with them the 0.5B model copied 8+ tokens of its previous reply into 29-38 % "
-                                  "of second replies, 4 % without (bench/conversations.py).")
+                                  "of second replies, 4 % without (sampled replies; bench/conversations.py).")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature of a reply's first draft (0 = greedy). "
-                               "Greedy: a blind reader found 22 of 162 graded desk replies sendable, sampling at 0.7 "
-                               "6 of 162 (bench/README.md, 2026-12-01).")
+                               "Greedy: a blind reader found 22 of 162 graded desk replies sendable, the same settings "
+                               "sampled at 0.7 8 of 162 (bench/README.md, 2026-12-01).")
     redraft_temperature: float = Field(0.7, ge=0, description="Sampling temperature of a redraft (a draft the reply "
                                        "rules flagged is drafted again): greedy would draft the same reply again.")
     top_p: float = Field(0.9, gt=0, le=1, description="Replies sample from the most likely tokens that make up this share of the probability.")

@@ -7,7 +7,7 @@ import functools
 
 from transformers import PreTrainedTokenizerBase
 
-from worker.common.prompts import Language, PromptSet
+from worker.common.prompts import UNSURE, Language, PromptSet
 
 SENTINEL = "\u2063MOODQ_TEXT\u2063"
 
@@ -49,7 +49,7 @@ class Chat:
         """The reply conversation: the warm system prompt for this label, its demonstrations, earlier turns,
         the message."""
         conf = self.prompts.languages[lang]
-        word = conf.sentiment.label_words.get(label) or conf.reply.unsure_word
+        word = conf.reply.unsure_word if label == UNSURE else conf.sentiment.label_words[label]
         chat = [{"role": "system", "content": conf.reply.render_system(label, word)}]
         for ex in conf.reply.examples_for(label):
             chat += [{"role": "user", "content": ex.text}, {"role": "assistant", "content": ex.reply}]
@@ -62,7 +62,7 @@ class Chat:
 
     @functools.lru_cache(maxsize=None)  # noqa: B019 (a Chat lives as long as its process; few label x language keys)
     def reply_prefix(self, label: str, lang: str) -> tuple[int, ...]:
-        """Token ids of the reply conversation's fixed start, its system turn and demonstrations for (label, language):
+        """Token ids of the reply conversation's fixed start, its system turn and demonstrations for (tone, language):
         the same for every message, so it is tokenized once and its KV cache computed once (worker.engine.drafting)."""
         return tuple(self.encode(self.render(self.reply_messages("", label, lang, [])[:-1], generation=False)))
 

@@ -1,5 +1,5 @@
 """Drafting replies by continuous batching. Each reply is prefilled alone, on top of the cached KV of
-its system prompt (fixed per language and label, encoded once per process), then joins the running
+its system prompt (fixed per language and tone: a label, or 'unsure'; encoded once per process), then joins the running
 batch; every decode step reads the weights once for all running replies, and a reply leaves the
 batch at its own end of turn, token cap or deadline, its slot taken by the next waiting message.
 So no reply pads, waits for, or shortens another, and a long prompt costs only its own prefill."""

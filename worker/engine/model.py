@@ -36,11 +36,10 @@ class Engine:
         """Label texts pass by pass, the first text's pass first; see :meth:`worker.engine.scoring.Scorer.passes`."""
         return self.scorer.passes(texts, lang, max_batch=max_batch)
 
-    def draft(self, text: str, label: str, lang: str, history: History, *, max_new_tokens: int,
-              deadline_s: float, sampling: dict, end_after: int = 0) -> Draft:
-        """Draft a reply that knows the label and the conversation's earlier turns."""
-        return self.draft_many([(text, label, lang, history)], max_new_tokens=max_new_tokens,
-                               deadline_s=deadline_s, sampling=sampling, end_after=end_after)[0]
+    def draft(self, text: str, label: str, lang: str, history: History, *, confidence: float | None = None,
+              **options) -> Draft:
+        """Draft a reply that knows the label (and how sure it is) and the conversation's earlier turns."""
+        return self.draft_many([Request(text, label, lang, history, confidence)], **options)[0]
 
     def draft_many(self, items: list[Request], **options) -> list[Draft]:
         """Draft several replies; see :meth:`worker.engine.drafting.Drafter.draft_many`."""

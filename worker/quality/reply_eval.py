@@ -49,6 +49,8 @@ class ReplyReport:
     batch_size: int
     max_reply_tokens: int
     redrafts: int
+    temperature: float  # of first drafts (0: greedy)
+    redraft_temperature: float
     prompt_version: str
     model: str
     path: str | None
@@ -59,7 +61,8 @@ class ReplyReport:
     def as_text(self) -> str:
         lines = [f"model {self.model} ({self.path})  prompts {self.prompt_version}",
                  f"{self.messages} messages; replies drafted {self.batch_size} at a time, up to {self.max_reply_tokens} "
-                 f"tokens, flagged ones drafted again up to {self.redrafts} times",
+                 f"tokens, {_picking(self.temperature)}; flagged ones drafted again up to {self.redrafts} times, "
+                 f"{_picking(self.redraft_temperature)}",
                  "", "share of stored replies a rule still flags (first drafts in brackets)",
                  f"{'lang':<6}{'replies':>8}" + "".join(f"{n:>18}" for n in RULES)
                  + f"{'needs review':>14}{'sendable':>10}{'tokens p50/p95':>16}{'tok/s':>8}"]
@@ -83,7 +86,8 @@ def evaluate_replies(engine: Engine, rows: list[dict], settings: Settings, *, la
     langs = languages(engine, rows, lang)
     judged = judge_all(engine, rows, langs, batch_size=settings.sentiment_batch_size)
     out = [{"id": r.get("id"), "text": r["text"], "lang": code, "label": j.label, "confidence": round(j.confidence, 4),
-            "gold": r.get("label"), "reply": None, "stop": None, "tokens": 0, "flags": [], "first_flags": [], "drafts": 0}
+            "tone": engine.chat.tone(j.label, code, j.confidence), "gold": r.get("label"), "reply": None, "stop": None,
+            "tokens": 0, "flags": [], "first_flags": [], "drafts": 0}
            for r, code, j in zip(rows, langs, judged)]
     options = settings.draft_options()
     slots = slots_for(engine, settings.reply_batch_size, settings.max_reply_tokens, options["deadline_s"])
@@ -105,8 +109,13 @@ def evaluate_replies(engine: Engine, rows: list[dict], settings: Settings, *, la
         figures[code] = _figures([out[i] for i in todo], time.perf_counter() - started, drafted)
     report = ReplyReport(messages=len(rows), languages=figures, batch_size=slots,
                          max_reply_tokens=settings.max_reply_tokens, redrafts=settings.redrafts,
+                         temperature=settings.temperature, redraft_temperature=settings.redraft_temperature,
                          prompt_version=engine.prompts.version, model=engine.model_id, path=engine.path)
     return report, out
+
+
+def _picking(temperature: float) -> str:
+    return f"sampled at {temperature:g}" if temperature > 0 else "greedy"
 
 
 def _share(lines: list[dict], hit: Callable[[dict], bool]) -> float:

@@ -72,11 +72,11 @@ class _Feed:
         if redraft:
             index = self.again.popleft()
         else:
-            request = next(self.requests)  # StopIteration: nothing waiting (for now)
+            request = Request(*next(self.requests))  # StopIteration: nothing waiting (for now)
             self.known.append(request)
             index = len(self.known) - 1
         self.order.append(index)
-        return Request(*self.known[index])._replace(redraft=redraft)
+        return self.known[index]._replace(redraft=redraft)
 
 
 def checked(engine, requests: Iterable[Request], *, slots: int, max_new_tokens: int, deadline_s: float,
