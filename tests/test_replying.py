@@ -79,8 +79,8 @@ def test_an_unsure_label_is_drafted_with_the_unsure_opening(tiny):
     """The request's confidence reaches the drafter: below unsure_below the reply starts with the 'unsure'
     opening, above it with its label's."""
     openings = tiny.prompts.languages["en"].reply.openings
-    sure, unsure = tiny.draft_many([Request("Do you ship to Canada?", "positive", "en", (), 0.97),
-                                    Request("Do you ship to Canada?", "positive", "en", (), 0.55)], sampling=GREEDY, **OPTS)
+    asked = [Request("Do you ship to Canada?", "positive", "en", (), confidence) for confidence in (0.97, 0.55)]
+    sure, unsure = tiny.draft_many(asked, sampling=GREEDY, **OPTS)
     assert sure.text.startswith(openings["positive"]) and unsure.text.startswith(openings["unsure"])
 
 

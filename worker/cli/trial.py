@@ -84,8 +84,8 @@ def _ask_local(msg, s) -> None:
     if s.replies_for(j.label):
         from worker.quality.replying import Request, checked
 
-        _, reply = next(checked(eng, [Request(msg.text, j.label, lang, confidence=j.confidence)], slots=1, redrafts=s.redrafts,
-                                **s.draft_options()))
+        request = Request(msg.text, j.label, lang, confidence=j.confidence)
+        _, reply = next(checked(eng, [request], slots=1, redrafts=s.redrafts, **s.draft_options()))
         click.echo(f"reply: {reply.draft.text}" + (f"  [NEEDS REVIEW: {', '.join(reply.flags)}]" if reply.flags else ""))
 
 
