@@ -3,7 +3,7 @@
 Prints, in this order:
   1. the CPU class (first line, as every bench script does);
   2. GEMM peak at a prefill shape (1024 tokens x 896 -> 4864, the MLP's up projection) of every
-     candidate kernel of worker/engine/kernels.py (the ones the kernel probe times);
+     candidate kernel of worker/engine/gemms.py (the ones the kernel probe times);
   3. weight-streaming bandwidth: a GEMV (1 row) over 24 such matrices (more than the caches),
      and the decode-shape table (1..32 rows) of every candidate;
   4. the worker's path (as the probe picked it, or MOODQ_DTYPE / MOODQ_QUANT): sentiment G(FL)OP/s
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.common import DEV, best_of, header  # noqa: E402
-from worker.engine import kernels  # noqa: E402
+from worker.engine import gemms, kernels  # noqa: E402
 
 K, N, M_PREFILL, LAYERS = 896, 4864, 1024, 24
 
@@ -41,7 +41,7 @@ def gemm_peaks() -> dict[str, float]:
     flop = 2 * M_PREFILL * K * N
     out = {}
     with torch.inference_mode():
-        for name, kernel in kernels.candidates().items():
+        for name, kernel in gemms.candidates().items():
             state = kernel.prepare(w)
             try:
                 out[name] = flop / best_of(lambda: kernel.run(state, x), repeat=3) / 1e9
@@ -67,7 +67,7 @@ def bandwidth_gbs(dtype: torch.dtype) -> float:
 def decode_table(rows=(1, 2, 4, 8, 16, 32)) -> list[tuple[int, dict[str, float]]]:
     """(rows, kernel -> ms) over LAYERS matrices."""
     ws = [torch.randn(N, K) * 0.02 for _ in range(LAYERS)]
-    prepared = {name: (k, [k.prepare(w) for w in ws]) for name, k in kernels.candidates().items()}
+    prepared = {name: (k, [k.prepare(w) for w in ws]) for name, k in gemms.candidates().items()}
     table = []
     with torch.inference_mode():
         for m in rows:
@@ -153,7 +153,7 @@ def main() -> None:
     print(f"\n== decode shapes, {LAYERS} matrices, ms (ratio to float32)")
     print(f"  {'rows':>5}" + "".join(f"{n:>24}" for n in names))
     for m, ms in table:
-        print(f"  {m:>5}" + "".join(f"{f'{ms[n]:.2f} ({ms[kernels.FLOAT32] / ms[n]:.2f}x)':>24}" for n in names))
+        print(f"  {m:>5}" + "".join(f"{f'{ms[n]:.2f} ({ms[gemms.FLOAT32] / ms[n]:.2f}x)':>24}" for n in names))
     if not args.kernels_only:
         worker_path(args, peaks, max(bw.values()))
 

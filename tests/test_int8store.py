@@ -7,8 +7,9 @@ from transformers import Qwen2ForCausalLM
 
 from tests.test_paths import tiny_config
 from worker.engine import int8store, kernels
+from worker.engine.gemms import FBGEMM, FLOAT32
 from worker.engine.int8store import Int8Store, file_for, per_channel_int8
-from worker.engine.kernels import FBGEMM, FLOAT32, decoding
+from worker.engine.kernels import decoding
 
 
 def _outputs(model, ids):

@@ -11,16 +11,10 @@ from torch import nn
 
 from tests.conftest import DATA
 from worker.common.settings import load_settings
-from worker.engine import fusing, kernels, probe
-from worker.engine.kernels import (
-    BFLOAT16,
-    FBGEMM,
-    FLOAT32,
-    INTMM,
-    WEIGHT_ONLY,
-    PhaseLinear,
-    decoding,
-)
+from worker.engine import fusing, gemms, kernels, probe
+from worker.engine.gemms import BFLOAT16, FBGEMM, FLOAT32, INTMM, ONEDNN, WEIGHT_ONLY
+from worker.engine.int8store import per_channel_int8
+from worker.engine.kernels import PhaseLinear, decoding
 from worker.quality.evaluate import read_labeled
 
 ROWS = probe.Rows(score=640, batch=8)
@@ -34,12 +28,13 @@ def table_of(ms: dict[str, float], wrong: tuple[str, ...] = ()) -> dict:
 
 def test_the_fastest_correct_kernel_wins_each_phase_from_injected_timings():
     """Injected timings (no host involved): a host like ../shared/MEASURED.md's AVX2 EPYC, where bf16 and
-    _int_mm are slow and fbgemm fast, and one where _int_mm is fastest for scoring and fbgemm for decoding."""
+    _int_mm are slow and fbgemm fast, and one where oneDNN's int8 scores fastest of the kernels that may label
+    with bfloat16 activations (_int_mm, faster still, may not) and fbgemm decodes fastest."""
     avx2 = table_of({FLOAT32: 1.0, BFLOAT16: 6.0, FBGEMM: 0.3, INTMM: 10.0, WEIGHT_ONLY: 0.5})
     assert probe.choose(avx2, ROWS) == (FLOAT32, FBGEMM, FBGEMM)
-    mixed = table_of({FLOAT32: 1.0, BFLOAT16: 0.4, FBGEMM: 0.3, INTMM: 0.25, WEIGHT_ONLY: 0.5})
+    mixed = table_of({FLOAT32: 1.0, BFLOAT16: 0.4, FBGEMM: 0.3, INTMM: 0.2, ONEDNN: 0.25, WEIGHT_ONLY: 0.5})
     mixed[FBGEMM][str(ROWS.batch)]["ms"] = mixed[FBGEMM][str(ROWS.prefill)]["ms"] = 0.01
-    assert probe.choose(mixed, ROWS) == (BFLOAT16, INTMM, FBGEMM)
+    assert probe.choose(mixed, ROWS) == (BFLOAT16, ONEDNN, FBGEMM)
 
 
 def test_on_the_real_avx2_hosts_table_it_picks_float32_and_fbgemm():
@@ -74,7 +69,7 @@ def test_settings_override_the_measured_choice():
     assert probe.choose(table, ROWS, "float32", "int8") == (FLOAT32, FBGEMM, FBGEMM)
 
 
-class Wrong(kernels.Kernel):
+class Wrong(gemms.Kernel):
     """A fast kernel with a wrong result (what a saturating int8 GEMM looks like to the probe)."""
 
     name = "int8-wrong"
@@ -86,17 +81,50 @@ class Wrong(kernels.Kernel):
         return x.new_zeros(*x.shape[:-1], out_features)
 
 
-class Broken(kernels.Kernel):
+class Broken(gemms.Kernel):
     name = "int8-broken"
 
     def prepare(self, weight):
         raise RuntimeError("no kernel for this CPU")
 
 
+class Saturating(gemms.Kernel):
+    """A fake (named as such) of an int8 GEMM without VNNI: u8 x s8 products summed in pairs into int16, which
+    saturates; within 2 % on Gaussian data as wide as the model's (896), far off where all values are large."""
+
+    name = "int8-saturating"
+
+    def prepare(self, weight, int8=None):
+        return per_channel_int8(weight)
+
+    def run(self, state, x):
+        q, wscale = state[0].float(), state[1]
+        a = x.reshape(-1, x.shape[-1]).float()
+        ascale = a.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127
+        u8 = (a / ascale).round() + 128  # s8 activations shifted to u8, the shift taken off after
+        products = u8[:, None, :] * q[None]
+        acc = (products[..., 0::2] + products[..., 1::2]).clamp(-32768, 32767).sum(-1) - 128 * q.sum(1)
+        return (acc * ascale * wscale).reshape(*x.shape[:-1], -1).to(x.dtype)
+
+
+def test_a_kernel_that_saturates_only_on_large_values_is_out():
+    rows = probe.Rows(score=32, batch=4, prefill=16)
+    shapes = [(896, 48, 1)]
+    gen = torch.Generator().manual_seed(1)
+    w, x = torch.randn(48, 896, generator=gen) * 0.02, torch.randn(16, 896, generator=gen)
+    kernel = Saturating()
+    assert gemms.relative_error(kernel.run(kernel.prepare(w), x), x @ w.t()) < probe.MAX_ERROR  # Gaussian data: passes
+    found = probe.measure(shapes, rows, {FLOAT32: gemms.Float(FLOAT32), FBGEMM: gemms.Fbgemm(),
+                                         INTMM: gemms.IntMM(), "int8-saturating": kernel}, min_seconds=0.01)
+    assert all(found["int8-saturating"][str(m)]["ms"] is None for m in rows.measured())
+    assert found["int8-saturating"]["1"]["note"].startswith("wrong")
+    assert all(found[k][str(m)]["ms"] > 0 for k in (FBGEMM, INTMM) for m in rows.measured())  # exact there
+
+
 def test_the_probe_marks_wrong_and_failing_kernels_on_real_timings():
     """The real measuring code, on small shapes: the wrong kernel is timed out of the race, not picked."""
     rows = probe.Rows(score=64, batch=4, prefill=16)
-    found = probe.measure([(64, 96, 2)], rows, {FLOAT32: kernels.Float(FLOAT32), FBGEMM: kernels.Fbgemm(),
+    found = probe.measure([(64, 96, 2)], rows, {FLOAT32: gemms.Float(FLOAT32), FBGEMM: gemms.Fbgemm(),
                                                  "int8-wrong": Wrong(), "int8-broken": Broken()}, min_seconds=0.01)
     assert found["int8-wrong"]["1"]["error"] > 0.9  # checked at the first row count, then out of the race
     for m in rows.measured():
@@ -146,9 +174,9 @@ def test_a_layer_keeps_only_the_weights_its_kernels_read():
     """Memory follows the path: int8 in both phases keeps no float weight; float scoring keeps it."""
     torch.manual_seed(0)
     lin = nn.Linear(64, 48)
-    both = PhaseLinear(lin, kernels.Fbgemm(), kernels.Fbgemm())
+    both = PhaseLinear(lin, gemms.Fbgemm(), gemms.Fbgemm())
     assert not hasattr(both, "weight") and [n for n, _ in both.named_parameters()] == ["bias"]
-    mixed = PhaseLinear(lin, kernels.Float(FLOAT32), kernels.IntMM())
+    mixed = PhaseLinear(lin, gemms.Float(FLOAT32), gemms.IntMM())
     assert mixed.kernels["score"][1].data_ptr() == lin.weight.data_ptr()  # the float weight itself, no copy
     x = torch.randn(3, 5, 64)
     with torch.inference_mode():
@@ -185,8 +213,8 @@ def test_siblings_of_one_input_run_as_one_int8_call_with_the_same_result(monkeyp
     model = Qwen2ForCausalLM(tiny_config(depth)).eval()
     ids = torch.randint(0, model.config.vocab_size, (3, 9))
     calls: list[int] = []
-    real_run = kernels.Fbgemm.run
-    monkeypatch.setattr(kernels.Fbgemm, "run", lambda self, state, x: calls.append(1) or real_run(self, state, x))
+    real_run = gemms.Fbgemm.run
+    monkeypatch.setattr(gemms.Fbgemm, "run", lambda self, state, x: calls.append(1) or real_run(self, state, x))
     out = {}
     for fuse in (fusing.FUSE, ()):
         monkeypatch.setattr(fusing, "FUSE", fuse)
@@ -233,7 +261,7 @@ def test_int8_scoring_agrees_with_the_float_model(engine):
     from worker.engine.model import Engine
 
     plan = engine.plan
-    safe = [(probe.phase_ms(plan.table, k, "score", plan.rows), k) for k in (FBGEMM, INTMM)
+    safe = [(probe.phase_ms(plan.table, k, "score", plan.rows), k) for k in gemms.INT8
             if (k, plan.dtype) in kernels.LABEL_SAFE and probe.phase_ms(plan.table, k, "score", plan.rows)]
     if not safe:
         pytest.skip("no int8 kernel is correct and label-safe on this host: scoring stays float")
@@ -268,10 +296,10 @@ def test_a_prompt_file_not_measured_with_int8_scores_in_float():
 def test_replies_share_the_scoring_kernel_when_it_is_nearly_as_fast():
     """Two int8 copies of every weight cost memory and start time: replies use the scoring kernel unless
     another drafts more than 25 % faster."""
-    table = table_of({FLOAT32: 1.0, BFLOAT16: 0.5, FBGEMM: 0.3, INTMM: 0.25, WEIGHT_ONLY: 0.6})
+    table = table_of({FLOAT32: 1.0, BFLOAT16: 0.5, FBGEMM: 0.3, INTMM: 0.9, ONEDNN: 0.25, WEIGHT_ONLY: 0.6})
     for m in (ROWS.batch, ROWS.prefill):
-        table[FBGEMM][str(m)]["ms"] = 0.85 * table[INTMM][str(m)]["ms"]
-    assert probe.choose(table, ROWS) == (BFLOAT16, INTMM, INTMM)
+        table[FBGEMM][str(m)]["ms"] = 0.85 * table[ONEDNN][str(m)]["ms"]
+    assert probe.choose(table, ROWS) == (BFLOAT16, ONEDNN, ONEDNN)
     for m in (ROWS.batch, ROWS.prefill):
-        table[FBGEMM][str(m)]["ms"] = 0.7 * table[INTMM][str(m)]["ms"]
-    assert probe.choose(table, ROWS) == (BFLOAT16, INTMM, FBGEMM)
+        table[FBGEMM][str(m)]["ms"] = 0.7 * table[ONEDNN][str(m)]["ms"]
+    assert probe.choose(table, ROWS) == (BFLOAT16, ONEDNN, FBGEMM)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from worker.engine.kernels import Kernel
+    from worker.engine.gemms import Kernel
 
 # Projections that transformers' decoder layers (Llama, Qwen2, Mistral, ...) call with the very same input.
 FUSE = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))

@@ -1,19 +1,9 @@
-"""The linear kernels a worker can run, and the layer that runs, per phase, the one measured fastest.
+"""The layer that runs, per phase, the linear kernel measured fastest (the candidates: :mod:`worker.engine.gemms`).
 
 Two phases: ``score`` (label scoring: a claim's messages in one pass, hundreds of rows per call) and
 ``decode`` (reply drafting, inside :func:`decoding`: each prompt's prefill, then one row per running
 reply per step). Which kernel runs in each phase is measured on the host by :mod:`worker.engine.probe`;
 nothing here reads CPU flags.
-
-Candidates (each takes activations of any float dtype and returns that dtype):
-- ``float32``, ``bfloat16``: ``F.linear`` on weights of that dtype.
-- ``int8-fbgemm``: W8A8 dynamic int8 by torch.ao's quantized linear (fbgemm, engine x86; 7-bit
-  activations, so no int16 saturation without VNNI). fbgemm gives the activations one scale per
-  call; each row is first divided by its own max-abs, so that scale acts per token (a padded batch
-  of short and long rows otherwise cost labels, ../shared/MEASURED.md), and multiplied back after.
-- ``int8-intmm``: W8A8 with one scale per token and per output channel on ``torch._int_mm``
-  (oneDNN where the CPU has VNNI; a scalar loop, 5-25x slower than float32, where it does not).
-- ``int8-weight-only``: int8 weights, bfloat16 activations (``torch._weight_int8pack_mm``).
 
 A layer keeps only the weights its kernels read: where both phases run the same int8 kernel, the
 float weight is dropped. Sibling projections a decoder layer calls with one input (q/k/v, gate/up) run an
@@ -22,32 +12,38 @@ int8 phase as one call on their stacked weights: fewer, larger GEMMs, the input 
 
 from __future__ import annotations
 
-import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from worker.engine.fusing import FUSED, Fused, fusable
-from worker.engine.int8store import Int8Store, per_channel_int8
+from worker.engine.gemms import (
+    BFLOAT16,
+    FBGEMM,
+    FLOAT32,
+    INTMM,
+    ONEDNN,
+    Kernel,
+    candidates,
+)
+from worker.engine.int8store import Int8Store
 
-FLOAT32, BFLOAT16 = "float32", "bfloat16"
-FBGEMM, INTMM, WEIGHT_ONLY = "int8-fbgemm", "int8-intmm", "int8-weight-only"
 PHASES = ("score", "decode")
 
 # (kernel, activation dtype) that may score labels: each kept both dev sets within 1 point of float32,
 # with the decoder layers at each end scoring in float (SCORE_FLOAT_LAYERS). Measured offline on all 400
 # lines of each set with `python bench/paths.py` (bench/README.md, "Which kernels may label"), on the
 # host class the kernel is fast on: int8-fbgemm on a real AVX2-only EPYC, where one float layer at each
-# end lost 2.0 points on en (it lost 0.8 on an AVX512 host) and two lose 0.0 / 0.5; the others on the
-# AVX512-BF16 EPYC with one float layer at each end. int8-fbgemm with bfloat16 activations lost 1.3
-# points on en and is not here; int8-weight-only was never measured. Speed alone never adds a kernel here.
+# end lost 2.0 points on en (it lost 0.8 on an AVX512 host) and two lose 0.0 / 0.5; int8-intmm with float32
+# activations on the AVX512-BF16 EPYC (-0.5 / -0.8); int8-onednn with bfloat16 activations on an AMX Xeon
+# (0.0 / -0.3). Not here: int8-fbgemm with bfloat16 activations (-1.3 on en); int8-intmm with bfloat16
+# activations, -0.5 on en on the EPYC but -1.8 on the AMX Xeon; int8-onednn with float32 activations (-1.5
+# on en there); int8-weight-only, never measured. Speed alone never adds a kernel here.
 LABEL_SAFE = frozenset({(FLOAT32, FLOAT32), (BFLOAT16, BFLOAT16), (FBGEMM, FLOAT32), (INTMM, FLOAT32),
-                        (INTMM, BFLOAT16)})
+                        (ONEDNN, BFLOAT16)})
 SCORE_FLOAT_LAYERS = 2  # decoder layers at each end that score in float when scoring runs int8
 SCORE_FLOAT_PARTS: tuple[str, ...] = ()  # of those layers' Linear layers, the ones that do (empty: all of them)
 
@@ -67,124 +63,6 @@ def decoding():
 def phase() -> str:
     """The phase the layers run now: ``decode`` inside :func:`decoding`, else ``score``."""
     return "decode" if _decoding.get() else "score"
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1])
-
-
-class Kernel:
-    """How one linear layer runs: ``prepare`` turns a float weight (out, in) into what ``run`` reads. An int8
-    kernel starts from the weight's per-channel int8 copy: ``int8`` when given (then ``weight`` is not read)."""
-
-    name = ""
-    int8 = True
-
-    def prepare(self, weight: torch.Tensor | None, int8: tuple[torch.Tensor, torch.Tensor] | None = None):
-        raise NotImplementedError
-
-    def run(self, state, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-class Float(Kernel):
-    int8 = False
-
-    def __init__(self, dtype: str):
-        self.name, self.dtype = dtype, getattr(torch, dtype)
-
-    def prepare(self, weight, int8=None):
-        return weight.detach().to(self.dtype).contiguous()  # no copy when the model holds this dtype already
-
-    def run(self, w, x):
-        return F.linear(x.to(self.dtype), w).to(x.dtype)
-
-
-class Fbgemm(Kernel):
-    """A weight of more than CHUNK_ROWS output rows (an output head: 152k) is packed in pieces: fbgemm's
-    prepack of one 152k x 896 matrix took 5.5-5.9 s on a real AVX2-only EPYC, in 8 pieces 2.2 s in all
-    (its cost grows faster than the matrix), and a decode step's head call was as fast within noise."""
-
-    name = FBGEMM
-    CHUNK_ROWS = 20_000
-
-    def prepare(self, weight, int8=None):
-        q, scale = int8 or per_channel_int8(weight)
-        return [self._pack(*piece) for piece in zip(q.split(self.CHUNK_ROWS), scale.split(self.CHUNK_ROWS))]
-
-    @staticmethod
-    def _pack(q, scale):
-        with warnings.catch_warnings():  # quantized tensors are deprecated upstream; torch < 2.14 is pinned
-            warnings.simplefilter("ignore")
-            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
-            return torch.ops.quantized.linear_prepack(qw, None)
-
-    def run(self, pieces, x):
-        a = _rows(x).float()
-        peak = a.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8)
-        a = a / peak
-        y = [torch.ops.quantized.linear_dynamic(a, packed, True) for packed in pieces]
-        y = (y[0] if len(y) == 1 else torch.cat(y, dim=1)).mul_(peak)
-        return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
-
-
-class _LastActivation(threading.local):
-    """The last input quantised, per thread: q/k/v projections (and gate/up) get the very same tensor
-    object, so it is quantised once for the three (two) of them. Held here, the object cannot be freed
-    and its id reused; transformers' decoder layers never change a projection's input in place."""
-
-    x: torch.Tensor | None = None
-    quantised: tuple[torch.Tensor, torch.Tensor] | None = None
-
-
-_last = _LastActivation()
-
-
-def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 rows and their scales (one per token), reused while the same unchanged tensor comes again."""
-    if _last.x is x:
-        return _last.quantised
-    a = _rows(x).float()
-    ascale = a.abs().amax(dim=1, keepdim=True).clamp_(min=1e-8).div_(127)
-    aq = (a / ascale).round_().to(torch.int8)  # |a / ascale| <= 127 by construction
-    _last.x, _last.quantised = x, (aq, ascale)
-    return aq, ascale
-
-
-class IntMM(Kernel):
-    name = INTMM
-
-    def prepare(self, weight, int8=None):
-        q, scale = int8 or per_channel_int8(weight)
-        return q.t(), scale  # _int_mm takes the transposed (in, out) view
-
-    def run(self, state, x):
-        qweight_t, wscale = state
-        aq, ascale = quantise_rows(x)
-        y = torch._int_mm(aq, qweight_t).float().mul_(ascale).mul_(wscale)
-        return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
-
-
-class WeightOnly(Kernel):
-    name = WEIGHT_ONLY
-
-    def prepare(self, weight, int8=None):
-        q, scale = int8 or per_channel_int8(weight)
-        return q, scale.bfloat16()
-
-    def run(self, state, x):
-        q, scale = state
-        y = torch._weight_int8pack_mm(_rows(x).bfloat16().contiguous(), q, scale)
-        return y.reshape(*x.shape[:-1], y.shape[-1]).to(x.dtype)
-
-
-def candidates(dtype: str | None = None) -> dict[str, Kernel]:
-    """Every kernel the probe may time; with ``dtype``, the float ones reduced to that dtype."""
-    floats = [FLOAT32, BFLOAT16] if dtype is None else [dtype]
-    return {k.name: k for k in [*map(Float, floats), Fbgemm(), IntMM(), WeightOnly()]}
 
 
 class PhaseLinear(nn.Module):

@@ -4,8 +4,8 @@ Before a process loads its model, every candidate of :mod:`worker.engine.kernels
 own linear shapes (one decoder layer, random weights) at the row counts of the two phases: a scoring
 pass (``MOODQ_SENTIMENT_BATCH_SIZE`` messages of ~40 tokens) and reply drafting (decode steps of 1 and
 ``MOODQ_REPLY_BATCH_SIZE`` rows, and a reply prompt's prefill). Each result is compared with
-float32's: a kernel further off than ``MAX_ERROR`` (a saturating int8 GEMM) is out. The fastest
-correct kernel wins each phase; scoring only considers the kernels ``kernels.LABEL_SAFE`` lists.
+float32's, an int8 one also where every value is large (``gemms.saturation_error``): a kernel further off
+than ``MAX_ERROR`` (a saturating int8 GEMM) is out. The fastest correct kernel wins each phase; scoring only considers the kernels ``kernels.LABEL_SAFE`` lists.
 
 The table is cached as JSON in ``MOODQ_CACHE_DIR/probe``, keyed by the CPU model and flags, torch's
 version, the thread count, the ISA caps in the environment, the model and the rows; later starts
@@ -28,11 +28,12 @@ from pathlib import Path
 
 import torch
 
-from worker.engine import fusing, kernels
-from worker.engine.kernels import BFLOAT16, FLOAT32
+from worker.engine import fusing, gemms, kernels
+from worker.engine.gemms import BFLOAT16, FLOAT32
 
 log = logging.getLogger(__name__)
-VERSION = 3  # bump when what is measured changes: every host probes again (3: q/k/v and gate/up as one call)
+VERSION = 4  # bump when what is measured changes: every host probes again (3: q/k/v and gate/up as one call;
+# 4: int8-onednn, and every int8 kernel checked where int16 saturation shows)
 MAX_ERROR = 0.05  # relative (Frobenius) error against float32; int8 kernels are ~0.01, a saturating one ~1
 SKIP_SLOWER = 4.0  # a kernel this much slower than float32 is not timed at larger row counts
 TOKENS_PER_MESSAGE = 40  # rows one message adds to a scoring pass (zh/en dev lines: 20-60 tokens)
@@ -117,7 +118,7 @@ def linear_shapes(config) -> list[Shape]:
     return sorted((i, o, max(1, round(n / layers))) for (i, o), n in counts.items())
 
 
-def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, kernels.Kernel] | None = None,
+def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel] | None = None,
             min_seconds: float = 0.08, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Time every candidate on ``shapes`` at every row count, ascending; check each against float32.
 
@@ -126,11 +127,11 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, kernels.Kerne
     counts (it cannot win there, and a scalar loop at a thousand rows would take minutes; a kernel slow
     for one row may still be fast for many, so fewer rows never rule it out); a weight-only kernel is
     not timed at scoring rows beyond the prefill's (it may not label)."""
-    candidates = candidates or kernels.candidates()
+    candidates = candidates or gemms.candidates()
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(o, i, generator=gen) * 0.02 for i, o, _ in shapes]
     table: dict[str, dict] = {name: {} for name in candidates}
-    reference = kernels.Float(FLOAT32)
+    reference = gemms.Float(FLOAT32)
     out_of_race: dict[str, str] = {}
     with torch.inference_mode():
         for m in rows.measured():
@@ -139,7 +140,7 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, kernels.Kerne
             base = None
             for name in [FLOAT32, *(n for n in candidates if n != FLOAT32)]:
                 kernel = candidates.get(name) or reference
-                if name in out_of_race or (m == rows.score and m > rows.prefill and name == kernels.WEIGHT_ONLY):
+                if name in out_of_race or (m == rows.score and m > rows.prefill and name == gemms.WEIGHT_ONLY):
                     table.setdefault(name, {})[str(m)] = {"ms": None, "error": None,
                                                           "note": out_of_race.get(name, "decode only")}
                     continue
@@ -159,7 +160,9 @@ def _time_one(kernel, weights, xs, refs, shapes, min_seconds, clock) -> dict:
         outs = [kernel.run(s, x) for s, x in zip(states, xs)]  # also the warm-up
     except (RuntimeError, NotImplementedError) as exc:
         return {"ms": None, "error": None, "note": f"fails: {str(exc).splitlines()[0][:80]}"}
-    error = max(float((o.float() - r).norm() / r.norm().clamp(min=1e-12)) for o, r in zip(outs, refs))
+    error = max(gemms.relative_error(o, r) for o, r in zip(outs, refs))
+    if kernel.int8:
+        error = max(error, gemms.saturation_error(kernel))
     if not error <= MAX_ERROR:  # NaN too
         return {"ms": None, "error": error, "note": f"wrong: error {error:.3g} against float32"}
     times: list[float] = []
@@ -199,7 +202,7 @@ def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
     if dtype == "auto":
         bf16, fp32 = cost(BFLOAT16, "score"), cost(FLOAT32, "score")
         dtype = BFLOAT16 if bf16 is not None and fp32 is not None and bf16 < fp32 else FLOAT32
-    int8 = [kernels.FBGEMM, kernels.INTMM, kernels.WEIGHT_ONLY]
+    int8 = list(gemms.INT8)
     safe = [k for k in int8 if (k, dtype) in kernels.LABEL_SAFE] if int8_scoring else []
     pools = {"score": {"none": [dtype], "int8-decode": [dtype], "int8": safe, "auto": [dtype, *safe]}[quant],
              "decode": {"none": [dtype], "int8-decode": int8, "int8": int8, "auto": [dtype, *int8]}[quant]}
@@ -286,7 +289,7 @@ def table_text(plan: Plan) -> str:
         for phase in ("score", "decode"):
             ms = phase_ms(table, name, phase, rows)
             mark = " **picked**" if picked[phase] == name else ""
-            if phase == "score" and ms is not None and kernels.candidates()[name].int8 and \
+            if phase == "score" and ms is not None and gemms.candidates()[name].int8 and \
                     (name, plan.dtype) not in kernels.LABEL_SAFE:
                 mark = " (not label-safe)"
             row.append(f"{ms:.2f} ms ({phase_base[phase] / ms:.2f}x){mark}" if ms and phase_base[phase] else "-")
