@@ -55,7 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=12, help="dev lines per language")
     ap.add_argument("--tokens", type=int, default=48, help="reply tokens float32 drafts")
-    ap.add_argument("--paths", default="float32:int8-fbgemm,float32:int8-intmm,bfloat16:int8-intmm",
+    ap.add_argument("--paths", default="float32:int8-fbgemm,float32:int8-intmm,bfloat16:int8-intmm,bfloat16:int8-onednn",
                     help="comma list of dtype:kernel (every layer, both phases)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

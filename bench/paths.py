@@ -33,7 +33,7 @@ from worker.engine.loading import load  # noqa: E402
 from worker.engine.model import Engine  # noqa: E402
 from worker.quality.evaluate import judge_all, languages, read_labeled  # noqa: E402
 
-PATHS = ("float32:float32,float32:int8-fbgemm,float32:int8-intmm,"
+PATHS = ("float32:float32,float32:int8-fbgemm,float32:int8-intmm,float32:int8-onednn,bfloat16:int8-onednn,"
          "bfloat16:bfloat16,bfloat16:int8-fbgemm,bfloat16:int8-intmm")
 
 

@@ -118,7 +118,8 @@ def test_a_kernel_that_saturates_only_on_large_values_is_out():
                                          INTMM: gemms.IntMM(), "int8-saturating": kernel}, min_seconds=0.01)
     assert all(found["int8-saturating"][str(m)]["ms"] is None for m in rows.measured())
     assert found["int8-saturating"]["1"]["note"].startswith("wrong")
-    assert all(found[k][str(m)]["ms"] > 0 for k in (FBGEMM, INTMM) for m in rows.measured())  # exact there
+    for k in (FBGEMM, INTMM):  # exact there (timed out of the race past a few rows where _int_mm is a scalar loop)
+        assert found[k]["1"]["ms"] > 0 and not any(c["note"].startswith("wrong") for c in found[k].values())
 
 
 def test_the_probe_marks_wrong_and_failing_kernels_on_real_timings():
@@ -303,3 +304,27 @@ def test_replies_share_the_scoring_kernel_when_it_is_nearly_as_fast():
     for m in (ROWS.batch, ROWS.prefill):
         table[FBGEMM][str(m)]["ms"] = 0.7 * table[ONEDNN][str(m)]["ms"]
     assert probe.choose(table, ROWS) == (BFLOAT16, ONEDNN, FBGEMM)
+
+
+def test_int8_onednn_runs_a_bfloat16_model_close_to_the_float_one():
+    """oneDNN's int8 linear in a real (tiny, random) model with bfloat16 activations, q/k/v and gate/up as one
+    call: scoring and drafting logits stay close to the float model's. Skipped where torch has no oneDNN int8."""
+    from transformers import Qwen2ForCausalLM
+
+    try:
+        gemms.OneDnn().prepare(torch.randn(8, 16))
+    except NotImplementedError as exc:
+        pytest.skip(str(exc))
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(tiny_config(2 * kernels.SCORE_FLOAT_LAYERS + 2)).eval().to(torch.bfloat16)
+    ids = torch.randint(0, model.config.vocab_size, (3, 9))
+    with torch.inference_mode():
+        before = model(ids).logits.float()
+    assert kernels.apply(model, BFLOAT16, ONEDNN, ONEDNN) > 0
+    with torch.inference_mode():
+        scored = model(ids).logits
+        with decoding():
+            drafted = model(ids).logits
+    for out in (scored, drafted):
+        assert out.dtype == torch.bfloat16 and gemms.relative_error(out, before) < 0.05
+    assert not torch.equal(drafted.float(), before)  # int8 really ran

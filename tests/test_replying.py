@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.test_model import _tiny
-from worker.engine import kernels
+from worker.engine import gemms, kernels
 from worker.engine.model import Engine
 from worker.quality import replying
 from worker.quality.replying import Request, checked
@@ -142,7 +142,7 @@ def test_decode_kernels_run_only_inside_each_drafting_step(tiny):
     """Between two drafts the caller holds the generator: a model call it makes there runs the scoring
     kernels (here float32), not the drafting ones (int8)."""
     x = torch.randn(1, 5, tiny.model.config.hidden_size)
-    kernels.apply(tiny.model, "float32", "float32", kernels.INTMM)
+    kernels.apply(tiny.model, "float32", "float32", gemms.INTMM)
     layer = tiny.model.model.layers[1].mlp.up_proj
     with torch.inference_mode():
         expected = torch.nn.functional.linear(x, layer.kernels["score"][1])

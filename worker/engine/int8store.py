@@ -4,7 +4,7 @@ Every int8 kernel starts from the same copy of a float weight: int8 values with 
 channel. Computing it reads every float weight. On an AVX2-only EPYC that was ~2 s of a worker's start, and it
 paged in 2 GB of float32 that the worker then dropped. So the copies of a model with a weights hash (embedded,
 GGUF) are saved the first time (0.5 GB for the 0.5B) and read at later starts. Each kernel still prepares its
-own form from them at every start (fbgemm's packing).
+own form from them at every start (fbgemm's and oneDNN's packing).
 """
 
 from __future__ import annotations

@@ -30,10 +30,10 @@ def folder_for(cache_dir: Path, weights: str | None, path: str) -> Path | None:
         return None
     import transformers
 
-    from worker.engine import int8store, probe
+    from worker.engine import gemms, int8store, probe
 
     name = ondisk.key(VERSION, weights, path, probe.host(), transformers.__version__,
-                      modules=(kernels, fusing, int8store))
+                      modules=(kernels, gemms, fusing, int8store))
     return Path(cache_dir) / "prefixes" / name
 
 

@@ -1,11 +1,12 @@
 """Which kernels this host runs fastest, measured once per host and cached (FFTW's wisdom, PyTorch's TunableOp).
 
-Before a process loads its model, every candidate of :mod:`worker.engine.kernels` is timed on the model's
+Before a process loads its model, every candidate of :mod:`worker.engine.gemms` is timed on the model's
 own linear shapes (one decoder layer, random weights) at the row counts of the two phases: a scoring
 pass (``MOODQ_SENTIMENT_BATCH_SIZE`` messages of ~40 tokens) and reply drafting (decode steps of 1 and
 ``MOODQ_REPLY_BATCH_SIZE`` rows, and a reply prompt's prefill). Each result is compared with
-float32's, an int8 one also where every value is large (``gemms.saturation_error``): a kernel further off
-than ``MAX_ERROR`` (a saturating int8 GEMM) is out. The fastest correct kernel wins each phase; scoring only considers the kernels ``kernels.LABEL_SAFE`` lists.
+float32's, an int8 one also where every value is large (``gemms.saturation_error``): a kernel further
+off than ``MAX_ERROR`` (a saturating int8 GEMM) is out. The fastest correct kernel wins each phase;
+scoring only considers the kernels ``kernels.LABEL_SAFE`` lists.
 
 The table is cached as JSON in ``MOODQ_CACHE_DIR/probe``, keyed by the CPU model and flags, torch's
 version, the thread count, the ISA caps in the environment, the model and the rows; later starts
@@ -158,11 +159,11 @@ def _time_one(kernel, weights, xs, refs, shapes, min_seconds, clock) -> dict:
     try:
         states = [kernel.prepare(w) for w in weights]
         outs = [kernel.run(s, x) for s, x in zip(states, xs)]  # also the warm-up
+        error = max(gemms.relative_error(o, r) for o, r in zip(outs, refs))
+        if kernel.int8:
+            error = max(error, gemms.saturation_error(kernel, len(xs[0])))
     except (RuntimeError, NotImplementedError) as exc:
         return {"ms": None, "error": None, "note": f"fails: {str(exc).splitlines()[0][:80]}"}
-    error = max(gemms.relative_error(o, r) for o, r in zip(outs, refs))
-    if kernel.int8:
-        error = max(error, gemms.saturation_error(kernel))
     if not error <= MAX_ERROR:  # NaN too
         return {"ms": None, "error": error, "note": f"wrong: error {error:.3g} against float32"}
     times: list[float] = []
