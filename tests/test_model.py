@@ -169,8 +169,8 @@ def test_a_long_reply_ends_at_the_first_sentence_end_past_end_after(engine):
     """MOODQ_REPLY_END_AFTER: past that many tokens a reply ends with its sentence, whole, not cut."""
     greedy = {"do_sample": False, "repetition_penalty": 1.1}
     story = "Tell me a very long story about the sea, with many sentences."
-    long = engine.draft(story, "positive", "en", [], max_new_tokens=160, deadline_s=120, sampling=greedy)
-    short = engine.draft(story, "positive", "en", [], max_new_tokens=160, deadline_s=120, sampling=greedy, end_after=8)
+    long = engine.draft(story, "positive", "en", [], max_new_tokens=64, deadline_s=120, sampling=greedy)
+    short = engine.draft(story, "positive", "en", [], max_new_tokens=64, deadline_s=120, sampling=greedy, end_after=8)
     # Which greedy reply comes depends on the host's kernels: on an AMX host this one was three sentences in
     # 40 tokens, so end_after is small enough that the reply has a sentence end past it before its last.
     assert long.tokens > 24, long  # the same reply would have run on
