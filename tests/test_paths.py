@@ -136,6 +136,35 @@ def test_the_probe_marks_wrong_and_failing_kernels_on_real_timings():
     assert probe.phase_ms(found, FLOAT32, "decode", rows) > 0
 
 
+class Ticking(gemms.Kernel):
+    """A fake (named as such) of a kernel's speed: runs ``kernel`` and moves an injected clock ``seconds`` per call."""
+
+    def __init__(self, kernel, seconds, clock):
+        self.kernel, self.seconds, self.clock, self.name, self.int8, self.calls = kernel, seconds, clock, kernel.name, kernel.int8, {}
+
+    def prepare(self, weight, int8=None):
+        return self.kernel.prepare(weight)
+
+    def run(self, state, x):
+        self.calls[len(x)] = self.calls.get(len(x), 0) + 1
+        self.clock[0] += self.seconds * len(x) ** 0.5
+        return self.kernel.run(state, x)
+
+
+def test_a_kernel_far_slower_than_float32_at_few_rows_is_not_timed_at_more():
+    """oneDNN's reference int8 loop (int8 activations on an EPYC with VNNI and no AMX) took 43x float32's time at
+    1 row and 649x at 128: timed at every row count, it cost a probe 110 s. Now one row count decides it."""
+    now = [0.0]
+    rows = probe.Rows(score=64, batch=4, prefill=16)
+    crawling = Ticking(gemms.IntMM(), 0.05, now)  # correct, 50x float32's time
+    quick = Ticking(gemms.Fbgemm(), 0.004, now)  # correct, 4x float32's time at few rows: may still win at many
+    found = probe.measure([(64, 96, 1)], rows, {FLOAT32: Ticking(gemms.Float(FLOAT32), 0.001, now),
+                                               INTMM: crawling, FBGEMM: quick}, clock=lambda: now[0])
+    assert found[INTMM]["1"]["ms"] > 0 and set(crawling.calls) <= {1, 8}  # 8: the saturation check's own rows
+    assert all(found[INTMM][str(m)]["note"] == "50x slower than float32 at 1 rows" for m in rows.measured()[1:])
+    assert all(found[FBGEMM][str(m)]["ms"] > 0 for m in rows.measured())
+
+
 def tiny_config(layers: int = 4):
     from transformers import Qwen2Config
 

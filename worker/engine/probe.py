@@ -33,10 +33,11 @@ from worker.engine import fusing, gemms, kernels
 from worker.engine.gemms import BFLOAT16, FLOAT32
 
 log = logging.getLogger(__name__)
-VERSION = 4  # bump when what is measured changes: every host probes again (3: q/k/v and gate/up as one call;
-# 4: int8-onednn, and every int8 kernel checked where int16 saturation shows)
+VERSION = 5  # bump when what is measured changes: every host probes again (3: fused q/k/v and gate/up; 4: int8-onednn,
+# int8 kernels checked where int16 saturates; 5: int8-onednn on uint8)
 MAX_ERROR = 0.05  # relative (Frobenius) error against float32; int8 kernels are ~0.01, a saturating one ~1
-SKIP_SLOWER = 4.0  # a kernel this much slower than float32 is not timed at larger row counts
+SKIP_SLOWER = 4.0  # a kernel this much slower than float32 at a prefill's rows is not timed at larger row counts
+FAR_SLOWER = 10.0  # a kernel this much slower than float32 at any row count is not timed again (a scalar loop)
 TOKENS_PER_MESSAGE = 40  # rows one message adds to a scoring pass (zh/en dev lines: 20-60 tokens)
 PREFILL_ROWS = 128  # a reply prompt's own tokens beyond the cached system prompt
 REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
@@ -125,9 +126,9 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
 
     Returns kernel -> str(rows) -> {"ms": per decoder layer, "error": relative error, "note"}. A kernel
     ``SKIP_SLOWER`` times slower than float32 at the prefill rows or more is not timed at larger row
-    counts (it cannot win there, and a scalar loop at a thousand rows would take minutes; a kernel slow
-    for one row may still be fast for many, so fewer rows never rule it out); a weight-only kernel is
-    not timed at scoring rows beyond the prefill's (it may not label)."""
+    counts (it cannot win there, and a scalar loop at a thousand rows would take minutes); at fewer rows, only
+    one ``FAR_SLOWER`` times slower is out (a kernel a little slow for one row may be fast for many). A weight-only
+    kernel is not timed at scoring rows beyond the prefill's (it may not label)."""
     candidates = candidates or gemms.candidates()
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(o, i, generator=gen) * 0.02 for i, o, _ in shapes]
@@ -149,7 +150,7 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
                 table.setdefault(name, {})[str(m)] = cell
                 if name == FLOAT32:
                     base = cell["ms"]
-                elif cell["ms"] is None or (m >= rows.prefill and base and cell["ms"] > SKIP_SLOWER * base):
+                elif cell["ms"] is None or (base and cell["ms"] > (SKIP_SLOWER if m >= rows.prefill else FAR_SLOWER) * base):
                     out_of_race[name] = cell["note"] or f"{cell['ms'] / base:.0f}x slower than float32 at {m} rows"
     return table
 
