@@ -41,15 +41,14 @@ FAR_SLOWER = 10.0  # a kernel this much slower than float32 at any row count is 
 TOKENS_PER_MESSAGE = 40  # rows one message adds to a scoring pass (zh/en dev lines: 20-60 tokens)
 PREFILL_ROWS = 128  # a reply prompt's own tokens beyond the cached system prompt
 REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
-# Replies run the scoring kernel unless another drafts more than 25 % faster in its linear layers: a
-# second int8 copy of every weight costs ~0.5 GB and ~4.5 s at start (0.5B model, this host), and a
-# layer's share of a whole decode step (attention, sampling and Python being the rest) is ~2/3, so
-# 25 % there is ~15 % of reply speed. Between runs of the probe, kernels within ~15 % trade places.
+# Replies run the scoring kernel unless another drafts more than 25 % faster in its linear layers: a second int8
+# copy of every weight costs ~0.5 GB and ~4.5 s at start (0.5B model), and a layer's share of a whole decode step
+# (attention, sampling and Python the rest) is ~2/3: 25 % there is ~15 % of reply speed. Probes differ by ~15 %.
 SAME_KERNEL_SLACK = 1.25
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 Shape = tuple[int, int, int]  # in features, out features, how many per decoder layer
-# The rows every host is measured at, whatever the settings (so workers with other batch sizes share the
-# table): decode steps of 1, 8 and 16 rows, a reply prompt's prefill, a scoring pass of 16 messages.
+# The rows every host is measured at, whatever the settings (so workers with other batch sizes share the table):
+# decode steps of 1, 8 and 16 rows, a reply prompt's prefill, a scoring pass of 16 messages.
 LADDER = (1, 8, 16, PREFILL_ROWS, 16 * TOKENS_PER_MESSAGE)
 
 
