@@ -18,7 +18,7 @@ def header() -> str:
     from worker.common.settings import load_settings
     from worker.engine import cpu
     from worker.engine.loading import measured_plan
-    from worker.engine.probe import table_text
+    from worker.engine.probetable import table_text
 
     return f"{cpu.describe()}\n{table_text(measured_plan(load_settings()))}"
 

@@ -150,7 +150,7 @@ def probe(fresh, concurrency, as_json):
     import torch
 
     from worker.engine.loading import measured_plan
-    from worker.engine.probe import table_text
+    from worker.engine.probetable import table_text
     from worker.jobs.resident import threads_per_process
 
     s = get_settings()
