@@ -4,6 +4,9 @@ the layers that run what it picked."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -374,3 +377,25 @@ def test_int8_onednn_runs_a_bfloat16_model_close_to_the_float_one():
     for out in (scored, drafted):
         assert out.dtype == torch.bfloat16 and gemms.relative_error(out, before) < 0.05
     assert not torch.equal(drafted.float(), before)  # int8 really ran
+
+
+def test_the_probe_rejects_onednn_int8_where_it_saturates_without_vnni():
+    """A real wrong kernel, not a fake: oneDNN's own dispatch obeys ONEDNN_MAX_CPU_ISA (PyTorch's _int_mm gate does
+    not), and capped at AVX2 it runs int8 on ``gemm:jit``, summing u8 x s8 pairs into int16 as an AVX2-only host's
+    oneDNN would. Faster than float32 there (4.8 against 7.7 ms at 128 rows on an EPYC), and wrong: never picked."""
+    code = """if True:
+        import json
+        from worker.engine import gemms, probe
+        rows = probe.Rows(score=128, batch=8)
+        kernels = {k: gemms.candidates()[k] for k in (gemms.FLOAT32, gemms.ONEDNN)}
+        table = probe.measure([(896, 4864, 1)], rows, kernels, min_seconds=0.01)
+        print(json.dumps({"onednn": table[gemms.ONEDNN], "picked": probe.choose(table, rows, "float32", "int8")}))"""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if all(c["note"].startswith("fails: no oneDNN") for c in found["onednn"].values()):
+        pytest.skip("this torch has no oneDNN int8 linear")
+    assert found["onednn"]["1"]["note"].startswith("wrong") and found["onednn"]["1"]["error"] > probe.MAX_ERROR
+    assert all(c["ms"] is None for c in found["onednn"].values())
+    assert ONEDNN not in found["picked"]
