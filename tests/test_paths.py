@@ -160,10 +160,10 @@ def test_a_kernel_far_slower_than_float32_at_few_rows_is_not_timed_at_more():
     now = [0.0]
     rows = probe.Rows(score=64, batch=4, prefill=16)
     crawling = Ticking(gemms.IntMM(), 0.05, now)  # correct, 50x float32's time
-    quick = Ticking(gemms.Fbgemm(), 0.004, now)  # correct, 4x float32's time at few rows: may still win at many
+    quick = Ticking(gemms.Fbgemm(), 0.003, now)  # correct, 3x float32's time: under both limits, timed everywhere
     found = probe.measure([(64, 96, 1)], rows, {FLOAT32: Ticking(gemms.Float(FLOAT32), 0.001, now),
                                                INTMM: crawling, FBGEMM: quick}, clock=lambda: now[0])
-    assert found[INTMM]["1"]["ms"] > 0 and set(crawling.calls) <= {1, 8}  # 8: the saturation check's own rows
+    assert found[INTMM]["1"]["ms"] > 0 and set(crawling.calls) == {1}  # its saturation check runs at those rows too
     assert all(found[INTMM][str(m)]["note"] == "50x slower than float32 at 1 rows" for m in rows.measured()[1:])
     assert all(found[FBGEMM][str(m)]["ms"] > 0 for m in rows.measured())
 
@@ -212,9 +212,16 @@ def test_a_probe_measured_while_the_host_was_busy_measures_again(tmp_path):
     quiet[FLOAT32]["8"]["again_ms"] = quiet[FLOAT32]["8"]["ms"] * 1.05
     assert probe.drift(busy) == 2.0 and probe.drift(quiet) == pytest.approx(1.05) and probe.drift(table_of({FLOAT32: 1})) == 1.0
     tables = [busy, quiet]
-    plan = probe.plan_for(load_settings(cache_dir=str(tmp_path)), tiny_config(), "tiny",
-                          measurer=lambda shapes, rows: tables.pop(0))
+    settings = load_settings(cache_dir=str(tmp_path))
+    plan = probe.plan_for(settings, tiny_config(), "tiny", measurer=lambda shapes, rows: tables.pop(0))
     assert not tables and plan.table is quiet
+    worse = json.loads(json.dumps(busy))
+    worse[FLOAT32]["8"]["again_ms"] = worse[FLOAT32]["8"]["ms"] / 3
+    tables = [busy, worse, quiet]  # busy twice: the steadier of the two is used, and the next start measures again
+    plan = probe.plan_for(settings, tiny_config(), "tiny", fresh=True, measurer=lambda shapes, rows: tables.pop(0))
+    assert plan.table is busy and len(tables) == 1
+    again = probe.plan_for(settings, tiny_config(), "tiny", measurer=lambda shapes, rows: tables.pop(0))
+    assert again.source == "measured" and again.table is quiet and not tables
     found = probe.measure([(64, 96, 1)], probe.Rows(score=64, batch=4, prefill=16), {FLOAT32: gemms.Float(FLOAT32)},
                           min_seconds=0.01)  # the real measuring code times float32 twice at every row count
     assert all(c["again_ms"] > 0 for c in found[FLOAT32].values())
@@ -396,6 +403,8 @@ def test_the_probe_rejects_onednn_int8_where_it_saturates_without_vnni():
     found = json.loads(done.stdout.strip().splitlines()[-1])
     if all(c["note"].startswith("fails: no oneDNN") for c in found["onednn"].values()):
         pytest.skip("this torch has no oneDNN int8 linear")
+    if (found["onednn"]["1"]["error"] or 1) <= probe.MAX_ERROR:
+        pytest.skip("this oneDNN no longer saturates when capped at AVX2: the premise is gone, not the probe")
     assert found["onednn"]["1"]["note"].startswith("wrong") and found["onednn"]["1"]["error"] > probe.MAX_ERROR
     assert all(c["ms"] is None for c in found["onednn"].values())
     assert ONEDNN not in found["picked"]

@@ -11,7 +11,8 @@ Each takes activations of any float dtype and returns that dtype:
   (oneDNN where the CPU has VNNI; a scalar loop, 5-25x slower than float32, where it does not).
 - ``int8-onednn``: the same W8A8 on oneDNN's int8 linear with the weight packed once at start
   (``torch.ops.onednn.qlinear_*``, what PyTorch's x86 inductor quantisation runs; AMX tiles where the CPU
-  has them) and the dequantisation fused into the call (``_int_mm`` repacks its weight at every call).
+  has them), the activations fed as uint8 with a zero point of 128 (signed ones run oneDNN's scalar reference loop
+  on a CPU without AMX) and the dequantisation fused into the call (``_int_mm`` repacks its weight at every call).
   Packing is cheap: the 152k-row output head in 1.3 s on an AMX Xeon, so it is not split as fbgemm's is.
 - ``int8-weight-only``: int8 weights, bfloat16 activations (``torch._weight_int8pack_mm``).
 """
