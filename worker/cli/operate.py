@@ -150,6 +150,7 @@ def probe(fresh, concurrency, as_json):
     import torch
 
     from worker.engine.loading import measured_plan
+    from worker.engine.probe import drift
     from worker.engine.probetable import table_text
     from worker.jobs.resident import threads_per_process
 
@@ -158,7 +159,8 @@ def probe(fresh, concurrency, as_json):
     plan = measured_plan(s, fresh=fresh)
     if as_json:
         click.echo(json.dumps({"path": str(plan), "dtype": plan.dtype, "score": plan.score, "decode": plan.decode,
-                               "source": plan.source, "threads": torch.get_num_threads(), "table": plan.table}))
+                               "source": plan.source, "threads": torch.get_num_threads(), "drift": drift(plan.table),
+                               "table": plan.table}))
     else:
         from worker.engine import cpu
 
