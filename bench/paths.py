@@ -1,12 +1,13 @@
 """Which kernels may score labels: accuracy of each (dtype, scoring kernel) on both dev sets, one run.
 
-For each path the embedded model is loaded once in the dtype, its Linear layers set to the scoring
+For each path the configured model (MOODQ_MODEL, default the embedded 0.5B) is loaded once in the dtype, its Linear layers set to the scoring
 kernel (worker.engine.kernels.apply: SCORE_FLOAT_LAYERS decoder layers at each end stay float, as the worker
 runs them; --edges 0 puts every layer on the kernel, a path's own third field overrides it for that path,
 as in float32:int8-fbgemm:0, and a fourth names the only Linear layers of those that stay float, as in
 float32:int8-fbgemm:2:down_proj+o_proj), and both dev sets are labeled as `moodq eval`
-labels them. A kernel may go into worker.engine.kernels.LABEL_SAFE only if it stays within 1 point of
-float32 on both sets; the probe never lets speed alone choose a scoring kernel.
+labels them. A path may go into a prompt file's ``int8_scoring`` for that model (and, for the default prompts and
+model, worker.engine.kernels.LABEL_SAFE) only if it stays within 1 point of float32 on both sets; the probe never
+lets speed alone choose a scoring kernel.
 
 Usage:  python bench/paths.py [--n 400] [--paths float32:float32,float32:int8-fbgemm,...] [--edges 1]
 """

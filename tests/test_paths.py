@@ -350,6 +350,27 @@ def test_a_prompt_file_not_measured_with_int8_scores_in_float():
     assert probe.choose(table, ROWS, int8_scoring=True)[1] == FBGEMM
 
 
+def test_int8_scores_labels_only_on_the_paths_measured_with_that_model(tmp_path):
+    """default.yaml records, per model, the dtype:kernel paths whose labels were measured within 1 point of float: the
+    1.5B only on bfloat16 + int8-onednn, so on a float32 host (AVX2-only) its labels are scored in float; a model
+    the file does not name (any hub id) scores in float everywhere."""
+    from worker.common.errors import ConfigError
+    from worker.common.prompts import load_prompts
+
+    prompts = load_prompts(DATA.parent.parent / "prompts" / "default.yaml")
+    large, small, other = (prompts.int8_scores(m) for m in ("embedded-large", "embedded", "Qwen/Qwen2.5-0.5B-Instruct"))
+    assert large == {(ONEDNN, BFLOAT16)} and (FBGEMM, FLOAT32) in small and other is False
+    avx2 = table_of({FLOAT32: 1.0, BFLOAT16: 6.0, FBGEMM: 0.2, INTMM: 0.3, ONEDNN: 0.25, WEIGHT_ONLY: 0.4})
+    assert probe.choose(avx2, ROWS, int8_scoring=large)[:2] == (FLOAT32, FLOAT32)
+    assert probe.choose(avx2, ROWS, int8_scoring=small)[:2] == (FLOAT32, FBGEMM)
+    amx = table_of({FLOAT32: 1.0, BFLOAT16: 0.5, FBGEMM: 0.3, INTMM: 0.2, ONEDNN: 0.25, WEIGHT_ONLY: 0.4})
+    assert probe.choose(amx, ROWS, int8_scoring=large)[:2] == (BFLOAT16, ONEDNN)  # intmm is faster, and not measured
+    bad = (DATA.parent.parent / "prompts" / "default.yaml").read_text().replace("[bfloat16:int8-onednn]", "[int8-onednn]")
+    (tmp_path / "bad.yaml").write_text(bad)
+    with pytest.raises(ConfigError, match="dtype:kernel"):
+        load_prompts(tmp_path / "bad.yaml")
+
+
 def test_replies_share_the_scoring_kernel_when_it_is_nearly_as_fast():
     """Two int8 copies of every weight cost memory and start time: replies use the scoring kernel unless
     another drafts more than 25 % faster."""

@@ -93,13 +93,18 @@ class Language(Strict):
 class PromptSet(Strict):
     version: str = Field(min_length=1)
     labels: list[str] = Field(min_length=2)
-    int8_scoring: bool = Field(False, description="int8 kernels may score labels with this file: set only where its "
-                               "labels were measured within 1 point of float scoring (bench/paths.py, bench/labels.py). "
-                               "Off, labels are scored in float, whatever the kernel probe measured fastest.")
+    int8_scoring: bool | dict[str, list[str]] = Field(
+        False, description="int8 kernels may score labels with this file: per model (a MOODQ_MODEL value), the "
+        "'dtype:kernel' paths whose labels were measured within 1 point of float scoring with it on both dev sets "
+        "(bench/paths.py); true: any model, on the paths worker.engine.kernels.LABEL_SAFE lists. Otherwise labels are "
+        "scored in float, whatever the kernel probe measured fastest.")
     languages: dict[str, Language] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "PromptSet":
+        paths = self.int8_scoring.values() if isinstance(self.int8_scoring, dict) else ()
+        if wrong := [p for ps in paths for p in ps if not re.fullmatch(r"(float32|bfloat16):int8-[a-z-]+", p)]:
+            raise ValueError(f"int8_scoring paths are written dtype:kernel, e.g. bfloat16:int8-onednn; not {wrong}")
         labels = set(self.labels)
         if len(labels) != len(self.labels):
             raise ValueError("labels must be distinct")
@@ -134,6 +139,13 @@ class PromptSet(Strict):
                 raise ValueError(f"languages.{code}.reply.unsure_below needs hints.{UNSURE}, unsure_word "
                                  f"and (where the labels have openings) openings.{UNSURE}")
         return self
+
+    def int8_scores(self, model: str) -> bool | frozenset[tuple[str, str]]:
+        """Which int8 kernels may score labels of ``model`` (a MOODQ_MODEL value) with this file: True (those
+        ``kernels.LABEL_SAFE`` lists), False (none), or the (kernel, dtype) pairs measured with this model."""
+        if isinstance(self.int8_scoring, bool):
+            return self.int8_scoring
+        return frozenset(tuple(reversed(p.split(":"))) for p in self.int8_scoring.get(model, ())) or False
 
     def language_of(self, text: str, requested: str | None = None) -> str:
         """The prompt language for a message: the requested one, else detected from the script."""

@@ -93,11 +93,11 @@ def _gguf_source(model_id: str, locate: Callable[[], Path], sha: str, settings: 
 
 def measured_plan(settings: Settings, fresh: bool = False, source: _Source | None = None) -> probe.Plan:
     """The kernel probe's plan for the configured model on this host (measured now if ``fresh`` or not cached).
-    Labels are scored in int8 only if the prompt file allows it (``int8_scoring``: measured with it)."""
+    Labels are scored in int8 only if the prompt file allows it for this model (``int8_scoring``: measured with it)."""
     try:
         source = source or _source(settings)
         return probe.plan_for(settings, source.config(), source.model_id, fresh=fresh,
-                              int8_scoring=load_prompts(settings.prompts).int8_scoring)
+                              int8_scoring=load_prompts(settings.prompts).int8_scores(settings.model))
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as exc:

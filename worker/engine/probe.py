@@ -6,7 +6,7 @@ pass (``MOODQ_SENTIMENT_BATCH_SIZE`` messages of ~40 tokens) and reply drafting 
 ``MOODQ_REPLY_BATCH_SIZE`` rows, and a reply prompt's prefill). Each result is compared with
 float32's, an int8 one also where every value is large (``gemms.saturation_error``): a kernel further
 off than ``MAX_ERROR`` (a saturating int8 GEMM) is out. The fastest correct kernel wins each phase;
-scoring only considers the kernels ``kernels.LABEL_SAFE`` lists. float32 is timed before and after the
+scoring only considers the kernels measured label-safe (``scorable``). float32 is timed before and after the
 others at each row count: a table where the two differ by more than ``MAX_DRIFT`` (another process took
 the cores part of the way) is measured once more, and one still that unsteady is measured again at the next start.
 
@@ -25,7 +25,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -92,6 +92,7 @@ class Plan:
     source: str = "measured"  # measured, cached (read from the probe's file), set (no probe: the float path)
     seconds: float = 0.0  # what the probe took
     file: Path | None = None  # the cached table it was read from or saved to
+    scorable: frozenset = kernels.LABEL_SAFE  # the (kernel, dtype) pairs that may score labels with this model
 
     def __str__(self) -> str:
         return f"{self.cpu + '/' if self.cpu else ''}{self.dtype} score:{self.score} decode:{self.decode}"
@@ -204,12 +205,18 @@ def phase_ms(table: dict, kernel: str, phase: str, rows: Rows) -> float | None:
     return None if step is None or prefill is None else REPLY_TOKENS / rows.batch * step + prefill
 
 
+def scorable(int8_scoring: bool | Collection[tuple[str, str]] = True) -> frozenset:
+    """The (kernel, dtype) pairs that may score labels: True, those ``kernels.LABEL_SAFE`` lists (measured with the
+    default prompts and model); False, float only; else the pairs a prompt file lists as measured for its model."""
+    return kernels.LABEL_SAFE if int8_scoring is True else frozenset(int8_scoring or ())
+
+
 def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
-           int8_scoring: bool = True) -> tuple[str, str, str]:
+           int8_scoring: bool | Collection[tuple[str, str]] = True) -> tuple[str, str, str]:
     """(dtype, score kernel, decode kernel): the fastest correct kernel per phase among those the
     settings allow. ``dtype`` auto is bfloat16 where its GEMM measured faster than float32's.
     ``quant``: none (float only), int8-decode (int8 replies), int8 (int8 both), auto (fastest).
-    ``int8_scoring`` False (the prompt file's labels were not measured with int8): scoring in float."""
+    ``int8_scoring``: which int8 kernels may score (:func:`scorable`); False: scoring in float."""
     def cost(kernel: str, phase: str) -> float | None:
         return phase_ms(table, kernel, phase, rows)
 
@@ -217,7 +224,7 @@ def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
         bf16, fp32 = cost(BFLOAT16, "score"), cost(FLOAT32, "score")
         dtype = BFLOAT16 if bf16 is not None and fp32 is not None and bf16 < fp32 else FLOAT32
     int8 = list(gemms.INT8)
-    safe = [k for k in int8 if (k, dtype) in kernels.LABEL_SAFE] if int8_scoring else []
+    safe = [k for k in int8 if (k, dtype) in scorable(int8_scoring)]
     pools = {"score": {"none": [dtype], "int8-decode": [dtype], "int8": safe, "auto": [dtype, *safe]}[quant],
              "decode": {"none": [dtype], "int8-decode": int8, "int8": int8, "auto": [dtype, *int8]}[quant]}
     picked = {}
@@ -245,7 +252,7 @@ def host_key(model_id: str, shapes: list[Shape], rows: Rows) -> dict:
 
 
 def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Callable = measure,
-             int8_scoring: bool = True) -> Plan:
+             int8_scoring: bool | Collection[tuple[str, str]] = True) -> Plan:
     """The plan for this host and model: read from the cache, or measured (once per host: a file lock
     keeps a second process waiting for the first one's table instead of measuring beside it)."""
     from worker.engine import cpu
@@ -278,7 +285,7 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
             source = "cached"
     dtype, score, decode = choose(saved["table"], rows, settings.dtype, settings.quant, int8_scoring)
     return Plan(dtype, score, decode, cpu.cpu_class(), saved["table"], rows,
-                getattr(config, "num_hidden_layers", 0), source, saved["seconds"], file)
+                getattr(config, "num_hidden_layers", 0), source, saved["seconds"], file, scorable(int8_scoring))
 
 
 def _read(file: Path, key: dict) -> dict | None:

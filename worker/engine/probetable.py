@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.engine import gemms, kernels
+from worker.engine import gemms
 from worker.engine.gemms import FLOAT32
 from worker.engine.probe import REPLY_TOKENS, Plan, drift, phase_ms
 
@@ -27,7 +27,7 @@ def table_text(plan: Plan) -> str:
             ms = phase_ms(table, name, phase, rows)
             mark = " **picked**" if picked[phase] == name else ""
             if phase == "score" and ms is not None and gemms.candidates()[name].int8 and \
-                    (name, plan.dtype) not in kernels.LABEL_SAFE:
+                    (name, plan.dtype) not in plan.scorable:
                 mark = " (not label-safe)"
             row.append(f"{ms:.2f} ms ({phase_base[phase] / ms:.2f}x){mark}" if ms and phase_base[phase] else "-")
         lines.append("| " + " | ".join(row) + " |")
