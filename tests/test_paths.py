@@ -319,7 +319,7 @@ def test_int8_scoring_agrees_with_the_float_model(engine):
 
     plan = engine.plan
     safe = [(probe.phase_ms(plan.table, k, "score", plan.rows), k) for k in gemms.INT8
-            if (k, plan.dtype) in kernels.LABEL_SAFE and probe.phase_ms(plan.table, k, "score", plan.rows)]
+            if (k, plan.dtype) in plan.scorable and probe.phase_ms(plan.table, k, "score", plan.rows)]
     if not safe:
         pytest.skip("no int8 kernel is correct and label-safe on this host: scoring stays float")
     kernel = min(safe)[1]
@@ -365,10 +365,37 @@ def test_int8_scores_labels_only_on_the_paths_measured_with_that_model(tmp_path)
     assert probe.choose(avx2, ROWS, int8_scoring=small)[:2] == (FLOAT32, FBGEMM)
     amx = table_of({FLOAT32: 1.0, BFLOAT16: 0.5, FBGEMM: 0.3, INTMM: 0.2, ONEDNN: 0.25, WEIGHT_ONLY: 0.4})
     assert probe.choose(amx, ROWS, int8_scoring=large)[:2] == (BFLOAT16, ONEDNN)  # intmm is faster, and not measured
+    assert small == {k for k in kernels.LABEL_SAFE if k[0] in gemms.INT8}  # the file and the code say the same
     bad = (DATA.parent.parent / "prompts" / "default.yaml").read_text().replace("[bfloat16:int8-onednn]", "[int8-onednn]")
     (tmp_path / "bad.yaml").write_text(bad)
     with pytest.raises(ConfigError, match="dtype:kernel"):
         load_prompts(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="int8-onedn"):
+        probe.scorable({("int8-onedn", BFLOAT16)})  # a misspelt kernel stops the worker, it is not scored in float
+
+
+def test_the_worker_asks_the_prompt_file_about_its_own_model(tmp_path, monkeypatch):
+    """measured_plan passes the prompt file's paths for MOODQ_MODEL to the probe: a model directory the file
+    names scores on its int8 path, the same directory unnamed scores in float. (The probe's table is injected:
+    a fake, named as such; the choice and its wiring are the real code.)"""
+    import functools
+
+    from worker.engine import loading
+
+    tiny_config().save_pretrained(tmp_path / "m")
+    fake = functools.partial(probe.plan_for, measurer=lambda shapes, rows: table_of(
+        {FLOAT32: 1.0, BFLOAT16: 6.0, FBGEMM: 0.2, INTMM: 0.3, ONEDNN: 0.25, WEIGHT_ONLY: 0.4}))
+    monkeypatch.setattr(probe, "plan_for", fake)
+    plans = {}
+    for named in (True, False):
+        prompts = (DATA.parent.parent / "prompts" / "default.yaml").read_text().replace(
+            "  embedded-large:", f"  {tmp_path / 'm'}: [float32:int8-fbgemm]\n  embedded-large:" if named else "  embedded-large:")
+        (tmp_path / f"{named}.yaml").write_text(prompts)
+        settings = load_settings(model=str(tmp_path / "m"), prompts=str(tmp_path / f"{named}.yaml"),
+                                 cache_dir=str(tmp_path / f"cache{named}"))
+        plans[named] = loading.measured_plan(settings)
+    assert plans[True].score == FBGEMM and plans[True].scorable == {(FBGEMM, FLOAT32)}
+    assert plans[False].score == FLOAT32 and plans[False].scorable == frozenset()
 
 
 def test_replies_share_the_scoring_kernel_when_it_is_nearly_as_fast():

@@ -160,6 +160,7 @@ def probe(fresh, concurrency, as_json):
     if as_json:
         click.echo(json.dumps({"path": str(plan), "dtype": plan.dtype, "score": plan.score, "decode": plan.decode,
                                "source": plan.source, "threads": torch.get_num_threads(), "drift": drift(plan.table),
+                               "label_safe": sorted(f"{dtype}:{kernel}" for kernel, dtype in plan.scorable),
                                "table": plan.table}))
     else:
         from worker.engine import cpu

@@ -39,10 +39,11 @@ PHASES = ("score", "decode")
 # eighth session of 2026-12-01), on the host class the kernel is fast on: int8-fbgemm on a real AVX2-only
 # EPYC, where one float layer at each end lost 2.0 points on en (0.8 on an AVX512 host) and two lose
 # 0.0 / 0.5; int8-intmm with float32 activations on the AVX512-BF16 EPYC (-0.5 / -0.8); int8-onednn with
-# bfloat16 activations on an AMX Xeon (0.0 / -0.3; not measured on the EPYC). Not here: int8-fbgemm with
+# bfloat16 activations on an AMX Xeon (0.0 / -0.3; +0.5 / -1.0 on the AVX512-BF16 EPYC). Not here: int8-fbgemm with
 # bfloat16 activations (-1.3 on en); int8-intmm with bfloat16 activations, -0.5 on en on the EPYC but -1.8
 # on the AMX Xeon; int8-onednn with float32 activations (-1.5 on en there); int8-weight-only, never
-# measured. Speed alone never adds a kernel here.
+# measured. Speed alone never adds a kernel here. This is the set a prompt file's `int8_scoring: true` allows;
+# prompts/default.yaml lists its int8 pairs for `embedded` (a test keeps the two equal) and, per model, others.
 LABEL_SAFE = frozenset({(FLOAT32, FLOAT32), (BFLOAT16, BFLOAT16), (FBGEMM, FLOAT32), (INTMM, FLOAT32),
                         (ONEDNN, BFLOAT16)})
 SCORE_FLOAT_LAYERS = 2  # decoder layers at each end that score in float when scoring runs int8

@@ -97,11 +97,23 @@ def measured_plan(settings: Settings, fresh: bool = False, source: _Source | Non
     try:
         source = source or _source(settings)
         return probe.plan_for(settings, source.config(), source.model_id, fresh=fresh,
-                              int8_scoring=load_prompts(settings.prompts).int8_scores(settings.model))
+                              int8_scoring=_int8_scoring(settings, source))
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot read the config of model {settings.model!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _int8_scoring(settings: Settings, source: _Source) -> bool | frozenset:
+    """Which int8 kernels may score this model's labels with the prompt file; an embedded model is known by its
+    name also when MOODQ_MODEL gives its .gguf file (the same SHA-256)."""
+    prompts = load_prompts(settings.prompts)
+    name = next((n for n, p in embedded.MODELS.items() if source.sha256 and p.sha256 == source.sha256), settings.model)
+    allowed = prompts.int8_scores(name)
+    if allowed is False and isinstance(prompts.int8_scoring, dict):
+        log.info("labels of %s are scored in float: %s has int8 scoring measured with %s only", name,
+                 settings.prompts, ", ".join(prompts.int8_scoring))
+    return allowed
 
 
 def load(settings: Settings) -> Loaded:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from worker.common.errors import ConfigError
 from worker.engine import fusing, gemms, kernels
 from worker.engine.gemms import BFLOAT16, FLOAT32
 
@@ -208,7 +209,10 @@ def phase_ms(table: dict, kernel: str, phase: str, rows: Rows) -> float | None:
 def scorable(int8_scoring: bool | Collection[tuple[str, str]] = True) -> frozenset:
     """The (kernel, dtype) pairs that may score labels: True, those ``kernels.LABEL_SAFE`` lists (measured with the
     default prompts and model); False, float only; else the pairs a prompt file lists as measured for its model."""
-    return kernels.LABEL_SAFE if int8_scoring is True else frozenset(int8_scoring or ())
+    pairs = kernels.LABEL_SAFE if int8_scoring is True else frozenset(int8_scoring or ())
+    if unknown := sorted(k for k, _ in pairs if k not in (*gemms.INT8, FLOAT32, BFLOAT16)):
+        raise ConfigError(f"int8_scoring names kernels moodq does not have: {unknown}; it has {list(gemms.INT8)}")
+    return pairs
 
 
 def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
