@@ -227,8 +227,8 @@ def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
     if dtype == "auto":
         bf16, fp32 = cost(BFLOAT16, "score"), cost(FLOAT32, "score")
         dtype = BFLOAT16 if bf16 is not None and fp32 is not None and bf16 < fp32 else FLOAT32
-    int8 = list(gemms.INT8)
-    safe = [k for k in int8 if (k, dtype) in scorable(int8_scoring)]
+    int8, allowed = list(gemms.INT8), scorable(int8_scoring)
+    safe = [k for k in int8 if (k, dtype) in allowed]
     pools = {"score": {"none": [dtype], "int8-decode": [dtype], "int8": safe, "auto": [dtype, *safe]}[quant],
              "decode": {"none": [dtype], "int8-decode": int8, "int8": int8, "auto": [dtype, *int8]}[quant]}
     picked = {}
@@ -276,8 +276,8 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
             if (moved := drift(table)) > MAX_DRIFT:  # the host's speed moved while it measured: the steadier of two
                 log.warning("kernel probe: float32 timed %.2fx apart, the host is busy; measuring again", moved)
                 table = min(table, measurer(shapes, ladder), key=drift)
-                if drift(table) > MAX_DRIFT:
-                    log.warning("kernel probe: still %.2fx apart; used, and measured again at the next start", drift(table))
+                if (still := drift(table)) > MAX_DRIFT:
+                    log.warning("kernel probe: still %.2fx apart; used, and measured again at the next start", still)
             saved = {"key": key, "table": table, "seconds": round(time.perf_counter() - started, 2),
                      "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "times_measured": 1 + (moved > MAX_DRIFT)}
             tmp = file.with_suffix(f".tmp{os.getpid()}")
