@@ -1,14 +1,15 @@
 """Which kernels this host runs fastest, measured once per host and cached (FFTW's wisdom, PyTorch's TunableOp).
 
-Before a process loads its model, every candidate of :mod:`worker.engine.gemms` is timed on the model's
-own linear shapes (one decoder layer, random weights) at the row counts of the two phases: a scoring
+Before a process loads its model, every candidate of :mod:`worker.engine.gemms` is timed
+(:mod:`worker.engine.timing`) on the model's own linear shapes (one decoder layer, random weights), the
+kernels taking turns, at the row counts of the two phases: a scoring
 pass (``MOODQ_SENTIMENT_BATCH_SIZE`` messages of ~40 tokens) and reply drafting (decode steps of 1 and
 ``MOODQ_REPLY_BATCH_SIZE`` rows, and a reply prompt's prefill). Each result is compared with
 float32's, an int8 one also where every value is large (``gemms.saturation_error``): a kernel further
 off than ``MAX_ERROR`` (a saturating int8 GEMM) is out. The fastest correct kernel wins each phase;
-scoring only considers the kernels measured label-safe (``scorable``). float32 is timed before and after the
-others at each row count: a table where the two differ by more than ``MAX_DRIFT`` (another process took
-the cores part of the way) is measured once more, and one still that unsteady is measured again at the next start.
+scoring only considers the kernels measured label-safe (``scorable``). A table where float32's earlier and later
+rounds at a row count differ by more than ``MAX_DRIFT`` (another process took the cores part of the way) is
+measured once more, and one still that unsteady is measured again at the next start.
 
 The table is cached as JSON in ``MOODQ_CACHE_DIR/probe``, keyed by the CPU model and flags, torch's
 version, the thread count, the ISA caps in the environment, the model and the rows; later starts
@@ -23,7 +24,6 @@ import json
 import logging
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
@@ -34,14 +34,12 @@ import torch
 from worker.common.errors import ConfigError
 from worker.engine import fusing, gemms, kernels
 from worker.engine.gemms import BFLOAT16, FLOAT32
+from worker.engine.timing import MAX_ERROR, drift, measure
 
 log = logging.getLogger(__name__)
-VERSION = 5  # bump when what is measured changes: every host probes again (3: fused q/k/v and gate/up; 4: int8-onednn,
-# int8 kernels checked where int16 saturates; 5: int8-onednn on uint8)
-MAX_ERROR = 0.05  # relative (Frobenius) error against float32; int8 kernels are ~0.01, a saturating one ~1
-MAX_DRIFT = 1.3  # float32 timed this much faster or slower after the others than before them: measured once more
-SKIP_SLOWER = 4.0  # a kernel this much slower than float32 at a prefill's rows is not timed at larger row counts
-FAR_SLOWER = 10.0  # a kernel this much slower than float32 at any row count is not timed again (a scalar loop)
+VERSION = 6  # bump when what is measured changes: every host probes again (3: fused q/k/v and gate/up; 4: int8-onednn,
+# int8 kernels checked where int16 saturates; 5: int8-onednn on uint8; 6: kernels timed in turns)
+MAX_DRIFT = 1.3  # float32 this much faster or slower in its later rounds than in its earlier ones: measured once more
 TOKENS_PER_MESSAGE = 40  # rows one message adds to a scoring pass (zh/en dev lines: 20-60 tokens)
 PREFILL_ROWS = 128  # a reply prompt's own tokens beyond the cached system prompt
 REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
@@ -87,7 +85,7 @@ class Plan:
     score: str
     decode: str
     cpu: str = ""  # the host's class as its flags describe it: for people, never for the choice
-    table: dict = field(default_factory=dict)  # kernel -> rows -> {"ms", "error", "note"} (float32: "again_ms" too)
+    table: dict = field(default_factory=dict)  # kernel -> rows -> {"ms", "error", "note"} (float32: "halves_ms" too)
     rows: Rows | None = None
     layers: int = 0
     source: str = "measured"  # measured, cached (read from the probe's file), set (no probe: the float path)
@@ -122,75 +120,6 @@ def linear_shapes(config) -> list[Shape]:
             counts[shape] = counts.get(shape, 0) + 1
     layers = max(1, getattr(config, "num_hidden_layers", 1))
     return sorted((i, o, max(1, round(n / layers))) for (i, o), n in counts.items())
-
-
-def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel] | None = None,
-            min_seconds: float = 0.08, clock: Callable[[], float] = time.perf_counter) -> dict:
-    """Time every candidate on ``shapes`` at every row count, ascending; check each against float32.
-
-    Returns kernel -> str(rows) -> {"ms": per decoder layer, "error": relative error, "note"} (float32's cells
-    also "again_ms", its time after the others: see :func:`drift`). A kernel
-    ``SKIP_SLOWER`` times slower than float32 at the prefill rows or more is not timed at larger row
-    counts (it cannot win there, and a scalar loop at a thousand rows would take minutes); at fewer rows, only
-    one ``FAR_SLOWER`` times slower is out (a kernel a little slow for one row may be fast for many). A weight-only
-    kernel is not timed at scoring rows beyond the prefill's (it may not label)."""
-    candidates = candidates or gemms.candidates()
-    gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(o, i, generator=gen) * 0.02 for i, o, _ in shapes]
-    table: dict[str, dict] = {name: {} for name in candidates}
-    reference = gemms.Float(FLOAT32)
-    out_of_race: dict[str, str] = {}
-    with torch.inference_mode():
-        for m in rows.measured():
-            xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes]
-            refs = [reference.run(reference.prepare(w), x) for w, x in zip(weights, xs)]
-            base = None
-            for name in [FLOAT32, *(n for n in candidates if n != FLOAT32)]:
-                kernel = candidates.get(name) or reference
-                if name in out_of_race or (m == rows.score and m > rows.prefill and name == gemms.WEIGHT_ONLY):
-                    table.setdefault(name, {})[str(m)] = {"ms": None, "error": None,
-                                                          "note": out_of_race.get(name, "decode only")}
-                    continue
-                cell = _time_one(kernel, weights, xs, refs, shapes, min_seconds, clock)
-                table.setdefault(name, {})[str(m)] = cell
-                if name == FLOAT32:
-                    base = cell["ms"]
-                elif cell["ms"] is None or (base and cell["ms"] > (SKIP_SLOWER if m >= rows.prefill else FAR_SLOWER) * base):
-                    out_of_race[name] = cell["note"] or f"{cell['ms'] / base:.0f}x slower than float32 at {m} rows"
-            again = _time_one(candidates.get(FLOAT32) or reference, weights, xs, refs, shapes, min_seconds, clock)
-            table[FLOAT32][str(m)]["again_ms"] = again["ms"]
-    return table
-
-
-def drift(table: dict) -> float:
-    """How far apart float32's two timings at one row count are, at most (1.0: the same): load from another
-    process while the kernels were timed shows here. An injected table without second timings has none."""
-    cells = [c for c in table.get(FLOAT32, {}).values() if c.get("again_ms") and c.get("ms")]
-    return max((max(c["ms"], c["again_ms"]) / min(c["ms"], c["again_ms"]) for c in cells), default=1.0)
-
-
-def _time_one(kernel, weights, xs, refs, shapes, min_seconds, clock) -> dict:
-    """One kernel at one row count: its error against float32 and its median time per decoder layer."""
-    try:
-        states = [kernel.prepare(w) for w in weights]
-        outs = [kernel.run(s, x) for s, x in zip(states, xs)]  # also the warm-up
-        error = max(gemms.relative_error(o, r) for o, r in zip(outs, refs))
-        if kernel.int8:
-            error = max(error, gemms.saturation_error(kernel, len(xs[0])))
-    except (RuntimeError, NotImplementedError) as exc:
-        return {"ms": None, "error": None, "note": f"fails: {str(exc).splitlines()[0][:80]}"}
-    if not error <= MAX_ERROR:  # NaN too
-        return {"ms": None, "error": error, "note": f"wrong: error {error:.3g} against float32"}
-    times: list[float] = []
-    spent = 0.0
-    while len(times) < 3 or spent < min_seconds:
-        t0 = clock()
-        for (_, _, count), s, x in zip(shapes, states, xs):
-            for _ in range(count):
-                kernel.run(s, x)
-        times.append(clock() - t0)
-        spent += times[-1]
-    return {"ms": round(statistics.median(times) * 1000, 4), "error": round(error, 5), "note": ""}
 
 
 def phase_ms(table: dict, kernel: str, phase: str, rows: Rows) -> float | None:

@@ -31,8 +31,8 @@ def table_text(plan: Plan) -> str:
                 mark = " (not label-safe)"
             row.append(f"{ms:.2f} ms ({phase_base[phase] / ms:.2f}x){mark}" if ms and phase_base[phase] else "-")
         lines.append("| " + " | ".join(row) + " |")
-    twice = any("again_ms" in c for c in table.get(FLOAT32, {}).values())  # not in an injected table
-    steady = f", float32 timed twice {drift(table):.2f}x apart" if twice else ""  # past probe.MAX_DRIFT: host busy
+    halves = any("halves_ms" in c for c in table.get(FLOAT32, {}).values())  # not in an injected table
+    steady = f", float32's earlier and later rounds {drift(table):.2f}x apart" if halves else ""  # past MAX_DRIFT: busy
     return "\n".join([f"kernel probe ({plan.source}; measured in {plan.seconds:.1f} s{steady}): time per decoder layer, "
                       f"ratio = float32's time / the kernel's (above 1: faster)", *lines,
                       f"path: {plan}"])

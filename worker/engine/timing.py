@@ -1,0 +1,108 @@
+"""Timing the candidate linear kernels on a model's shapes, each checked against float32 (the probe's measurement).
+
+:mod:`worker.engine.probe` decides from the table :func:`measure` returns, and caches it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from worker.engine import gemms
+from worker.engine.gemms import FLOAT32
+
+if TYPE_CHECKING:
+    from worker.engine.probe import Rows, Shape
+
+MAX_ERROR = 0.05  # relative (Frobenius) error against float32; int8 kernels are ~0.01, a saturating one ~1
+SKIP_SLOWER = 4.0  # a kernel this much slower than float32 at a prefill's rows is not timed at larger row counts
+FAR_SLOWER = 10.0  # a kernel this much slower than float32 at any row count is not timed again (a scalar loop)
+
+
+def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel] | None = None,
+            min_seconds: float = 0.08, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """Time every candidate on ``shapes`` at every row count, ascending; check each against float32.
+
+    Returns kernel -> str(rows) -> {"ms": per decoder layer, "error": relative error, "note"} (float32's cells
+    also "halves_ms": see :func:`drift`). At a row count the kernels take turns, one decoder layer each, round after
+    round (:func:`_rounds`), and each keeps its median: load from another process slows the rounds it overlaps for
+    every kernel alike, not one kernel's whole cell; and each kernel's weights are as cold as a model's next layer
+    (not left in cache by its own previous call). A kernel ``SKIP_SLOWER`` times slower than float32 at the prefill
+    rows or more is not timed at larger row counts (it cannot win there, and a scalar loop at a thousand rows would
+    take minutes); at fewer rows, only one ``FAR_SLOWER`` times slower is out (a kernel a little slow for one row
+    may be fast for many). A weight-only kernel is not timed at scoring rows beyond the prefill's (it may not label)."""
+    candidates = candidates or gemms.candidates()
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(o, i, generator=gen) * 0.02 for i, o, _ in shapes]
+    table: dict[str, dict] = {name: {} for name in candidates}
+    reference = gemms.Float(FLOAT32)
+    out_of_race: dict[str, str] = {}
+    with torch.inference_mode():
+        for m in rows.measured():
+            xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes]
+            refs = [reference.run(reference.prepare(w), x) for w, x in zip(weights, xs)]
+            ready = {}
+            for name in [FLOAT32, *(n for n in candidates if n != FLOAT32)]:
+                kernel = candidates.get(name) or reference
+                if name in out_of_race or (m == rows.score and m > rows.prefill and name == gemms.WEIGHT_ONLY):
+                    table.setdefault(name, {})[str(m)] = {"ms": None, "error": None,
+                                                          "note": out_of_race.get(name, "decode only")}
+                    continue
+                table.setdefault(name, {})[str(m)], states = _check(kernel, weights, xs, refs)
+                if states is not None:
+                    ready[name] = (kernel, states)
+            for name, times in _rounds(ready, shapes, xs, min_seconds, clock).items():
+                table[name][str(m)]["ms"] = _ms(times)
+                if name == FLOAT32:
+                    table[name][str(m)]["halves_ms"] = [_ms(times[:len(times) // 2]), _ms(times[len(times) // 2:])]
+            base = table[FLOAT32][str(m)]["ms"]
+            for name, cell in ((n, c[str(m)]) for n, c in table.items() if n != FLOAT32 and n not in out_of_race):
+                if cell["ms"] is None or cell["ms"] > (SKIP_SLOWER if m >= rows.prefill else FAR_SLOWER) * base:
+                    out_of_race[name] = cell["note"] or f"{cell['ms'] / base:.0f}x slower than float32 at {m} rows"
+    return table
+
+
+def drift(table: dict) -> float:
+    """How far apart float32's medians over the earlier and the later half of its rounds at one row count are, at
+    most (1.0: the same): load from another process for part of a probe shows here. An injected table has none."""
+    halves = [c["halves_ms"] for c in table.get(FLOAT32, {}).values() if all(c.get("halves_ms") or [0])]
+    return max((max(h) / min(h) for h in halves), default=1.0)
+
+
+def _check(kernel, weights, xs, refs) -> tuple[dict, list | None]:
+    """One kernel at one row count, prepared and run once: its cell (error against float32; "ms" still None) and
+    its prepared weights, or no weights if it fails or is wrong."""
+    try:
+        states = [kernel.prepare(w) for w in weights]
+        outs = [kernel.run(s, x) for s, x in zip(states, xs)]  # also the warm-up
+        error = max(gemms.relative_error(o, r) for o, r in zip(outs, refs))
+        if kernel.int8:
+            error = max(error, gemms.saturation_error(kernel, len(xs[0])))
+    except (RuntimeError, NotImplementedError) as exc:
+        return {"ms": None, "error": None, "note": f"fails: {str(exc).splitlines()[0][:80]}"}, None
+    if not error <= MAX_ERROR:  # NaN too
+        return {"ms": None, "error": error, "note": f"wrong: error {error:.3g} against float32"}, None
+    return {"ms": None, "error": round(error, 5), "note": ""}, states
+
+
+def _rounds(ready: dict, shapes, xs, min_seconds, clock) -> dict[str, list[float]]:
+    """Seconds per decoder layer of each kernel, in turns: at least 3 rounds and ``min_seconds`` per kernel."""
+    times: dict[str, list[float]] = {name: [] for name in ready}
+    spent = 0.0
+    while len(times[FLOAT32]) < 3 or spent < min_seconds * len(ready):
+        for name, (kernel, states) in ready.items():
+            t0 = clock()
+            for (_, _, count), s, x in zip(shapes, states, xs):
+                for _ in range(count):
+                    kernel.run(s, x)
+            times[name].append(clock() - t0)
+            spent += times[name][-1]
+    return times
+
+
+def _ms(times: list[float]) -> float:
+    return round(statistics.median(times) * 1000, 4)
