@@ -228,15 +228,16 @@ def test_a_probe_measured_while_the_host_was_busy_measures_again(tmp_path):
 
 
 def test_a_burst_of_load_slows_every_kernel_alike_not_one_kernels_cell():
-    """The kernels take turns, round after round: another process busy for a while (here: every call 8x slower for 30
-    calls in a row; timed one kernel after another, those were nearly all of fbgemm's at 1 row: it lost to _int_mm)
-    slows some rounds of every kernel alike: the order at each row count stands, and the later rounds show it."""
+    """The kernels take turns, round after round: another process busy for a moment (here: 4 calls in a row 8x
+    slower) slows a round or two of every kernel, and every median stands. Timed one kernel after another (the
+    probe to 72fbc7a), those 4 calls were all of fbgemm's at 1 row: 4.0 ms, 8x its time, behind _int_mm's 0.6, and
+    float32 timed before and after it saw nothing (drift 1.0)."""
     now, calls = [0.0], [0]
 
     class Bursty(Ticking):
         def run(self, state, x):
             calls[0] += 1
-            slow = 8 if 20 <= calls[0] < 50 else 1
+            slow = 8 if 19 <= calls[0] < 23 else 1
             self.clock[0] += self.seconds * len(x) ** 0.5 * (slow - 1)
             return super().run(state, x)
 
@@ -244,10 +245,10 @@ def test_a_burst_of_load_slows_every_kernel_alike_not_one_kernels_cell():
     kernels = {FLOAT32: Bursty(gemms.Float(FLOAT32), 0.001, now), FBGEMM: Bursty(gemms.Fbgemm(), 0.0005, now),
                INTMM: Bursty(gemms.IntMM(), 0.0006, now)}
     found = probe.measure([(64, 96, 1)], rows, kernels, min_seconds=0.015, clock=lambda: now[0])
+    assert calls[0] > 23  # the burst happened
     for m in rows.measured():
         assert found[FBGEMM][str(m)]["ms"] < found[INTMM][str(m)]["ms"] < found[FLOAT32][str(m)]["ms"]
-    assert probe.choose(found, rows)[1:] == (FBGEMM, FBGEMM)
-    assert probe.drift(found) > probe.MAX_DRIFT  # float32's later rounds at 1 row were slower: measured once more
+    assert found[FBGEMM]["1"]["ms"] == pytest.approx(0.5) and probe.drift(found) < probe.MAX_DRIFT
 
 
 def test_a_layer_keeps_only_the_weights_its_kernels_read():
