@@ -480,3 +480,21 @@ def test_the_probe_rejects_onednn_int8_where_it_saturates_without_vnni():
     assert found["onednn"]["1"]["note"].startswith("wrong") and found["onednn"]["1"]["error"] > probe.MAX_ERROR
     assert all(c["ms"] is None for c in found["onednn"].values())
     assert ONEDNN not in found["picked"]
+
+
+def test_an_arm_host_is_named_for_its_machine_not_as_avx2(monkeypatch, tmp_path):
+    """A unit test of naming only, with the machine and /proc/cpuinfo faked (named as such): an Arm server (no x86
+    flags) was called "avx2"; the probe, not this name, picks its kernels either way."""
+    from worker.engine import cpu
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd sve bf16 i8mm\nCPU part\t: 0xd4f\n")
+    real_open = open
+    with monkeypatch.context() as fake:
+        fake.setattr("builtins.open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
+        fake.setattr(cpu.platform, "machine", lambda: "aarch64")
+        cpu._cpuinfo.cache_clear()
+        try:
+            assert cpu.cpu_class() == "aarch64" and {"i8mm", "sve"} <= set(cpu.flags())
+        finally:
+            cpu._cpuinfo.cache_clear()  # the next reader gets this host's own /proc/cpuinfo

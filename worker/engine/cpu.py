@@ -15,7 +15,10 @@ AVX2, AVX512_BF16, AMX = "avx2", "avx512_bf16", "amx"
 
 
 def cpu_class() -> str:
-    """``amx``, ``avx512_bf16`` or ``avx2`` as the CPU flags read (a name for people, not a choice)."""
+    """``amx``, ``avx512_bf16`` or ``avx2`` as an x86 CPU's flags read; another machine's name, such as
+    ``aarch64`` (a name for people, not a choice)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386"):
+        return platform.machine().lower() or "unknown"
     have = set(flags())
     return AMX if "amx_tile" in have else AVX512_BF16 if "avx512_bf16" in have else AVX2
 
@@ -38,7 +41,7 @@ def _cpuinfo() -> dict[str, str]:
             for line in f:
                 name, _, value = line.partition(":")
                 out.setdefault(name.strip(), value.strip())
-                if name.strip() == "flags":
+                if name.strip() in ("flags", "Features"):  # x86; Arm
                     break
     except OSError:
         pass
@@ -50,5 +53,6 @@ def model_name() -> str:
 
 
 def flags() -> list[str]:
-    """The CPU's feature flags (sorted), as /proc/cpuinfo lists them; empty where it is not readable."""
-    return sorted(_cpuinfo().get("flags", "").split())
+    """The CPU's feature flags (sorted), as /proc/cpuinfo lists them (Arm: its Features); empty where unreadable."""
+    info = _cpuinfo()
+    return sorted((info.get("flags") or info.get("Features", "")).split())
