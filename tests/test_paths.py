@@ -232,12 +232,14 @@ def test_a_burst_of_load_slows_every_kernel_alike_not_one_kernels_cell():
     slower) slows a round or two of every kernel, and every median stands. Timed one kernel after another (the
     probe to 72fbc7a), those 4 calls were all of fbgemm's at 1 row: 4.0 ms, 8x its time, behind _int_mm's 0.6, and
     float32 timed before and after it saw nothing (drift 1.0)."""
-    now, calls = [0.0], [0]
+    now, calls, hit = [0.0], [0], set()
 
     class Bursty(Ticking):
         def run(self, state, x):
             calls[0] += 1
             slow = 8 if 19 <= calls[0] < 23 else 1
+            if slow > 1:
+                hit.add(self.name)
             self.clock[0] += self.seconds * len(x) ** 0.5 * (slow - 1)
             return super().run(state, x)
 
@@ -245,10 +247,26 @@ def test_a_burst_of_load_slows_every_kernel_alike_not_one_kernels_cell():
     kernels = {FLOAT32: Bursty(gemms.Float(FLOAT32), 0.001, now), FBGEMM: Bursty(gemms.Fbgemm(), 0.0005, now),
                INTMM: Bursty(gemms.IntMM(), 0.0006, now)}
     found = probe.measure([(64, 96, 1)], rows, kernels, min_seconds=0.015, clock=lambda: now[0])
-    assert calls[0] > 23  # the burst happened
+    assert calls[0] > 23 and len(hit) >= 2  # the burst fell on the turns of more than one kernel
     for m in rows.measured():
         assert found[FBGEMM][str(m)]["ms"] < found[INTMM][str(m)]["ms"] < found[FLOAT32][str(m)]["ms"]
     assert found[FBGEMM]["1"]["ms"] == pytest.approx(0.5) and probe.drift(found) < probe.MAX_DRIFT
+
+
+def test_a_kernel_skipped_at_one_row_count_is_timed_at_the_next_and_a_failing_float32_stops_nothing():
+    """Weight-only is not timed at a scoring pass's rows (it may not label), and that alone keeps it in the race at
+    larger row counts. A float32 that fails leaves no base to compare with: the others are timed, none is dropped."""
+    now = [0.0]
+    rows = probe.Rows(score=64, batch=4, prefill=16)  # a scoring pass below the ladder's 128 and 640 rows
+    quick = Ticking(gemms.WeightOnly(), 0.0005, now)
+    found = probe.measure([(64, 96, 1)], rows, {FLOAT32: Ticking(gemms.Float(FLOAT32), 0.001, now),
+                                               WEIGHT_ONLY: quick}, clock=lambda: now[0])
+    assert found[WEIGHT_ONLY]["64"]["note"] == "decode only"
+    assert found[WEIGHT_ONLY]["128"]["ms"] > 0 and found[WEIGHT_ONLY]["640"]["ms"] > 0
+    broken = probe.measure([(64, 96, 1)], rows, {FLOAT32: Broken(), FBGEMM: Ticking(gemms.Fbgemm(), 0.0005, now)},
+                           clock=lambda: now[0])
+    assert all(c["note"].startswith("fails") for c in broken[FLOAT32].values())
+    assert all(c["ms"] > 0 for c in broken[FBGEMM].values()) and probe.drift(broken) == 1.0
 
 
 def test_a_layer_keeps_only_the_weights_its_kernels_read():
@@ -488,7 +506,8 @@ def test_an_arm_host_is_named_for_its_machine_not_as_avx2(monkeypatch, tmp_path)
     from worker.engine import cpu
 
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd sve bf16 i8mm\nCPU part\t: 0xd4f\n")
+    info.write_text("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n"
+                    "CPU part\t: 0xd4f\n\nprocessor\t: 1\nCPU part\t: 0xd40\n")
     real_open = open
     with monkeypatch.context() as fake:
         fake.setattr("builtins.open", lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k))
@@ -496,5 +515,6 @@ def test_an_arm_host_is_named_for_its_machine_not_as_avx2(monkeypatch, tmp_path)
         cpu._cpuinfo.cache_clear()
         try:
             assert cpu.cpu_class() == "aarch64" and {"i8mm", "sve"} <= set(cpu.flags())
+            assert cpu.model_name() == "Arm implementer 0x41 part 0xd4f"  # part of the probe's cache key
         finally:
             cpu._cpuinfo.cache_clear()  # the next reader gets this host's own /proc/cpuinfo

@@ -38,18 +38,20 @@ def _cpuinfo() -> dict[str, str]:
     out: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
+            for line in f:  # the first processor's block: x86 names its model and flags, Arm its Features and part
+                if not line.strip() and out:
+                    break
                 name, _, value = line.partition(":")
                 out.setdefault(name.strip(), value.strip())
-                if name.strip() in ("flags", "Features"):  # x86; Arm
-                    break
     except OSError:
         pass
     return out
 
 
 def model_name() -> str:
-    return _cpuinfo().get("model name") or platform.processor() or "unknown CPU"
+    info = _cpuinfo()
+    arm = f"Arm implementer {info['CPU implementer']} part {info.get('CPU part', '?')}" if "CPU implementer" in info else ""
+    return info.get("model name") or arm or platform.processor() or "unknown CPU"
 
 
 def flags() -> list[str]:

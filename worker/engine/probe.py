@@ -203,7 +203,8 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
             started = time.perf_counter()
             table = measurer(shapes, ladder)
             if (moved := drift(table)) > MAX_DRIFT:  # the host's speed moved while it measured: the steadier of two
-                log.warning("kernel probe: float32 timed %.2fx apart, the host is busy; measuring again", moved)
+                log.warning("kernel probe: float32's earlier and later rounds %.2fx apart, the host is busy; "
+                            "measuring again", moved)
                 table = min(table, measurer(shapes, ladder), key=drift)
                 if (still := drift(table)) > MAX_DRIFT:
                     log.warning("kernel probe: still %.2fx apart; used, and measured again at the next start", still)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 MAX_ERROR = 0.05  # relative (Frobenius) error against float32; int8 kernels are ~0.01, a saturating one ~1
 SKIP_SLOWER = 4.0  # a kernel this much slower than float32 at a prefill's rows is not timed at larger row counts
 FAR_SLOWER = 10.0  # a kernel this much slower than float32 at any row count is not timed again (a scalar loop)
+MIN_ROUNDS = 4  # each half of float32's rounds (see drift) a median of two at least
 
 
 def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel] | None = None,
@@ -45,7 +46,7 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
         for m in rows.measured():
             xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes]
             refs = [reference.run(reference.prepare(w), x) for w, x in zip(weights, xs)]
-            ready = {}
+            ready, checked = {}, []
             for name in [FLOAT32, *(n for n in candidates if n != FLOAT32)]:
                 kernel = candidates.get(name) or reference
                 if name in out_of_race or (m == rows.score and m > rows.prefill and name == gemms.WEIGHT_ONLY):
@@ -53,6 +54,7 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
                                                           "note": out_of_race.get(name, "decode only")}
                     continue
                 table.setdefault(name, {})[str(m)], states = _check(kernel, weights, xs, refs)
+                checked.append(name)
                 if states is not None:
                     ready[name] = (kernel, states)
             for name, times in _rounds(ready, shapes, xs, min_seconds, clock).items():
@@ -60,8 +62,9 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
                 if name == FLOAT32:
                     table[name][str(m)]["halves_ms"] = [_ms(times[:len(times) // 2]), _ms(times[len(times) // 2:])]
             base = table[FLOAT32][str(m)]["ms"]
-            for name, cell in ((n, c[str(m)]) for n, c in table.items() if n != FLOAT32 and n not in out_of_race):
-                if cell["ms"] is None or cell["ms"] > (SKIP_SLOWER if m >= rows.prefill else FAR_SLOWER) * base:
+            limit = SKIP_SLOWER if m >= rows.prefill else FAR_SLOWER
+            for name, cell in ((n, table[n][str(m)]) for n in checked if n != FLOAT32):
+                if cell["ms"] is None or (base and cell["ms"] > limit * base):
                     out_of_race[name] = cell["note"] or f"{cell['ms'] / base:.0f}x slower than float32 at {m} rows"
     return table
 
@@ -90,10 +93,12 @@ def _check(kernel, weights, xs, refs) -> tuple[dict, list | None]:
 
 
 def _rounds(ready: dict, shapes, xs, min_seconds, clock) -> dict[str, list[float]]:
-    """Seconds per decoder layer of each kernel, in turns: at least 3 rounds and ``min_seconds`` per kernel."""
+    """Seconds per decoder layer of each kernel, in turns: at least ``MIN_ROUNDS`` rounds, and on until the kernels
+    together have run ``min_seconds`` each on average (the slow ones take most of it)."""
     times: dict[str, list[float]] = {name: [] for name in ready}
-    spent = 0.0
-    while len(times[FLOAT32]) < 3 or spent < min_seconds * len(ready):
+    spent, rounds = 0.0, 0
+    while ready and (rounds < MIN_ROUNDS or spent < min_seconds * len(ready)):
+        rounds += 1
         for name, (kernel, states) in ready.items():
             t0 = clock()
             for (_, _, count), s, x in zip(shapes, states, xs):
