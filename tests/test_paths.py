@@ -164,6 +164,7 @@ def test_a_kernel_far_slower_than_float32_at_few_rows_is_not_timed_at_more():
     found = probe.measure([(64, 96, 1)], rows, {FLOAT32: Ticking(gemms.Float(FLOAT32), 0.001, now),
                                                INTMM: crawling, FBGEMM: quick}, clock=lambda: now[0])
     assert found[INTMM]["1"]["ms"] > 0 and set(crawling.calls) == {1}  # its saturation check runs at those rows too
+    assert crawling.calls[1] <= 4 < 10 < quick.calls[1]  # 2 turns (and its checks' 2 runs); the others took more
     assert all(found[INTMM][str(m)]["note"] == "50x slower than float32 at 1 rows" for m in rows.measured()[1:])
     assert all(found[FBGEMM][str(m)]["ms"] > 0 for m in rows.measured())
 

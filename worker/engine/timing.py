@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -57,12 +58,12 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
                 checked.append(name)
                 if states is not None:
                     ready[name] = (kernel, states)
-            for name, times in _rounds(ready, shapes, xs, min_seconds, clock).items():
+            limit = SKIP_SLOWER if m >= rows.prefill else FAR_SLOWER
+            for name, times in _rounds(ready, shapes, xs, min_seconds, clock, limit).items():
                 table[name][str(m)]["ms"] = _ms(times)
                 if name == FLOAT32:
                     table[name][str(m)]["halves_ms"] = [_ms(times[:len(times) // 2]), _ms(times[len(times) // 2:])]
             base = table[FLOAT32][str(m)]["ms"]
-            limit = SKIP_SLOWER if m >= rows.prefill else FAR_SLOWER
             for name, cell in ((n, table[n][str(m)]) for n in checked if n != FLOAT32):
                 if cell["ms"] is None or (base and cell["ms"] > limit * base):
                     out_of_race[name] = cell["note"] or f"{cell['ms'] / base:.0f}x slower than float32 at {m} rows"
@@ -92,20 +93,26 @@ def _check(kernel, weights, xs, refs) -> tuple[dict, list | None]:
     return {"ms": None, "error": round(error, 5), "note": ""}, states
 
 
-def _rounds(ready: dict, shapes, xs, min_seconds, clock) -> dict[str, list[float]]:
+def _rounds(ready: dict, shapes, xs, min_seconds, clock, limit: float = math.inf) -> dict[str, list[float]]:
     """Seconds per decoder layer of each kernel, in turns: at least ``MIN_ROUNDS`` rounds, and on until the kernels
-    together have run ``min_seconds`` each on average (the slow ones take most of it)."""
+    together have run ``min_seconds`` each on average (the slow ones take most of it). A kernel whose fastest of two
+    rounds or more is ``limit`` times float32's median is out of the race at these rows: it takes no more turns
+    (``_int_mm``'s scalar loop at 128 rows took ~1 s a turn on the AVX2-only host, 27x float32)."""
     times: dict[str, list[float]] = {name: [] for name in ready}
-    spent, rounds = 0.0, 0
-    while ready and (rounds < MIN_ROUNDS or spent < min_seconds * len(ready)):
+    running, spent, rounds = dict(ready), 0.0, 0
+    while running and (rounds < MIN_ROUNDS or spent < min_seconds * len(running)):
         rounds += 1
-        for name, (kernel, states) in ready.items():
+        for name, (kernel, states) in running.items():
             t0 = clock()
             for (_, _, count), s, x in zip(shapes, states, xs):
                 for _ in range(count):
                     kernel.run(s, x)
             times[name].append(clock() - t0)
             spent += times[name][-1]
+        if rounds >= 2 and FLOAT32 in times:
+            base = statistics.median(times[FLOAT32])
+            for name in [n for n in running if n != FLOAT32 and min(times[n]) > limit * base]:
+                del running[name]
     return times
 
 
