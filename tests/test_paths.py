@@ -270,6 +270,24 @@ def test_a_kernel_skipped_at_one_row_count_is_timed_at_the_next_and_a_failing_fl
     assert all(c["ms"] > 0 for c in broken[FBGEMM].values()) and probe.drift(broken) == 1.0
 
 
+def test_a_kernel_that_stopped_taking_turns_stays_out_though_float32_slowed_later():
+    """A kernel past the limit in its first two turns takes no more; float32 slowing a little in later rounds (under
+    the busy check's 1.3x) must not bring it back into the race on its two-turn median."""
+    now = [0.0]
+
+    class Paced(Ticking):  # a fake (named as such): ``seconds`` per call, float32's rising after its first 3 calls
+        def run(self, state, x):
+            self.calls[0] = self.calls.get(0, 0) + 1
+            self.clock[0] += self.seconds * (1.25 if self.name == FLOAT32 and self.calls[0] > 3 else 1)
+            return self.kernel.run(state, x)
+
+    rows = probe.Rows(score=64, batch=4, prefill=1)  # every row count a prefill's or more: the limit is 4x
+    found = probe.measure([(64, 96, 1)], rows, {FLOAT32: Paced(gemms.Float(FLOAT32), 0.001, now),
+                                               INTMM: Paced(gemms.IntMM(), 0.0045, now)}, clock=lambda: now[0])
+    assert found[INTMM]["1"]["ms"] == pytest.approx(4.5) and found[FLOAT32]["1"]["ms"] == pytest.approx(1.25)
+    assert all(found[INTMM][str(m)]["ms"] is None for m in rows.measured()[1:])
+
+
 def test_a_layer_keeps_only_the_weights_its_kernels_read():
     """Memory follows the path: int8 in both phases keeps no float weight; float scoring keeps it."""
     torch.manual_seed(0)

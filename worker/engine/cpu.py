@@ -39,8 +39,10 @@ def _cpuinfo() -> dict[str, str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:  # the first processor's block: x86 names its model and flags, Arm its Features and part
-                if not line.strip() and out:
-                    break
+                if not line.strip():
+                    if out:
+                        break
+                    continue
                 name, _, value = line.partition(":")
                 out.setdefault(name.strip(), value.strip())
     except OSError:

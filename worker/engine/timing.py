@@ -59,13 +59,15 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
                 if states is not None:
                     ready[name] = (kernel, states)
             limit = SKIP_SLOWER if m >= rows.prefill else FAR_SLOWER
-            for name, times in _rounds(ready, shapes, xs, min_seconds, clock, limit).items():
+            timed = _rounds(ready, shapes, xs, min_seconds, clock, limit)
+            for name, times in timed.items():
                 table[name][str(m)]["ms"] = _ms(times)
                 if name == FLOAT32:
                     table[name][str(m)]["halves_ms"] = [_ms(times[:len(times) // 2]), _ms(times[len(times) // 2:])]
             base = table[FLOAT32][str(m)]["ms"]
+            dropped = {n for n, t in timed.items() if len(t) < len(timed.get(FLOAT32, []))}  # past the limit in _rounds
             for name, cell in ((n, table[n][str(m)]) for n in checked if n != FLOAT32):
-                if cell["ms"] is None or (base and cell["ms"] > limit * base):
+                if cell["ms"] is None or name in dropped or (base and cell["ms"] > limit * base):
                     out_of_race[name] = cell["note"] or f"{cell['ms'] / base:.0f}x slower than float32 at {m} rows"
     return table
 
