@@ -259,3 +259,22 @@ def test_an_output_head_with_a_bias_is_scored_exactly(engine):
     for lab, word in zip(eng.labels, frame.label_ids):
         assert len(word) == 1  # "Positive" / "Negative" are single tokens in the Qwen vocabulary
         assert judged.scores[lab] == pytest.approx(float(logp[word[0]]), abs=1e-3)
+
+
+def test_a_scoring_pass_runs_the_last_layers_mlp_on_the_rows_it_reads_only(engine):
+    """The last decoder layer's MLP (most of its work) sees one row per message in a scoring pass
+    (worker.engine.lastrows), every row of the others; the scores are those of the whole layer (the test
+    above against the plain, uncached way on a tiny Qwen2 checks them exactly)."""
+    seen = []
+    layers = engine.model.base_model.layers
+    hooks = [layer.mlp.register_forward_hook(lambda module, args, out, i=i: seen.append((i, tuple(args[0].shape))))
+             for i, layer in enumerate(layers)]
+    try:
+        engine.judge(["I love it", "Worst purchase ever, it broke on day one"], "en")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    first_pass = seen[:len(layers)]  # then the label tokens' own short pass, if any
+    width = first_pass[0][1][1]
+    assert width > 5
+    assert [shape[:2] for _, shape in first_pass] == [(2, width)] * (len(layers) - 1) + [(2, 1)]

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from worker.common.prompts import PromptSet
-from worker.engine import kvcache
+from worker.engine import kvcache, lastrows
 from worker.engine.batching import buckets, head_and_tail
 from worker.engine.chat import Chat
 from worker.engine.pace import Pace
@@ -141,23 +141,25 @@ class Scorer:
         # One head matmul for all positions: the 152k-row output matrix is read once per batch.
         # Its normaliser (logsumexp) is shared by every label at a position; the label tokens'
         # own logits are recomputed in float32, because bfloat16 logits are rounded to steps
-        # of 1/8-1/16 and two labels would often tie.
-        groups = list(frame.groups)
-        stacked = torch.cat([per_group[pre].reshape(-1, per_group[pre].shape[-1]) for pre in groups])
+        # of 1/8-1/16 and two labels would often tie. Every label's first token is predicted at the
+        # same position (the cue's end): that row is computed once, then each group's later ones.
+        groups, n = list(frame.groups), len(encoded)
+        later = [per_group[pre][:, 1:].reshape(-1, per_group[pre].shape[-1]) for pre in groups]
+        stacked = torch.cat([per_group[groups[0]][:, 0], *later])
         head = self.model.get_output_embeddings()
         column = {tok: c for c, tok in enumerate(frame.head_tokens)}
-        out = torch.zeros(len(encoded), len(self.labels), dtype=torch.float64)
+        out = torch.zeros(n, len(self.labels), dtype=torch.float64)
         with torch.inference_mode():  # the float head, even where decoding reads an int8 copy
             norm = torch.logsumexp(F.linear(stacked, head.weight, getattr(head, "bias", None)).float(), dim=-1)
             exact = stacked.float() @ frame.head_rows.T + frame.head_bias - norm.unsqueeze(1)  # [positions, label tokens]
-            offset = 0
+            offset = n
             for pre in groups:
-                steps = len(pre) + 1
-                rows = exact[offset: offset + steps * len(encoded)].view(len(encoded), steps, -1)
+                k = len(pre)
+                rows = torch.cat([exact[:n].unsqueeze(1), exact[offset: offset + k * n].view(n, k, exact.shape[1])], dim=1)
                 for j in frame.groups[pre]:
                     cols = torch.tensor([column[tok] for tok in frame.label_ids[j]])
-                    out[:, j] = rows[:, torch.arange(steps), cols].sum(dim=-1).double()
-                offset += steps * len(encoded)
+                    out[:, j] = rows[:, torch.arange(k + 1), cols].sum(dim=-1).double()
+                offset += k * n
         return out.tolist()
 
     def label_states(self, frame: Frame, encoded: list[list[int]]) -> dict[tuple, torch.Tensor]:
@@ -177,9 +179,10 @@ class Scorer:
             cache = copy.deepcopy(frame.cache)
             if n > 1:
                 cache.batch_repeat_interleave(n)
-            states = self.model.base_model(
-                input_ids=ids, attention_mask=mask, use_cache=True, **kvcache.cache_arg(self.model, cache),
-                position_ids=torch.arange(p, p + width).unsqueeze(0).expand(n, -1)).last_hidden_state
+            with lastrows.reading(self.model, lengths - 1):  # the one row per text read below
+                states = self.model.base_model(
+                    input_ids=ids, attention_mask=mask, use_cache=True, **kvcache.cache_arg(self.model, cache),
+                    position_ids=torch.arange(p, p + width).unsqueeze(0).expand(n, -1)).last_hidden_state
             last = states[torch.arange(n), lengths - 1].unsqueeze(1)
             for pre in frame.groups:
                 if not pre:
