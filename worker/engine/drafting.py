@@ -24,7 +24,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from worker.engine import kvcache
+from worker.engine import kvcache, lastrows
 from worker.engine.chat import Chat, History
 from worker.engine.kernels import decoding
 from worker.engine.pace import Pace
@@ -169,8 +169,9 @@ class Drafter:
         if 0 < len(prefix) < len(prompt) and tuple(prompt[:len(prefix)]) == prefix:
             cache, done = copy.deepcopy(self.prefixes.get(prefix)), len(prefix)
         started = time.perf_counter()
-        out = self.model(input_ids=torch.tensor([prompt[done:]]), position_ids=torch.arange(done, len(prompt))[None],
-                         use_cache=True, logits_to_keep=1, **kvcache.cache_arg(self.model, cache))
+        with lastrows.reading(self.model, torch.tensor([len(prompt) - done - 1])):  # only the last row's logits are read
+            out = self.model(input_ids=torch.tensor([prompt[done:]]), position_ids=torch.arange(done, len(prompt))[None],
+                             use_cache=True, logits_to_keep=1, **kvcache.cache_arg(self.model, cache))
         self.pace.prefilled(len(prompt) - done, time.perf_counter() - started)
         return kvcache.returned(out), out.logits[:, -1]
 

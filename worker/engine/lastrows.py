@@ -1,5 +1,5 @@
-"""A scoring pass reads one row per message out of the model's last decoder layer: that layer's MLP runs on
-those rows only.
+"""A scoring pass reads one row per message out of the model's last decoder layer (a reply's prefill: its last
+row), so that layer's MLP runs on those rows only.
 
 Per row, a decoder layer's MLP is most of its work (Qwen2-0.5B: gate, up and down, 3 x 896 x 4864, against
 2.0 x 896 x 896 for q, k, v and o), and a scoring pass of 16 zh messages has ~50 rows per message of which it
