@@ -274,7 +274,31 @@ def test_a_scoring_pass_runs_the_last_layers_mlp_on_the_rows_it_reads_only(engin
     finally:
         for hook in hooks:
             hook.remove()
+    assert not layers[-1].mlp._forward_pre_hooks  # the pass's own hook is gone too
     first_pass = seen[:len(layers)]  # then the label tokens' own short pass, if any
     width = first_pass[0][1][1]
     assert width > 5
     assert [shape[:2] for _, shape in first_pass] == [(2, width)] * (len(layers) - 1) + [(2, 1)]
+
+
+def test_a_prefill_gives_the_plain_models_next_token_logits(engine):
+    """A reply's prefill runs the last layer's MLP on its last row only (worker.engine.lastrows): its next-token
+    logits and KV cache are the whole model's. Exact check on a float32 tiny Qwen2."""
+    tiny = _tiny(engine.tok)
+    eng = Engine(tiny, load_prompts(PROMPTS_FILE))
+    prompt = engine.chat.encode("The parcel came late and the box was crushed.")
+    cache, logits = eng.drafter._prefill(prompt, ())
+    with torch.inference_mode():
+        plain = tiny.model(torch.tensor([prompt]), use_cache=True)
+    assert torch.allclose(logits, plain.logits[:, -1], atol=1e-5)
+    assert torch.allclose(cache.layers[-1].keys, plain.past_key_values.layers[-1].keys, atol=1e-6)
+
+
+def test_the_worker_reads_as_many_tokens_of_a_message_as_its_path_was_measured_best_with(engine):
+    """MOODQ_SENTIMENT_MAX_TOKENS unset: the cap follows the scoring path the probe picked (64 on int8-fbgemm with
+    float32 activations, 96 elsewhere: worker.engine.kernels.SCORE_MAX_TOKENS); set, it wins."""
+    from worker.engine import kernels
+
+    assert engine.scorer.max_text_tokens == kernels.score_max_tokens(engine.plan) in (64, 96)
+    loaded = Loaded(engine.model, engine.tok, engine.model_id, 0, True, plan=engine.plan)
+    assert Engine(loaded, engine.prompts, max_text_tokens=128).scorer.max_text_tokens == 128

@@ -537,3 +537,17 @@ def test_an_arm_host_is_named_for_its_machine_not_as_avx2(monkeypatch, tmp_path)
             assert cpu.model_name() == "Arm implementer 0x41 part 0xd4f"  # part of the probe's cache key
         finally:
             cpu._cpuinfo.cache_clear()  # the next reader gets this host's own /proc/cpuinfo
+
+
+def test_the_tokens_a_message_is_read_to_follow_the_scoring_path_unless_set():
+    """64 tokens where int8-fbgemm scores float32 activations (measured as accurate as 96 there, and faster),
+    96 on every other path and on the plain float model; MOODQ_SENTIMENT_MAX_TOKENS wins over both.
+    (A unit test of the rule: plans are constructed, nothing is loaded; test_model checks the worker's engine.)"""
+    def plan(dtype, score):
+        return probe.Plan(dtype=dtype, score=score, decode=score)
+
+    assert kernels.score_max_tokens(plan(FLOAT32, FBGEMM)) == 64
+    assert kernels.score_max_tokens(plan(BFLOAT16, ONEDNN)) == kernels.score_max_tokens(None) == 96
+    assert kernels.score_max_tokens(plan(FLOAT32, FLOAT32)) == 96
+    assert load_settings().sentiment_max_tokens is None
+    assert load_settings(sentiment_max_tokens=128).sentiment_max_tokens == 128

@@ -61,12 +61,11 @@ class Settings(BaseSettings):
 
     # --- messages and replies
     max_chars: int = Field(2000, ge=1, description="Longest accepted message, in characters.")
-    sentiment_max_tokens: int = Field(64, ge=0, description="Tokens of a message the sentiment pass reads: a longer "
-                                      "one is read as its opening and its ending, half each (0 = all). Bounds the "
-                                      "cost of long messages; replies still see the whole text. 64 (was 96, before that "
-                                      "160): on all 400 zh dev lines (92 are longer; no en line is), same run on an AVX2-only "
-                                      "EPYC, the default path labeled 0.765 with both and scored 19 % faster; float32 "
-                                      "labeled 0.7575 against 0.7675 (4 lines).")
+    sentiment_max_tokens: int | None = Field(None, ge=0, description="Tokens of a message the sentiment pass reads: a "
+                                             "longer one is read as its opening and its ending, half each (0 = all). Bounds "
+                                             "the cost of long messages; replies still see the whole text. Unset: what was "
+                                             "measured best for the scoring path the probe picked (worker.engine.kernels."
+                                             "SCORE_MAX_TOKENS): 64 on int8-fbgemm with float32 activations, 96 elsewhere.")
     max_reply_tokens: int = Field(128, ge=1, description="Longest drafted reply, in tokens (128: ~90 % of replies end on their own).")
     reply_end_after: int = Field(40, ge=0, description="A reply this many tokens long ends at its next sentence end "
                                  "(whole sentences, not cut), so a rambling one stops near here (0 = off). 40: the "

@@ -46,6 +46,21 @@ PHASES = ("score", "decode")
 # prompts/default.yaml lists its int8 pairs for `embedded` (a test keeps the two equal) and, per model, others.
 LABEL_SAFE = frozenset({(FLOAT32, FLOAT32), (BFLOAT16, BFLOAT16), (FBGEMM, FLOAT32), (INTMM, FLOAT32),
                         (ONEDNN, BFLOAT16)})
+# Tokens of a message a scoring pass reads (its opening and its ending), per scoring path, where a cap other than
+# the default was measured better: on all 400 zh dev lines (92 longer than 64 tokens; no en line is), one run on a
+# real AVX2-only EPYC (2026-12-07), int8-fbgemm with float32 activations labeled 0.765 reading 64 and 96 (3 lines
+# fixed, 3 broken) and scored 19 % faster; it stayed within 1 point of float32 at 64 (+0.8 / -0.5). Elsewhere 64
+# lost about a point for little: float32 0.7675 -> 0.7575 there; on an AVX512-BF16 EPYC (2026-12-01) float32 with
+# int8-fbgemm 0.755 -> 0.745 and bfloat16 with int8-intmm 0.772 -> 0.762, for +1 % / +4 % msg/s.
+SCORE_MAX_TOKENS = {(FBGEMM, FLOAT32): 64}
+DEFAULT_SCORE_MAX_TOKENS = 96
+
+
+def score_max_tokens(plan) -> int:
+    """Tokens of a message the scoring pass of ``plan`` (a probe.Plan, or None: the float model) reads."""
+    return SCORE_MAX_TOKENS.get((plan.score, plan.dtype), DEFAULT_SCORE_MAX_TOKENS) if plan else DEFAULT_SCORE_MAX_TOKENS
+
+
 SCORE_FLOAT_LAYERS = 2  # decoder layers at each end that score in float when scoring runs int8
 SCORE_FLOAT_PARTS: tuple[str, ...] = ()  # of those layers' Linear layers, the ones that do (empty: all of them)
 

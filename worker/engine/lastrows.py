@@ -2,13 +2,14 @@
 row), so that layer's MLP runs on those rows only.
 
 Per row, a decoder layer's MLP is most of its work (Qwen2-0.5B: gate, up and down, 3 x 896 x 4864, against
-2.0 x 896 x 896 for q, k, v and o), and a scoring pass of 16 zh messages has ~50 rows per message of which it
+2.3 x 896 x 896 for q, k, v and o), and a scoring pass of 16 zh messages has ~50 rows per message of which it
 reads one. The MLP's output is added to the residual stream: given rows [n, 1, d] instead of [n, width, d], the
 addition broadcasts each message's one output over its row, right at the row a caller reads and wrong at the
 others, which nothing reads. The last layer's keys and values (the KV cache a label's later tokens run on)
 come from its attention, before the MLP, so they stay exact.
 
-Only for the architectures below, whose decoder layers add ``mlp(norm(h))`` to ``h`` (and are dense): another
+The hook is on the module, not the thread: one forward pass at a time per process (a prefork pool's). Only for
+the architectures below, whose decoder layers add ``mlp(norm(h))`` to ``h`` (and are dense): another
 model runs its last layer whole.
 """
 
@@ -41,6 +42,7 @@ def reading(model: nn.Module, rows: torch.Tensor):
 
     def gather(module, args):
         x = args[0]
+        assert rows.shape == (x.shape[0],), "one row per message"
         return (x[torch.arange(x.shape[0]), rows].unsqueeze(1), *args[1:])
 
     handle = mlp.register_forward_pre_hook(gather)

@@ -4,6 +4,7 @@ draft a reply (worker.engine.drafting), both on the chat prompts of worker.engin
 from __future__ import annotations
 
 from worker.common.prompts import PromptSet
+from worker.engine import kernels
 from worker.engine.chat import Chat, History
 from worker.engine.drafting import Draft, Drafter, Request
 from worker.engine.loading import Loaded
@@ -15,7 +16,12 @@ __all__ = ["Draft", "Engine", "Judgement"]
 
 
 class Engine:
-    def __init__(self, loaded: Loaded, prompts: PromptSet, max_text_tokens: int = 0, scorer: type[Scorer] = Scorer):
+    def __init__(self, loaded: Loaded, prompts: PromptSet, max_text_tokens: int | None = 0,
+                 scorer: type[Scorer] = Scorer):
+        """``max_text_tokens``: tokens of a message sentiment reads (0: all; None: what its scoring path was measured best
+        with, worker.engine.kernels.score_max_tokens)."""
+        if max_text_tokens is None:
+            max_text_tokens = kernels.score_max_tokens(loaded.plan)
         self.model, self.tok = loaded.model, loaded.tokenizer
         self.model_id = loaded.model_id
         self.plan = loaded.plan

@@ -117,6 +117,6 @@ def moodq(state):
     return {"model": s.model, "cpu": cpu.cpu_class(), "path": path_of(s, state.consumer.hostname),
             "prompt_version": load_prompts(s.prompts).version,
             "queue": s.queue, "concurrency": concurrency, "threads_per_process": threads_per_process(concurrency, s),
-            "sentiment_batch_size": s.sentiment_batch_size, "claim_size": s.claim_size, "sentiment_max_tokens": s.sentiment_max_tokens,
+            "sentiment_batch_size": s.sentiment_batch_size, "claim_size": s.claim_size, "sentiment_max_tokens": "by path" if s.sentiment_max_tokens is None else s.sentiment_max_tokens,
             "reply_batch_size": s.reply_batch_size, "reply_labels": s.reply_labels if s.reply_labels == "all" else ",".join(sorted(s.reply_labels)) or "none",
             "triage_label": s.triage_label, "pid": os.getpid()}
