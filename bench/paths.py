@@ -50,8 +50,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sets = {name: read_labeled(DEV / f"{name}_dev.jsonl")[: args.n] for name in ("zh", "en")}
     reference: dict[str, list[str]] = {}
+    # One cap for every path, so that each is compared with float32 reading the same tokens (a worker's own cap
+    # follows its path: kernels.SCORE_MAX_TOKENS); MOODQ_SENTIMENT_MAX_TOKENS sets another.
     cap = load_settings().sentiment_max_tokens
-    print(f"each message read up to {kernels.DEFAULT_SCORE_MAX_TOKENS if cap is None else cap} tokens (MOODQ_SENTIMENT_MAX_TOKENS)")
+    cap = kernels.DEFAULT_SCORE_MAX_TOKENS if cap is None else cap
+    print(f"each message read up to {cap} tokens (MOODQ_SENTIMENT_MAX_TOKENS)")
     print(f"{'dtype:scoring kernel':<26}{'set':>4}{'acc':>8}{'vs float32':>12}{'agree w/ fp32':>15}{'msg/s':>8}")
     for spec in args.paths.split(","):
         dtype, kernel, *edges = spec.split(":")
@@ -64,9 +67,6 @@ def main() -> None:
         # The prompt prefixes' KV caches on disk are keyed by the plan loaded (float here), not by the kernel swapped
         # in: read from there, one path would score on prefixes another path computed. Each computes its own.
         loaded.prefix_folder = None
-        # One cap for every path, so that each is compared with float32 reading the same tokens (a worker's own cap
-        # follows its path: kernels.SCORE_MAX_TOKENS); MOODQ_SENTIMENT_MAX_TOKENS sets another.
-        cap = kernels.DEFAULT_SCORE_MAX_TOKENS if settings.sentiment_max_tokens is None else settings.sentiment_max_tokens
         eng = Engine(loaded, load_prompts(settings.prompts), max_text_tokens=cap)
         for name, rows in sets.items():
             langs = languages(eng, rows)
