@@ -30,7 +30,15 @@ from transformers.utils import logging as hf_logging
 from worker.common.errors import ModelError
 from worker.common.prompts import load_prompts
 from worker.common.settings import Settings
-from worker.engine import cachefiles, embedded, int8store, kernels, prefixes, probe
+from worker.engine import (
+    cachefiles,
+    embedded,
+    gguf_once,
+    int8store,
+    kernels,
+    prefixes,
+    probe,
+)
 from worker.engine.int8store import Int8Store
 
 log = logging.getLogger(__name__)
@@ -123,12 +131,13 @@ def load(settings: Settings) -> Loaded:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
-        source = _source(settings)
-        plan = measured_plan(settings, source=source)
+        # On a first start, the config, the tokenizer and the weights read a GGUF's metadata once (gguf_once).
         # The tokenizer parses (Python and Rust: ~2 s on an AVX2-only EPYC) while the weights load and their
         # kernels are prepared, torch work that mostly releases the GIL. On a first start it reads what the
         # conversion writes, so it comes after.
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        with gguf_once.shared(), ThreadPoolExecutor(max_workers=1) as pool:
+            source = _source(settings)
+            plan = measured_plan(settings, source=source)
             early = pool.submit(source.tokenizer) if source.tokenizer_first() else None
             model, warm = source.weights(plan.dtype)
             model.eval()

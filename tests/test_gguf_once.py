@@ -1,0 +1,86 @@
+"""A first start reads a GGUF's metadata once (worker.engine.gguf_once), with the real gguf reader and the real
+transformers calls that open it, on a GGUF of a few bytes written here."""
+
+from __future__ import annotations
+
+import threading
+
+import gguf
+import numpy as np
+import pytest
+from transformers import AutoConfig
+
+from worker.engine import gguf_once
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_context_length(64)
+    writer.add_embedding_length(8)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(16)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(1)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture
+def parses(monkeypatch):
+    """How many times the gguf library's reader parsed a file (a counting subclass of the real reader)."""
+    count = {"n": 0}
+
+    class Counting(gguf.GGUFReader):
+        def __init__(self, *args, **kwargs):
+            count["n"] += 1
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    return count
+
+
+def _config(path):
+    return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def test_transformers_opens_a_gguf_once_inside_the_block_and_every_time_outside(tiny_gguf, parses):
+    _config(tiny_gguf)
+    _config(tiny_gguf)
+    assert parses["n"] == 2
+    with gguf_once.shared() as readers:
+        first = _config(tiny_gguf)
+        again = _config(tiny_gguf)
+        assert parses["n"] == 3 and list(readers) == [tiny_gguf.resolve()]
+    assert first.to_dict() == again.to_dict() and first.hidden_size == 8
+    assert not readers and gguf.GGUFReader.__name__ == "Counting"  # restored, its readers dropped
+    _config(tiny_gguf)
+    assert parses["n"] == 4
+
+
+def test_nested_and_overlapping_blocks_restore_the_reader_once_all_have_closed(tiny_gguf, parses):
+    counting = gguf.GGUFReader
+    entered, leave = threading.Event(), threading.Event()
+
+    def other_thread():
+        with gguf_once.shared():
+            entered.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=other_thread)
+    with gguf_once.shared():
+        thread.start()
+        entered.wait(10)
+        with gguf_once.shared():
+            assert gguf.GGUFReader(str(tiny_gguf)) is gguf.GGUFReader(tiny_gguf)
+    assert gguf.GGUFReader is not counting  # the other thread's block is still open
+    leave.set()
+    thread.join(10)
+    assert gguf.GGUFReader is counting and parses["n"] == 1
