@@ -84,3 +84,24 @@ def test_nested_and_overlapping_blocks_restore_the_reader_once_all_have_closed(t
     leave.set()
     thread.join(10)
     assert gguf.GGUFReader is counting and parses["n"] == 1
+
+
+def test_a_gguf_file_is_parsed_at_a_start_only_while_no_converted_copy_of_its_bytes_is_there(tiny_gguf, parses, tmp_path):
+    """A worker's main process checks MOODQ_MODEL=<file>.gguf by reading it whole (~10 s for the 0.5B's
+    vocabulary); once a copy converted from the same bytes is cached, hashing it is the check."""
+    from worker.common.errors import ModelError
+    from worker.common.settings import load_settings
+    from worker.engine import embedded, loading
+
+    settings = load_settings(model=str(tiny_gguf), cache_dir=str(tmp_path / "cache"))
+    loading.check_model(settings)
+    assert parses["n"] == 1
+    converted = loading._converted_dir(settings, embedded.sha256_of(tiny_gguf), "float32")
+    converted.mkdir(parents=True)
+    (converted / "READY").write_text("ok")
+    loading.check_model(settings)
+    assert parses["n"] == 1
+    tiny_gguf.write_bytes(tiny_gguf.read_bytes()[:100])  # other bytes: read again, and refused
+    with pytest.raises(ModelError, match="is not a readable GGUF|is truncated"):
+        loading.check_model(settings)
+    assert parses["n"] == 2

