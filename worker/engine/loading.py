@@ -39,10 +39,11 @@ from worker.engine import (
     prefixes,
     probe,
 )
-from worker.engine.int8store import Int8Store
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # "Loading weights" bars would land in every worker's log
+# Converting a GGUF in bfloat16 warns that packed GGUF kernels run best in float32: it keeps no packed weights here.
+logging.getLogger("transformers.quantizers.quantizer_gguf").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -141,7 +142,7 @@ def load(settings: Settings) -> Loaded:
             early = pool.submit(source.tokenizer) if source.tokenizer_first() else None
             model, warm = source.weights(plan.dtype)
             model.eval()
-            int8 = Int8Store(int8store.file_for(settings.cache_dir, source.sha256, plan.dtype))
+            int8 = int8store.Int8Store(int8store.file_for(settings.cache_dir, source.sha256, plan.dtype))
             kernels.apply(model, plan.dtype, plan.score, plan.decode, int8)
             int8.save()  # on the first start with these weights; then it holds no copy
             kernels.own_memory(model)
@@ -272,10 +273,9 @@ def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings, dtype: 
     path = locate()
     log.info("de-quantising %s (first start only; converted weights go to %s)", path.name, converted)
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    model = model.to(_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=_dtype(dtype))
     _save_converted(model, tok, converted)
-    if _ready(converted):  # run what later starts load: .to() above also cast the rotary inv_freq to bfloat16
+    if _ready(converted):  # run what later starts load, not the model the conversion built (its layers may differ)
         del model  # not two copies in memory at once
         return AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype)), False
     return model, False
