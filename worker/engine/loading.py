@@ -132,15 +132,15 @@ def load(settings: Settings) -> Loaded:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
-        # On a first start, the config, the tokenizer and the weights read a GGUF's metadata once (gguf_once).
-        # The tokenizer parses (Python and Rust: ~2 s on an AVX2-only EPYC) while the weights load and their
-        # kernels are prepared, torch work that mostly releases the GIL. On a first start it reads what the
-        # conversion writes, so it comes after.
-        with gguf_once.shared(), ThreadPoolExecutor(max_workers=1) as pool:
-            source = _source(settings)
-            plan = measured_plan(settings, source=source)
-            early = pool.submit(source.tokenizer) if source.tokenizer_first() else None
-            model, warm = source.weights(plan.dtype)
+        # The tokenizer parses (~2 s on an AVX2-only EPYC) while the weights load and their kernels are prepared
+        # (torch work that mostly releases the GIL); on a first start it reads the conversion's output, after it.
+        # A first start reads a GGUF's metadata once (gguf_once), and drops it before the int8 kernels are made.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            with gguf_once.shared():
+                source = _source(settings)
+                plan = measured_plan(settings, source=source)
+                early = pool.submit(source.tokenizer) if source.tokenizer_first() else None
+                model, warm = source.weights(plan.dtype)
             model.eval()
             int8 = int8store.Int8Store(int8store.file_for(settings.cache_dir, source.sha256, plan.dtype))
             kernels.apply(model, plan.dtype, plan.score, plan.decode, int8)
