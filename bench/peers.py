@@ -29,10 +29,7 @@ import torch  # noqa: E402
 
 from bench.common import DEV, header  # noqa: E402
 from worker.common.settings import load_settings  # noqa: E402
-from worker.engine import (
-    embedded,
-    loading,  # noqa: E402
-)
+from worker.engine import converting, embedded  # noqa: E402
 from worker.jobs.resident import engine as resident  # noqa: E402
 from worker.quality.evaluate import read_labeled  # noqa: E402
 
@@ -155,9 +152,9 @@ def main() -> None:
     llama_rate = row("scoring, one at a time (prefix KV kept)", len(rows), secs, labels, gold)
     print(f"  replies, batch 1{'':<36}{tps:>8.1f} tok/s   (no batched generation in this API)", flush=True)
 
-    converted = loading._converted_dir(settings, embedded.SHA256, "float32")
+    converted = converting.converted_dir(settings.cache_dir, embedded.SHA256, "float32")
     print("\nCTranslate2 int8 (converted from moodq's float32 cache):")
-    if not loading._ready(converted):
+    if not converting.ready(converted):
         print("  skipped: no float32 conversion cached (run once with MOODQ_DTYPE=float32)")
         return
     labels, secs, rates = ctranslate2_int8(converted, eng.tok, prefix, texts, label_tok, reply_prompts,

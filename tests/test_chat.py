@@ -12,10 +12,10 @@ from worker.engine.chat import SENTINEL, Chat
 
 @pytest.fixture(scope="module")
 def chat():
-    from worker.engine import embedded, loading
+    from worker.engine import converting, embedded, loading
 
     s = load_settings()
-    converted = loading._any_converted(s, embedded.SHA256)
+    converted = converting.any_converted(s.cache_dir, embedded.SHA256)
     if converted:
         tok = loading._tokenizer(str(converted))
     else:  # a fresh machine: read the tokenizer out of the GGUF (no weights are de-quantised)

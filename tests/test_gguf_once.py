@@ -91,12 +91,12 @@ def test_a_gguf_file_is_parsed_at_a_start_only_while_no_converted_copy_of_its_by
     vocabulary); once a copy converted from the same bytes is cached, hashing it is the check."""
     from worker.common.errors import ModelError
     from worker.common.settings import load_settings
-    from worker.engine import embedded, loading
+    from worker.engine import converting, embedded, loading
 
     settings = load_settings(model=str(tiny_gguf), cache_dir=str(tmp_path / "cache"))
     loading.check_model(settings)
     assert parses["n"] == 1
-    converted = loading._converted_dir(settings, embedded.sha256_of(tiny_gguf), "float32")
+    converted = converting.converted_dir(settings.cache_dir, embedded.sha256_of(tiny_gguf), "float32")
     converted.mkdir(parents=True)
     (converted / "READY").write_text("ok")
     loading.check_model(settings)

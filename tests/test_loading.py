@@ -8,7 +8,7 @@ import torch
 from worker.common.errors import ModelError
 from worker.common.prompts import load_prompts
 from worker.common.settings import PROMPTS_FILE, load_settings
-from worker.engine import embedded
+from worker.engine import converting, embedded
 from worker.engine.loading import check_model, load
 from worker.engine.model import Engine
 
@@ -66,8 +66,8 @@ def test_warm_start_check_neither_hashes_nor_assembles_the_gguf(tmp_path, engine
     from worker.engine import loading
 
     real = load_settings()
-    converted = loading._converted_dir(real, embedded.SHA256, engine.plan.dtype)
-    assert loading._ready(converted)  # the session's engine fixture made it
+    converted = converting.converted_dir(real.cache_dir, embedded.SHA256, engine.plan.dtype)
+    assert converting.ready(converted)  # the session's engine fixture made it
     (tmp_path / "converted").mkdir()
     (tmp_path / "converted" / converted.name).symlink_to(converted)
     for kept in ("probe", "int8", "prefixes"):  # this host's kernel table, int8 copies and prompt prefixes: a warm start
@@ -111,8 +111,6 @@ def test_an_unreadable_converted_copy_is_removed_and_converted_again(tmp_path, c
     (here overwritten; once by a test writing through a link into the real cache) are removed and the
     GGUF is converted again, not a start that fails on every try. ``locate`` stands in for the GGUF: it
     raising proves the conversion was reached, without the minute a real conversion takes."""
-    from worker.engine import loading
-
     class Converting(Exception):
         pass
 
@@ -121,12 +119,39 @@ def test_an_unreadable_converted_copy_is_removed_and_converted_again(tmp_path, c
 
     settings = load_settings(cache_dir=str(tmp_path))
     sha = "ab" * 32
-    converted = loading._converted_dir(settings, sha, "float32")
+    converted = converting.converted_dir(settings.cache_dir, sha, "float32")
     converted.mkdir(parents=True)
     (converted / "config.json").write_text('{"model_type": "qwen2"}')
     (converted / "model.safetensors").write_bytes(b"x" * 1000)
     (converted / "READY").write_text("ok")
     with pytest.raises(Converting):
-        loading._load_gguf(locate, sha, settings, "float32")
+        converting.weights(locate, sha, settings.cache_dir, "float32")
     assert not converted.exists()
     assert "cannot be read" in caplog.text and "converting again" in caplog.text
+
+
+def test_a_start_waits_for_another_process_converting_the_gguf_and_reads_its_copy(tmp_path, engine):
+    """Two pool processes (or containers on one cache volume) starting on an empty cache: the second waits on
+    the conversion's lock, then loads the first one's copy and converts nothing. Here the test holds the lock,
+    and the copy it then puts in place is the real one (linked)."""
+    import threading
+
+    from worker.engine import cachefiles
+
+    real = converting.converted_dir(load_settings().cache_dir, embedded.SHA256, engine.plan.dtype)
+    converted = converting.converted_dir(tmp_path, embedded.SHA256, engine.plan.dtype)
+    located, result = [], {}
+
+    def start():
+        result["model"], result["warm"] = converting.weights(lambda: located.append(1), embedded.SHA256, tmp_path,
+                                                             engine.plan.dtype)
+
+    with cachefiles.only_one(converted):
+        waiting = threading.Thread(target=start)
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive()  # held by the lock, not converting
+        converted.symlink_to(real)
+    waiting.join(60)
+    assert not waiting.is_alive() and result["warm"] and not located
+    assert result["model"].config.num_hidden_layers == engine.model.config.num_hidden_layers

@@ -12,10 +12,11 @@ time), so an entry's age says when any worker on this host last used it; ``moodq
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,19 @@ def stamp(paths: Iterable[Path | None]) -> None:
             os.utime(path)
 
 
+@contextlib.contextmanager
+def only_one(entry: Path) -> Iterator[None]:
+    """Hold ``entry``'s lock (the file beside it with the suffix .lock) while it is made: a second process on
+    this host (another pool process, another container on the same cache volume) waits for the first one's entry
+    instead of making it beside it. The lock goes when the block ends or the process dies."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def entries(cache_dir: Path, in_use: Iterable[Path] = ()) -> list[Entry]:
-    """Every entry in ``cache_dir``, oldest first; a probe's table and its lock file are one entry."""
+    """Every entry in ``cache_dir``, oldest first; an entry and its lock file (:func:`only_one`) are one."""
     cache_dir, used = Path(cache_dir), {Path(p).resolve() for p in in_use}
     found = [p for p in cache_dir.glob("*.gguf*") if p.is_file()]
     for kind in KINDS:
@@ -63,9 +75,8 @@ def remove(entry: Entry) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
-    if entry.kind == "probe":
-        with contextlib.suppress(FileNotFoundError):
-            entry.path.with_suffix(".lock").unlink()
+    with contextlib.suppress(FileNotFoundError):
+        entry.path.with_suffix(".lock").unlink()
 
 
 def _kind(path: Path, cache_dir: Path) -> str:

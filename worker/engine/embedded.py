@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.common.errors import ModelError
+from worker.engine import cachefiles
 
 CHUNK = 1 << 20
 
@@ -73,11 +74,22 @@ def sha256_of(path: Path) -> str:
 
 
 def ensure_gguf(cache_dir: Path, model: Packaged = DEFAULT) -> Path:
-    """Return the verified GGUF path, assembling it from the parts on first use."""
-    target = cache_dir / model.file_name
-    if target.exists() and target.stat().st_size == model.size and sha256_of(target) == model.sha256:
+    """Return the verified GGUF path, assembling it from the parts on first use (one process on a host at a time:
+    the others wait for its file)."""
+    target = Path(cache_dir) / model.file_name
+    if _verified(target, model):
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    with cachefiles.only_one(target):
+        if not _verified(target, model):
+            _assemble(target, model)
+    return target
+
+
+def _verified(target: Path, model: Packaged) -> bool:
+    return target.exists() and target.stat().st_size == model.size and sha256_of(target) == model.sha256
+
+
+def _assemble(target: Path, model: Packaged) -> None:
     tmp = target.with_suffix(f".tmp{os.getpid()}")
     digest = hashlib.sha256()
     with tmp.open("wb") as out:
@@ -93,5 +105,4 @@ def ensure_gguf(cache_dir: Path, model: Packaged = DEFAULT) -> Path:
             f"(sha256 {digest.hexdigest()}, expected {model.sha256}); reinstall "
             f"{model.distribution}1..{model.parts}=={model.version}"
         )
-    os.replace(tmp, target)  # atomic: concurrent workers never see a half-written file
-    return target
+    os.replace(tmp, target)  # atomic: no process ever reads a half-written file

@@ -1,4 +1,4 @@
-"""Find, verify and load the configured model; cache converted GGUF weights for warm starts.
+"""Find, verify and load the configured model (a GGUF through its converted copy: worker.engine.converting).
 
 Before the weights load, the kernel probe (worker.engine.probe) decides the float dtype and each phase's
 kernel from the model's config; after, worker.engine.kernels swaps the Linear layers accordingly.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -32,6 +29,7 @@ from worker.common.prompts import load_prompts
 from worker.common.settings import Settings
 from worker.engine import (
     cachefiles,
+    converting,
     embedded,
     gguf_once,
     int8store,
@@ -42,8 +40,6 @@ from worker.engine import (
 
 log = logging.getLogger(__name__)
 hf_logging.disable_progress_bar()  # "Loading weights" bars would land in every worker's log
-# Converting a GGUF in bfloat16 warns that packed GGUF kernels run best in float32: it keeps no packed weights here.
-logging.getLogger("transformers.quantizers.quantizer_gguf").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -55,10 +51,6 @@ class Loaded:
     warm: bool
     plan: probe.Plan | None = None  # the float dtype and each phase's kernel, with the probe's table
     prefix_folder: Path | None = None  # where its prompt prefixes' KV caches are kept (worker.engine.prefixes)
-
-
-def _dtype(name: str) -> torch.dtype:
-    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
 @dataclass
@@ -85,19 +77,19 @@ def _source(settings: Settings) -> _Source:
             raise ModelError(f"GGUF file not found: {file}")
         return _gguf_source(f"gguf:{file.name}", lambda: file, embedded.sha256_of(file), settings)
     return _Source(name, lambda: AutoConfig.from_pretrained(name),
-                   lambda dtype: (AutoModelForCausalLM.from_pretrained(name, dtype=_dtype(dtype)), False),
+                   lambda dtype: (AutoModelForCausalLM.from_pretrained(name, dtype=converting.dtype_of(dtype)), False),
                    lambda: _tokenizer(name))
 
 
 def _gguf_source(model_id: str, locate: Callable[[], Path], sha: str, settings: Settings) -> _Source:
     """A GGUF, de-quantised once: config, weights and tokenizer come from its converted copy after that."""
     def tokenizer():  # from the GGUF itself only if its converted copy could not be saved
-        path = _any_converted(settings, sha) or locate()
+        path = converting.any_converted(settings.cache_dir, sha) or locate()
         return _tokenizer(str(path)) if path.is_dir() else AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
-    return _Source(model_id, lambda: _gguf_config(locate, sha, settings),
-                   lambda dtype: _load_gguf(locate, sha, settings, dtype),
-                   tokenizer, lambda: _any_converted(settings, sha) is not None, sha)
+    return _Source(model_id, lambda: converting.config(locate, sha, settings.cache_dir),
+                   lambda dtype: converting.weights(locate, sha, settings.cache_dir, dtype),
+                   tokenizer, lambda: converting.any_converted(settings.cache_dir, sha) is not None, sha)
 
 
 def measured_plan(settings: Settings, fresh: bool = False, source: _Source | None = None) -> probe.Plan:
@@ -169,7 +161,7 @@ def _cache_entries(settings: Settings, source: _Source, plan: probe.Plan, folder
     sha, packaged = source.sha256, embedded.MODELS.get(settings.model)
     folder = folder or prefixes.folder_for(settings.cache_dir, sha, str(plan))
     return [p for p in (packaged and settings.cache_dir / packaged.file_name, plan.file,
-                        sha and _converted_dir(settings, sha, plan.dtype),
+                        sha and converting.converted_dir(settings.cache_dir, sha, plan.dtype),
                         int8store.file_for(settings.cache_dir, sha, plan.dtype), folder) if p]
 
 
@@ -194,14 +186,14 @@ def check_model(settings: Settings) -> None:
     name = settings.model
     if name in embedded.MODELS:
         packaged = embedded.MODELS[name]
-        if not _any_converted(settings, packaged.sha256):
+        if not converting.any_converted(settings.cache_dir, packaged.sha256):
             embedded.ensure_gguf(settings.cache_dir, packaged)
     elif name.endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():
             raise ModelError(f"GGUF file not found: {name}")
-        if not _any_converted(settings, embedded.sha256_of(path)):  # hashing costs ~1 s a GB, parsing it ~10 s
-            _check_gguf(path)
+        if not converting.any_converted(settings.cache_dir, embedded.sha256_of(path)):  # hashing costs ~1 s a GB, parsing it ~10 s
+            converting.check_gguf(path)
     else:
         from transformers import AutoConfig
 
@@ -213,88 +205,8 @@ def check_model(settings: Settings) -> None:
                              f"{str(exc).splitlines()[0]}") from None
 
 
-def _check_gguf(path: Path) -> None:
-    """Read the GGUF's header and tensor table (memory-mapped, no weights decoded): a truncated or
-    corrupt file fails here, in the worker's main process, before it takes any message."""
-    from gguf import GGUFReader
-
-    try:
-        reader = GGUFReader(path)
-        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
-    except Exception as exc:  # the reader raises ValueError, KeyError, struct errors ... on bad bytes
-        raise ModelError(f"GGUF file {path} is not a readable GGUF ({type(exc).__name__}: {exc})") from None
-    if not reader.tensors or end > path.stat().st_size:
-        raise ModelError(f"GGUF file {path} is truncated or holds no tensors")
-
-
 @functools.cache
 def _tokenizer(source: str) -> PreTrainedTokenizerBase:
     """One tokenizer per source and process (a hub id's or directory's is parsed by the main process's check,
     before the fork, and shared by the pool)."""
     return AutoTokenizer.from_pretrained(source)
-
-
-def _converted_dir(settings: Settings, sha: str, dtype: str) -> Path:
-    """Keyed by the GGUF's hash and the dtype it holds; int8 copies are made at load, never cached."""
-    return settings.cache_dir / "converted" / f"{sha[:16]}-{dtype}"
-
-
-def _ready(converted: Path) -> bool:
-    return (converted / "READY").exists()
-
-
-def _any_converted(settings: Settings, sha: str) -> Path | None:
-    """A converted copy of this GGUF in any dtype (config and tokenizer are the same in all)."""
-    return next((d for d in sorted((settings.cache_dir / "converted").glob(f"{sha[:16]}-*")) if _ready(d)), None)
-
-
-def _gguf_config(locate: Callable[[], Path], sha: str, settings: Settings):
-    """The model's config: from a converted copy when there is one, else from the GGUF's metadata."""
-    converted = _any_converted(settings, sha)
-    if converted:
-        return AutoConfig.from_pretrained(converted)
-    path = locate()
-    return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-
-
-def _load_gguf(locate: Callable[[], Path], sha: str, settings: Settings, dtype: str):
-    """De-quantise a GGUF once; later starts load the converted weights from the cache.
-
-    The cache is keyed by the GGUF's SHA-256, so a warm start need not read the GGUF at all.
-    """
-    converted = _converted_dir(settings, sha, dtype)
-    if _ready(converted):
-        try:
-            return AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype)), True
-        except (OSError, ValueError, SafetensorError) as exc:  # an unreadable copy (not, say, a MemoryError) is rebuilt
-            log.warning("the converted weights in %s cannot be read (%s: %s); removing them and converting again",
-                        converted, type(exc).__name__, exc)
-            shutil.rmtree(converted, ignore_errors=True)
-    path = locate()
-    log.info("de-quantising %s (first start only; converted weights go to %s)", path.name, converted)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=_dtype(dtype))
-    _save_converted(model, tok, converted)
-    if _ready(converted):  # run what later starts load, not the model the conversion built (its layers may differ)
-        del model  # not two copies in memory at once
-        return AutoModelForCausalLM.from_pretrained(converted, dtype=_dtype(dtype)), False
-    return model, False
-
-
-def _save_converted(model: PreTrainedModel, tok: PreTrainedTokenizerBase, target: Path) -> None:
-    """Write the converted weights atomically (a temp dir renamed into place)."""
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    try:
-        model.hf_quantizer = None  # de-quantised already; lets save_pretrained write plain weights
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "READY").write_text("ok")
-        if target.exists():
-            shutil.rmtree(tmp)  # another process finished first
-        else:
-            os.replace(tmp, target)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        log.warning("could not cache converted weights (%s); next start will de-quantise again", exc)

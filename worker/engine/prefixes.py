@@ -21,7 +21,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from worker.engine import fusing, kernels, kvcache, ondisk
 
-VERSION = 2  # 2: a first start saved prefixes with its rotary inv_freq in bfloat16 (worker.engine.loading._load_gguf)
+VERSION = 2  # 2: a first start saved prefixes with its rotary inv_freq in bfloat16 (worker.engine.converting)
 
 
 def folder_for(cache_dir: Path, weights: str | None, path: str) -> Path | None:

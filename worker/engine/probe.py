@@ -18,7 +18,6 @@ read it. ``moodq probe`` prints it. CPU flags are only part of the key: they nev
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -188,7 +187,7 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
              int8_scoring: bool | Collection[tuple[str, str]] = True) -> Plan:
     """The plan for this host and model: read from the cache, or measured (once per host: a file lock
     keeps a second process waiting for the first one's table instead of measuring beside it)."""
-    from worker.engine import cpu
+    from worker.engine import cachefiles, cpu
 
     shapes, rows, ladder = linear_shapes(config), Rows.of(settings), Rows(score=LADDER[-1], batch=16)
     key = host_key(model_id, shapes, ladder)
@@ -196,8 +195,7 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
     folder.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     file = folder / f"{name}.json"
-    with open(folder / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cachefiles.only_one(file):
         saved = _read(file, key) if not fresh else None
         if saved is None:
             started = time.perf_counter()
