@@ -155,3 +155,16 @@ def test_a_start_waits_for_another_process_converting_the_gguf_and_reads_its_cop
     waiting.join(60)
     assert not waiting.is_alive() and result["warm"] and not located
     assert result["model"].config.num_hidden_layers == engine.model.config.num_hidden_layers
+
+
+def test_an_entry_whose_lock_cannot_be_opened_is_made_unlocked_with_a_warning(tmp_path, caplog):
+    """Unit test of the cache's lock (no model involved): where the lock file cannot be opened (here a folder
+    stands in its place; in production, a cache folder this user cannot write) the entry is still made."""
+    from worker.engine import cachefiles
+
+    entry = tmp_path / "converted" / "0123-bfloat16"
+    cachefiles.lock_file(entry).mkdir(parents=True)
+    made = []
+    with cachefiles.only_one(entry):
+        made.append(entry)
+    assert made and "cannot lock" in caplog.text

@@ -348,7 +348,7 @@ def test_cache_prune_removes_old_unused_entries_and_keeps_what_this_host_reads(t
     # through the link above into the real cache: on a float32 host it once overwrote the real weights)
     read = next(p.name for p in used if p.parent.name == "converted")
     other = read.replace("float32", "bfloat16") if read.endswith("-float32") else read.rsplit("-", 1)[0] + "-float32"
-    stale = ["int8/0123456789.safetensors", "probe/abcdef.json", "probe/abcdef.lock",
+    stale = ["int8/0123456789.safetensors", "probe/abcdef.json", "probe/abcdef.json.lock",
              f"converted/{other}/model.safetensors", f"converted/{other}.lock", "prefixes/0ldh0st/0.safetensors"]
     for name in stale:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import time
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 KINDS = ("converted", "int8", "prefixes", "probe")  # the folders; the GGUFs sit at the top level
 
 
@@ -39,13 +41,27 @@ def stamp(paths: Iterable[Path | None]) -> None:
             os.utime(path)
 
 
+def lock_file(entry: Path) -> Path:
+    return entry.with_name(entry.name + ".lock")
+
+
 @contextlib.contextmanager
 def only_one(entry: Path) -> Iterator[None]:
-    """Hold ``entry``'s lock (the file beside it with the suffix .lock) while it is made: a second process on
-    this host (another pool process, another container on the same cache volume) waits for the first one's entry
-    instead of making it beside it. The lock goes when the block ends or the process dies."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with open(entry.with_suffix(".lock"), "w") as lock:
+    """Hold ``entry``'s lock (:func:`lock_file`) while it is made: a second process on this host (another pool
+    process, another container on the same cache volume) waits for the first one's entry instead of making it
+    beside it. The lock goes when the block ends or the process dies. Where the lock file cannot be opened (a
+    folder this user cannot write), the block runs unlocked, with a warning: entries are written atomically, so
+    two processes making one only cost time."""
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file(entry), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        log.warning("cannot lock %s (%s): another process may make it at the same time", entry, exc)
+        fd = None
+    if fd is None:
+        yield
+        return
+    with open(fd) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -53,7 +69,7 @@ def only_one(entry: Path) -> Iterator[None]:
 def entries(cache_dir: Path, in_use: Iterable[Path] = ()) -> list[Entry]:
     """Every entry in ``cache_dir``, oldest first; an entry and its lock file (:func:`only_one`) are one."""
     cache_dir, used = Path(cache_dir), {Path(p).resolve() for p in in_use}
-    found = [p for p in cache_dir.glob("*.gguf*") if p.is_file()]
+    found = [p for p in cache_dir.glob("*.gguf*") if p.is_file() and not p.name.endswith(".lock")]
     for kind in KINDS:
         found += [p for p in sorted((cache_dir / kind).glob("*")) if not p.name.endswith(".lock")]
     out = []
@@ -76,7 +92,7 @@ def remove(entry: Entry) -> None:
         with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
     with contextlib.suppress(FileNotFoundError):
-        entry.path.with_suffix(".lock").unlink()
+        lock_file(entry.path).unlink()
 
 
 def _kind(path: Path, cache_dir: Path) -> str:

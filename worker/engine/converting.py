@@ -64,18 +64,21 @@ def weights(locate: Callable[[], Path], sha: str, cache_dir: Path, dtype: str) -
     converted = converted_dir(cache_dir, sha, dtype)
     if (model := _read(converted, dtype)) is not None:
         return model, True
-    with cachefiles.only_one(converted):
-        if (model := _read(converted, dtype)) is not None:  # another process converted it while this one waited
-            return model, True
-        path = locate()
-        log.info("de-quantising %s (first start only; converted weights go to %s)", path.name, converted)
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype_of(dtype))
-        _save(model, tok, converted)
-    if ready(converted):  # run what later starts load, not the model the conversion built (its layers may differ)
+    with cachefiles.only_one(converted):  # ready once it is held: another process converted it meanwhile
+        model = None if ready(converted) else _convert(locate(), converted, dtype)
+    warm = model is None
+    if warm or ready(converted):  # run what later starts load, not the model the conversion built (its layers may differ)
         del model  # not two copies in memory at once
-        return AutoModelForCausalLM.from_pretrained(converted, dtype=dtype_of(dtype)), False
-    return model, False
+        return AutoModelForCausalLM.from_pretrained(converted, dtype=dtype_of(dtype)), warm
+    return model, False  # its copy could not be saved
+
+
+def _convert(path: Path, converted: Path, dtype: str) -> PreTrainedModel:
+    log.info("de-quantising %s (first start only; converted weights go to %s)", path.name, converted)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype_of(dtype))
+    _save(model, tok, converted)
+    return model
 
 
 def _read(converted: Path, dtype: str) -> PreTrainedModel | None:
@@ -101,9 +104,10 @@ def _save(model: PreTrainedModel, tok: PreTrainedTokenizerBase, target: Path) ->
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "READY").write_text("ok")
-        if target.exists():
-            shutil.rmtree(tmp)  # another process finished first
+        if ready(target):
+            shutil.rmtree(tmp)  # another process finished first (one that could not take the lock)
         else:
+            shutil.rmtree(target, ignore_errors=True)  # what a failed removal left: it would block every copy
             os.replace(tmp, target)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,11 +18,11 @@ from pathlib import Path
 _lock = threading.Lock()
 _readers: dict[Path, object] = {}  # while any block is open
 _open_blocks = 0
-_original = None  # gguf.GGUFReader itself, while any block is open
+_original = None  # gguf.GGUFReader itself, once a block has opened
 
 
 def _reader(path, *args, **kwargs):
-    if args or kwargs:  # a write mode, or an option transformers does not use: not shared
+    if args or kwargs or not _open_blocks:  # an option transformers does not use, or a call after every block closed
         return _original(path, *args, **kwargs)
     key = Path(path).resolve()
     with _lock:  # held while a first reader parses: a second thread waits for it rather than parse again
@@ -33,9 +33,9 @@ def _reader(path, *args, **kwargs):
 
 @contextlib.contextmanager
 def shared() -> Iterator[dict[Path, object]]:
-    """Within the block, ``gguf.GGUFReader(path)`` (as transformers calls it) returns one reader per file.
-    Yields the readers made so far, by resolved path. Blocks may nest or overlap across threads; the last to
-    close restores ``gguf.GGUFReader`` and drops the readers."""
+    """Within the block, ``gguf.GGUFReader(path)`` (as transformers calls it, from any thread of the process)
+    returns one reader per file. Yields the readers made so far, by resolved path. Blocks may nest or overlap
+    across threads; the last to close restores ``gguf.GGUFReader`` and drops the readers."""
     global _open_blocks, _original
     import gguf
 
@@ -49,5 +49,5 @@ def shared() -> Iterator[dict[Path, object]]:
         with _lock:
             _open_blocks -= 1
             if _open_blocks == 0:
-                gguf.GGUFReader, _original = _original, None
+                gguf.GGUFReader = _original
                 _readers.clear()

@@ -21,7 +21,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from worker.engine import fusing, kernels, kvcache, ondisk
 
-VERSION = 2  # 2: a first start saved prefixes with its rotary inv_freq in bfloat16 (worker.engine.converting)
+VERSION = 2  # 2: a first start once saved prefixes computed by the conversion's model (rotary inv_freq in bfloat16)
 
 
 def folder_for(cache_dir: Path, weights: str | None, path: str) -> Path | None:
