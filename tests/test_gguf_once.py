@@ -105,3 +105,21 @@ def test_a_gguf_file_is_parsed_at_a_start_only_while_no_converted_copy_of_its_by
     with pytest.raises(ModelError, match="is not a readable GGUF|is truncated"):
         loading.check_model(settings)
     assert parses["n"] == 2
+
+
+def test_a_conversion_draws_no_progress_bar_into_a_worker_log(tiny_gguf, capsys):
+    """transformers' bar goes to stderr, which a Celery worker logs line by line as WARNING; converting.no_bar
+    silences it for the conversion only (outside it, the same call draws the bar)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from worker.engine import converting
+
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=4, hidden_size=8, num_hidden_layers=1, intermediate_size=16,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    with converting.no_bar():
+        inside = load_gguf_checkpoint(tiny_gguf, return_tensors=True, model_to_load=model)
+    assert "Converting and de-quantizing" not in capsys.readouterr().err
+    outside = load_gguf_checkpoint(tiny_gguf, return_tensors=True, model_to_load=model)
+    assert "Converting and de-quantizing" in capsys.readouterr().err
+    assert list(inside["tensors"]) == list(outside["tensors"]) == ["model.embed_tokens.weight"]

@@ -7,10 +7,13 @@ cache volume, waits for the first one's copy instead of converting beside it (30
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -75,10 +78,27 @@ def weights(locate: Callable[[], Path], sha: str, cache_dir: Path, dtype: str) -
 
 def _convert(path: Path, converted: Path, dtype: str) -> PreTrainedModel:
     log.info("de-quantising %s (first start only; converted weights go to %s)", path.name, converted)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype_of(dtype))
+    started = time.perf_counter()
+    with no_bar():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype_of(dtype))
     _save(model, tok, converted)
+    log.info("de-quantised %s in %.0f s", path.name, time.perf_counter() - started)
     return model
+
+
+@contextlib.contextmanager
+def no_bar() -> Iterator[None]:
+    """transformers draws its GGUF conversion's progress bar with tqdm on stderr, which a Celery worker logs
+    line by line as WARNING (~24 lines on a first start); the log gets one line at each end instead."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
+
+    bar = gguf_loading.tqdm
+    gguf_loading.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_loading.tqdm = bar
 
 
 def _read(converted: Path, dtype: str) -> PreTrainedModel | None:
