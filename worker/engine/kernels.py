@@ -51,7 +51,8 @@ LABEL_SAFE = frozenset({(FLOAT32, FLOAT32), (BFLOAT16, BFLOAT16), (FBGEMM, FLOAT
 # real AVX2-only EPYC (2026-12-07), int8-fbgemm with float32 activations labeled 0.765 reading 64 and 96 (3 lines
 # fixed, 3 broken) and scored 19 % faster; it stayed within 1 point of float32 at 64 (+0.8 / -0.5). Elsewhere 64
 # lost about a point for little: float32 0.7675 -> 0.7575 there; on an AVX512-BF16 EPYC (2026-12-01) float32 with
-# int8-fbgemm 0.755 -> 0.745 and bfloat16 with int8-intmm 0.772 -> 0.762, for +1 % / +4 % msg/s.
+# int8-fbgemm 0.755 -> 0.745 and bfloat16 with int8-intmm 0.772 -> 0.762, for +1 % / +4 % msg/s; bfloat16 with
+# int8-onednn, their path now (Zen 4, 2026-12-07): 0.772 -> 0.762 for +22 % msg/s, a point of today's accuracy.
 SCORE_MAX_TOKENS = {(FBGEMM, FLOAT32): 64}
 DEFAULT_SCORE_MAX_TOKENS = 96
 
