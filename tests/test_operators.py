@@ -374,3 +374,27 @@ def test_cache_prune_removes_old_unused_entries_and_keeps_what_this_host_reads(t
     listed = json.loads(cli(["cache", "--json"], MOODQ_CACHE_DIR=str(tmp_path)).output)
     assert sorted(e["path"] for e in listed) == sorted(
         [str(tmp_path / p.relative_to(real.cache_dir)) for p in used] + [str(tmp_path / "int8" / "recent.safetensors")])
+
+
+def test_a_starting_worker_s_log_lines_reach_the_waiter_once_each_in_order(tmp_path, capsys):
+    """`moodq demo` shows a first start's steps (the probe, the conversion) while it waits: launch.wait_ready hands
+    each whole log line over once, as it is written, also when the process then exits. A real child process writes
+    the log; it exits without answering a ping, so the wait ends in its clear error."""
+    from worker.cli.trial import _first_start
+
+    script = ("import sys, time\n"
+              "print('[t: INFO/ForkPoolWorker-1] kernel probe: measured in 5.6 s', flush=True)\n"
+              "time.sleep(0.5)\n"
+              "print('second line', flush=True)\n"
+              "sys.stdout.write('[t: INFO/ForkPoolWorker-1] de-quantised x.gguf in 17 s\\nhalf a li')\n")
+    log = tmp_path / "start.log"
+    proc = launch.spawn([sys.executable, "-c", script], {}, log, "never-answers@%h")
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="worker exited early"):
+        launch.wait_ready(proc, {}, log, "never-answers@%h", timeout=30, progress=lines.append)
+    assert lines == ["[t: INFO/ForkPoolWorker-1] kernel probe: measured in 5.6 s", "second line",
+                     "[t: INFO/ForkPoolWorker-1] de-quantised x.gguf in 17 s"]
+    for line in lines:
+        _first_start(line)
+    assert capsys.readouterr().err.splitlines() == ["  worker: kernel probe: measured in 5.6 s",
+                                                    "  worker: de-quantised x.gguf in 17 s"]

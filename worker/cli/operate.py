@@ -6,6 +6,7 @@ torch is imported inside the commands, so the rest of ``moodq`` stays light.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -39,6 +40,8 @@ def worker(concurrency, loglevel, celery_args):
 
     Extra arguments go to `celery worker` (e.g. --hostname, --max-tasks-per-child).
     """
+    # Until Celery takes the log over: what the checks log (a first start's assembly of the GGUF) in its format.
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/MainProcess] %(message)s")
     preflight()
     from celery.bin.celery import celery as celery_cli
 

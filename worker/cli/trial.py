@@ -118,8 +118,9 @@ def demo(timeout, as_json):
     click.echo("starting a worker; the first start on a machine de-quantises the GGUF (about a minute) ...",
                err=True)
     log = Path(tempfile.gettempdir()) / f"moodq-demo-{os.getpid()}.log"
+    click.echo(f"worker log: {log}", err=True)
     proc = launch.start([sys.executable, "-m", "worker", "worker", "-c", "1", "-l", "INFO"], {}, log,
-                        f"demo-{os.getpid()}@%h", timeout=timeout, ready_text="ready in")
+                        f"demo-{os.getpid()}@%h", timeout=timeout, ready_text="ready in", progress=_first_start)
     try:
         msgs = [to_message(m, s.max_chars) for m in DEMO_MESSAGES]
         enqueue(msgs, s, app, replace=True, store=store)
@@ -142,3 +143,13 @@ def demo(timeout, as_json):
                + ", ".join(f"pid {p} {mb:.0f} MB" for p, mb in sorted(rss.items())), err=True)
     if any(r.status not in ("done", "review") for r in records):
         sys.exit(1)
+
+
+# What a first start on a host logs while `moodq demo` waits for it (the kernel probe, the GGUF's conversion).
+FIRST_START_LINES = ("assembled", "kernel probe:", "de-quantis")
+
+
+def _first_start(line: str) -> None:
+    """Shows the worker's first-start steps as they end, so a minute's wait is not silent."""
+    if any(text in line for text in FIRST_START_LINES):
+        click.echo("  worker: " + line.split("] ", 1)[-1], err=True)

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker.common.errors import ModelError
 from worker.engine import cachefiles
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 
@@ -81,7 +85,10 @@ def ensure_gguf(cache_dir: Path, model: Packaged = DEFAULT) -> Path:
         return target
     with cachefiles.only_one(target):
         if not _verified(target, model):
+            started = time.perf_counter()
             _assemble(target, model)
+            log.info("assembled %s from its %d parts, SHA-256 checked, in %.1f s", target.name, model.parts,
+                     time.perf_counter() - started)
     return target
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from worker.common.settings import load_settings
@@ -13,11 +14,12 @@ from worker.jobs.app import make_app
 
 
 def start(args: list[str], env: dict[str, str], log_path: Path | str, hostname: str, *,
-          timeout: float = 900, ready_text: str | None = None) -> subprocess.Popen:
+          timeout: float = 900, ready_text: str | None = None,
+          progress: Callable[[str], None] | None = None) -> subprocess.Popen:
     """Start ``args --hostname hostname`` with extra ``MOODQ_*`` env; wait until it answers a ping
-    (and, with ``ready_text``, until its log shows that text, e.g. the model's "ready" line)."""
+    (and, with ``ready_text``, until its log shows that text, e.g. the model's "ready" line); see :func:`wait_ready`."""
     proc = spawn(args, env, log_path, hostname)
-    wait_ready(proc, env, log_path, hostname, timeout=timeout, ready_text=ready_text)
+    wait_ready(proc, env, log_path, hostname, timeout=timeout, ready_text=ready_text, progress=progress)
     return proc
 
 
@@ -29,20 +31,27 @@ def spawn(args: list[str], env: dict[str, str], log_path: Path | str, hostname: 
 
 
 def wait_ready(proc: subprocess.Popen, env: dict[str, str], log_path: Path | str, hostname: str, *,
-               timeout: float = 900, ready_text: str | None = None) -> None:
+               timeout: float = 900, ready_text: str | None = None,
+               progress: Callable[[str], None] | None = None) -> None:
     """Wait until a worker ``spawn`` started answers a ping (and its log shows ``ready_text``); stopped and
-    an error raised if it exits first or is not ready within ``timeout`` seconds."""
+    an error raised if it exits first or is not ready within ``timeout`` seconds. ``progress`` is given each
+    whole line of the log as it is written, once, in order."""
     log_path = Path(log_path)
     app = make_app(load_settings(**{k[6:].lower(): v for k, v in env.items() if k.startswith("MOODQ_")}))
     node = hostname.replace("%h", os.uname().nodename)
-    deadline = time.monotonic() + timeout
+    deadline, shown = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        exited = proc.poll() is not None  # before the log is read: every line it wrote is in this read
+        text = log_path.read_text(errors="replace")
+        if progress is not None and (end := text.rfind("\n") + 1) > shown:
+            for line in text[shown:end].splitlines():
+                progress(line)
+            shown = end
+        if exited:
             _kill_group(proc)  # a pool process its main process left behind
-            raise RuntimeError(f"worker exited early:\n{log_path.read_text()[-3000:]}")
+            raise RuntimeError(f"worker exited early:\n{text[-3000:]}")
         # The log is read first (cheap); the ping returns at the first reply (limit=1), not after its timeout.
-        if (ready_text is None or ready_text in log_path.read_text()) and \
-                app.control.ping(destination=[node], timeout=1.0, limit=1):
+        if (ready_text is None or ready_text in text) and app.control.ping(destination=[node], timeout=1.0, limit=1):
             return
         time.sleep(0.1)
     stop(proc)
