@@ -379,7 +379,8 @@ def test_cache_prune_removes_old_unused_entries_and_keeps_what_this_host_reads(t
 def test_a_starting_worker_s_log_lines_reach_the_waiter_once_each_in_order(tmp_path, capsys):
     """`moodq demo` shows a first start's steps (the probe, the conversion) while it waits: launch.wait_ready hands
     each whole log line over once, as it is written, also when the process then exits. A real child process writes
-    the log; it exits without answering a ping, so the wait ends in its clear error."""
+    the log, a line at a time; the wait reads it every 0.1 s, and the process exits without being ready, so the
+    wait ends in its clear error."""
     from worker.cli.trial import _first_start
 
     script = ("import sys, time\n"
@@ -391,7 +392,8 @@ def test_a_starting_worker_s_log_lines_reach_the_waiter_once_each_in_order(tmp_p
     proc = launch.spawn([sys.executable, "-c", script], {}, log, "never-answers@%h")
     lines: list[str] = []
     with pytest.raises(RuntimeError, match="worker exited early"):
-        launch.wait_ready(proc, {}, log, "never-answers@%h", timeout=30, progress=lines.append)
+        launch.wait_ready(proc, {}, log, "never-answers@%h", timeout=30, ready_text="never written",
+                          progress=lines.append)
     assert lines == ["[t: INFO/ForkPoolWorker-1] kernel probe: measured in 5.6 s", "second line",
                      "[t: INFO/ForkPoolWorker-1] de-quantised x.gguf in 17 s"]
     for line in lines:

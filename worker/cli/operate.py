@@ -33,7 +33,8 @@ def preflight() -> None:
 @click.command(context_settings={"ignore_unknown_options": True})
 @option("-c", "--concurrency", type=click.IntRange(1), default=1,
         help="Worker processes, each with its own resident model (~1.3 GB in bfloat16).")
-@option("-l", "--loglevel", default="INFO", help="Log level: DEBUG, INFO, WARNING, ERROR.")
+@option("-l", "--loglevel", default="INFO", help="Log level.",
+        type=click.Choice(["DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL"], case_sensitive=False))
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(concurrency, loglevel, celery_args):
     """Start a Celery worker (prefork pool; each process loads the model once).

@@ -93,7 +93,10 @@ def no_bar() -> Iterator[None]:
     line by line as WARNING (~24 lines on a first start); the log gets one line at each end instead."""
     from transformers import modeling_gguf_pytorch_utils as gguf_loading
 
-    bar = gguf_loading.tqdm
+    bar = getattr(gguf_loading, "tqdm", None)
+    if bar is None:  # a transformers that draws it otherwise: the bar shows, the start goes on
+        yield
+        return
     gguf_loading.tqdm = functools.partial(bar, disable=True)
     try:
         yield

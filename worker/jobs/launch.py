@@ -19,7 +19,12 @@ def start(args: list[str], env: dict[str, str], log_path: Path | str, hostname: 
     """Start ``args --hostname hostname`` with extra ``MOODQ_*`` env; wait until it answers a ping
     (and, with ``ready_text``, until its log shows that text, e.g. the model's "ready" line); see :func:`wait_ready`."""
     proc = spawn(args, env, log_path, hostname)
-    wait_ready(proc, env, log_path, hostname, timeout=timeout, ready_text=ready_text, progress=progress)
+    try:
+        wait_ready(proc, env, log_path, hostname, timeout=timeout, ready_text=ready_text, progress=progress)
+    except BaseException:  # Ctrl-C, or ``progress`` failing (a closed pipe): no worker left behind, holding a lock
+        stop(proc, grace=10)
+        _kill_group(proc)
+        raise
     return proc
 
 
@@ -44,7 +49,7 @@ def wait_ready(proc: subprocess.Popen, env: dict[str, str], log_path: Path | str
         exited = proc.poll() is not None  # before the log is read: every line it wrote is in this read
         text = log_path.read_text(errors="replace")
         if progress is not None and (end := text.rfind("\n") + 1) > shown:
-            for line in text[shown:end].splitlines():
+            for line in text[shown:end - 1].split("\n"):
                 progress(line)
             shown = end
         if exited:
@@ -55,7 +60,7 @@ def wait_ready(proc: subprocess.Popen, env: dict[str, str], log_path: Path | str
             return
         time.sleep(0.1)
     stop(proc)
-    raise RuntimeError(f"worker did not become ready in {timeout:g} s:\n{log_path.read_text()[-3000:]}")
+    raise RuntimeError(f"worker did not become ready in {timeout:g} s:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
 def stop(proc: subprocess.Popen, grace: float = 60, sig: int = signal.SIGTERM) -> None:
