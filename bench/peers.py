@@ -10,6 +10,11 @@ pass and the logits of the label tokens; replies = greedy, up to --tokens tokens
 Bench-only extras, never in the product's install:
   pip install -r bench/requirements-peers.txt     (the llama.cpp build takes ~5 min on 2 cores)
 Usage:  python bench/peers.py [--n 64] [--tokens 48] [--batch 8]
+
+On a CPU with AMX, llama.cpp built for the host (its default) runs its AMX kernels, and those segfaulted on the
+first batched eval on both AMX Xeons measured here (ggml-org/llama.cpp#20824). This script then skips llama.cpp
+and prints how to rebuild it without them (--llama-amx runs it anyway). pip caches the wheel it built: a rebuild
+with other CMAKE_ARGS needs --no-cache-dir, or it silently reinstalls the same build.
 """
 
 from __future__ import annotations
@@ -51,6 +56,18 @@ def row(name, n, seconds, labels, gold):
     acc = sum(a == b for a, b in zip(labels, gold)) / len(gold)
     print(f"  {name:<44}{n / seconds:>8.1f} msg/s   acc {acc:.3f}", flush=True)
     return n / seconds
+
+
+NO_AMX = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON "
+          "-DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF "
+          "-DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
+
+
+def llama_amx() -> bool:
+    """Whether this llama.cpp build runs its AMX kernels (`AMX_INT8 = 1` in its system info)."""
+    import llama_cpp
+
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
 
 def llama_cpp(gguf, prefix, texts, label_tok, reply_prompts, tokens, threads):
@@ -118,6 +135,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--replies", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llama-amx", action="store_true", help="run llama.cpp even when its build uses AMX kernels")
     args = ap.parse_args()
     print(header())
     settings = load_settings(threads=args.threads)
@@ -144,13 +162,21 @@ def main() -> None:
         t0, made = time.perf_counter(), 0
         for start in range(0, len(replies), b):
             made += sum(d.tokens for d in eng.draft_many(replies[start:start + b], **greedy))
-        print(f"  replies, batch {b:<36}{made / (time.perf_counter() - t0):>8.1f} tok/s", flush=True)
+        moodq_tps = made / (time.perf_counter() - t0)
+        print(f"  replies, batch {b:<36}{moodq_tps:>8.1f} tok/s", flush=True)
 
     gguf = embedded.ensure_gguf(settings.cache_dir)
     print("\nllama.cpp (llama-cpp-python, the GGUF as shipped):")
-    labels, secs, tps = llama_cpp(gguf, prefix, texts, label_tok, reply_prompts, args.tokens, args.threads)
-    llama_rate = row("scoring, one at a time (prefix KV kept)", len(rows), secs, labels, gold)
-    print(f"  replies, batch 1{'':<36}{tps:>8.1f} tok/s   (no batched generation in this API)", flush=True)
+    if llama_amx() and not args.llama_amx:
+        print("  skipped: this build runs llama.cpp's AMX kernels, which segfault on batched evals (see this script's\n"
+              f"  docstring). Rebuild without them:\n  CMAKE_ARGS=\"{NO_AMX}\" pip install --no-cache-dir "
+              "--force-reinstall --no-deps llama-cpp-python==0.3.36")
+    else:
+        labels, secs, tps = llama_cpp(gguf, prefix, texts, label_tok, reply_prompts, args.tokens, args.threads)
+        llama_rate = row("scoring, one at a time (prefix KV kept)", len(rows), secs, labels, gold)
+        print(f"  replies, batch 1{'':<36}{tps:>8.1f} tok/s   (no batched generation in this API)", flush=True)
+        print(f"  moodq / llama.cpp: scoring {moodq_rate / llama_rate:.2f}x, replies at batch {args.batch} against its "
+              f"single stream {moodq_tps / tps:.2f}x  (torch threads {torch.get_num_threads()})", flush=True)
 
     converted = converting.converted_dir(settings.cache_dir, embedded.SHA256, "float32")
     print("\nCTranslate2 int8 (converted from moodq's float32 cache):")
@@ -162,7 +188,6 @@ def main() -> None:
     row("scoring, one at a time (static prompt cached)", len(rows), secs, labels, gold)
     for b, tps in rates.items():
         print(f"  replies, batch {b:<36}{tps:>8.1f} tok/s", flush=True)
-    print(f"\nmoodq scoring / llama.cpp scoring: {moodq_rate / llama_rate:.2f}x  (torch threads {torch.get_num_threads()})")
 
 
 if __name__ == "__main__":
