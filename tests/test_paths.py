@@ -471,6 +471,20 @@ def test_replies_share_the_scoring_kernel_when_it_is_nearly_as_fast():
     assert probe.choose(table, ROWS) == (BFLOAT16, ONEDNN, FBGEMM)
 
 
+def test_scoring_shares_the_replies_kernel_when_it_scores_nearly_as_fast():
+    """The other way round: where the replies' kernel drafts far faster, scoring runs it too if it may label and
+    scores within 25 % of the fastest (on an AMX Xeon bfloat16 and int8-onednn swapped places at 640 rows between
+    probes, and a bfloat16 pick kept two copies of the weights). A kernel that may not label never scores."""
+    table = table_of({FLOAT32: 1.0, BFLOAT16: 0.5, FBGEMM: 0.9, INTMM: 0.9, ONEDNN: 0.6, WEIGHT_ONLY: 0.9})
+    for m in (ROWS.batch, ROWS.prefill):
+        table[BFLOAT16][str(m)]["ms"] = 2 * table[ONEDNN][str(m)]["ms"]
+    assert probe.choose(table, ROWS) == (BFLOAT16, ONEDNN, ONEDNN)  # scoring 1.2x bfloat16's time
+    table[ONEDNN][str(ROWS.score)]["ms"] = 1.3 * table[BFLOAT16][str(ROWS.score)]["ms"]
+    assert probe.choose(table, ROWS) == (BFLOAT16, BFLOAT16, ONEDNN)
+    table[WEIGHT_ONLY] = {m: {**r, "ms": r["ms"] / 100} for m, r in table[WEIGHT_ONLY].items()}
+    assert probe.choose(table, ROWS) == (BFLOAT16, BFLOAT16, WEIGHT_ONLY)  # fastest everywhere, never labels
+
+
 def test_int8_onednn_runs_a_bfloat16_model_close_to_the_float_one():
     """oneDNN's int8 linear in a real (tiny, random) model with bfloat16 activations, q/k/v and gate/up as one
     call: scoring and drafting logits stay close to the float model's. Skipped where torch has no oneDNN int8."""

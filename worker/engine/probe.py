@@ -45,6 +45,10 @@ REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
 # Replies run the scoring kernel unless another drafts more than 25 % faster in its linear layers: a second int8
 # copy of every weight costs ~0.5 GB and ~4.5 s at start (0.5B model), and a layer's share of a whole decode step
 # (attention, sampling and Python the rest) is ~2/3: 25 % there is ~15 % of reply speed. Probes differ by ~15 %.
+# Where that fails, scoring runs the replies' kernel if it may label and scores within 25 % of the fastest: on an
+# AMX Xeon (2026-12-08) bfloat16 and int8-onednn at 640 rows swapped places between first starts (onednn 0.85-1.23x
+# bfloat16's time over eight probes), and a start that picked bfloat16 scoring kept bfloat16 weights beside the int8
+# ones for good: 4.47 GB at its peak against 2.29 GB.
 SAME_KERNEL_SLACK = 1.25
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 Shape = tuple[int, int, int]  # in features, out features, how many per decoder layer
@@ -163,10 +167,17 @@ def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
     for phase, pool in pools.items():
         timed = [(c, k) for k in pool if (c := cost(k, phase)) is not None]
         picked[phase] = min(timed)[1] if timed else dtype
-    same = cost(picked["score"], "decode")
-    if picked["score"] in pools["decode"] and same is not None and same <= SAME_KERNEL_SLACK * cost(picked["decode"], "decode"):
+    if _close(cost, picked["score"], picked["decode"], "decode", pools):
         picked["decode"] = picked["score"]  # one weight copy: less memory and a faster start, for a few % of drafting
+    elif _close(cost, picked["decode"], picked["score"], "score", pools):
+        picked["score"] = picked["decode"]  # the same, paid in scoring, when the probe's noise is all between them
     return dtype, picked["score"], picked["decode"]
+
+
+def _close(cost: Callable, kernel: str, best: str, phase: str, pools: dict) -> bool:
+    """Whether ``kernel`` may run ``phase`` and does it within SAME_KERNEL_SLACK of ``best``."""
+    mine = cost(kernel, phase)
+    return kernel in pools[phase] and mine is not None and mine <= SAME_KERNEL_SLACK * cost(best, phase)
 
 
 def host() -> dict:
