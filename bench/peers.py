@@ -93,6 +93,14 @@ def llama_cpp(gguf, prefix, texts, label_tok, reply_prompts, tokens, threads):
     return labels, score_s, made / (time.perf_counter() - t0)
 
 
+def llama_cpp_rows(gguf, prefix, texts, label_tok, reply_prompts, gold, args) -> tuple[float, float]:
+    """llama.cpp's figures, printed as moodq's are: (scoring msg/s, reply tok/s)."""
+    labels, secs, tps = llama_cpp(gguf, prefix, texts, label_tok, reply_prompts, args.tokens, args.threads)
+    rate = row("scoring, one at a time (prefix KV kept)", len(gold), secs, labels, gold)
+    print(f"  replies, batch 1{'':<36}{tps:>8.1f} tok/s   (no batched generation in this API)", flush=True)
+    return rate, tps
+
+
 def ctranslate2_int8(converted, tok, prefix, texts, label_tok, reply_prompts, tokens, batch, threads):
     import ctranslate2
 
@@ -165,16 +173,14 @@ def main() -> None:
         moodq_tps = made / (time.perf_counter() - t0)
         print(f"  replies, batch {b:<36}{moodq_tps:>8.1f} tok/s", flush=True)
 
-    gguf = embedded.ensure_gguf(settings.cache_dir)
     print("\nllama.cpp (llama-cpp-python, the GGUF as shipped):")
     if llama_amx() and not args.llama_amx:
         print("  skipped: this build runs llama.cpp's AMX kernels, which segfault on batched evals (see this script's\n"
               f"  docstring). Rebuild without them:\n  CMAKE_ARGS=\"{NO_AMX}\" pip install --no-cache-dir "
               "--force-reinstall --no-deps llama-cpp-python==0.3.36")
     else:
-        labels, secs, tps = llama_cpp(gguf, prefix, texts, label_tok, reply_prompts, args.tokens, args.threads)
-        llama_rate = row("scoring, one at a time (prefix KV kept)", len(rows), secs, labels, gold)
-        print(f"  replies, batch 1{'':<36}{tps:>8.1f} tok/s   (no batched generation in this API)", flush=True)
+        llama_rate, tps = llama_cpp_rows(embedded.ensure_gguf(settings.cache_dir), prefix, texts, label_tok,
+                                         reply_prompts, gold, args)
         print(f"  moodq / llama.cpp: scoring {moodq_rate / llama_rate:.2f}x, replies at batch {args.batch} against its "
               f"single stream {moodq_tps / tps:.2f}x  (torch threads {torch.get_num_threads()})", flush=True)
 

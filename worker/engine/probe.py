@@ -7,7 +7,8 @@ pass (``MOODQ_SENTIMENT_BATCH_SIZE`` messages of ~40 tokens) and reply drafting 
 ``MOODQ_REPLY_BATCH_SIZE`` rows, and a reply prompt's prefill). Each result is compared with
 float32's, an int8 one also where every value is large (``gemms.saturation_error``): a kernel further
 off than ``MAX_ERROR`` (a saturating int8 GEMM) is out. The fastest correct kernel wins each phase;
-scoring only considers the kernels measured label-safe (``scorable``). A table where float32's earlier and later
+scoring only considers the kernels measured label-safe (``scorable``); where one kernel comes within
+``SAME_KERNEL_SLACK`` of the fastest in the other phase, both phases run it (one weight copy). A table where float32's earlier and later
 rounds at a row count differ by more than ``MAX_DRIFT`` (another process took the cores part of the way) is
 measured once more, and one still that unsteady is measured again at the next start.
 
@@ -45,10 +46,10 @@ REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
 # Replies run the scoring kernel unless another drafts more than 25 % faster in its linear layers: a second int8
 # copy of every weight costs ~0.5 GB and ~4.5 s at start (0.5B model), and a layer's share of a whole decode step
 # (attention, sampling and Python the rest) is ~2/3: 25 % there is ~15 % of reply speed. Probes differ by ~15 %.
-# Where that fails, scoring runs the replies' kernel if it may label and scores within 25 % of the fastest: on an
-# AMX Xeon (2026-12-08) bfloat16 and int8-onednn at 640 rows swapped places between first starts (onednn 0.85-1.23x
-# bfloat16's time over eight probes), and a start that picked bfloat16 scoring kept bfloat16 weights beside the int8
-# ones for good: 4.47 GB at its peak against 2.29 GB.
+# Where that fails, scoring runs the replies' kernel if it may label and takes at most 1.25x the fastest's time: on
+# an AMX Xeon (2026-12-08) bfloat16 and int8-onednn at 640 rows swapped places between first starts (onednn 0.85-1.23x
+# bfloat16's time over eight probes; a probe past 1.25x would still keep two copies), and a start that picked
+# bfloat16 scoring kept bfloat16 weights beside the int8 ones for good: 4.47 GB at its peak against 2.25 GB.
 SAME_KERNEL_SLACK = 1.25
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 Shape = tuple[int, int, int]  # in features, out features, how many per decoder layer
