@@ -3,7 +3,7 @@ against hand grades of 40 drafted replies (bench/data/desk_hand_grades.jsonl, gr
 as a desk lead would: could it be sent as it is?).
 
 Usage:  python bench/grader.py [--judge embedded-large] [--no-judge]
-(the judge needs `pip install '.[large]'`; --judge takes any MOODQ_MODEL value)
+(the judge needs `pip install -e '.[large]'`; --judge takes any MOODQ_MODEL value)
 """
 
 from __future__ import annotations

