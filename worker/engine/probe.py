@@ -8,9 +8,10 @@ pass (``MOODQ_SENTIMENT_BATCH_SIZE`` messages of ~40 tokens) and reply drafting 
 float32's, an int8 one also where every value is large (``gemms.saturation_error``): a kernel further
 off than ``MAX_ERROR`` (a saturating int8 GEMM) is out. The fastest correct kernel wins each phase;
 scoring only considers the kernels measured label-safe (``scorable``); where one kernel comes within
-``SAME_KERNEL_SLACK`` of the fastest in the other phase, both phases run it (one weight copy). A table where float32's earlier and later
-rounds at a row count differ by more than ``MAX_DRIFT`` (another process took the cores part of the way) is
-measured once more, and one still that unsteady is measured again at the next start.
+``SAME_KERNEL_SLACK`` of the fastest in the other phase, both phases run it (one weight copy). A table
+where float32's earlier and later rounds at a row count differ by more than ``MAX_DRIFT`` (another process
+took the cores part of the way) is measured once more, and one still that unsteady is measured again at
+the next start.
 
 The table is cached as JSON in ``MOODQ_CACHE_DIR/probe``, keyed by the CPU model and flags, torch's
 version, the thread count, the ISA caps in the environment, the model and the rows; later starts
