@@ -8,7 +8,8 @@ pass (``MOODQ_SENTIMENT_BATCH_SIZE`` messages of ~40 tokens) and reply drafting 
 float32's, an int8 one also where every value is large (``gemms.saturation_error``): a kernel further
 off than ``MAX_ERROR`` (a saturating int8 GEMM) is out. The fastest correct kernel wins each phase;
 scoring only considers the kernels measured label-safe (``scorable``); where one kernel comes within
-``SAME_KERNEL_SLACK`` of the fastest in the other phase, both phases run it (one weight copy). A table
+``SAME_KERNEL_SLACK`` of the fastest in the other phase, both phases run it (one weight copy); two kernels
+that miss that line by a margin a few rounds cannot settle are timed again, longer, first. A table
 where float32's earlier and later rounds at a row count differ by more than ``MAX_DRIFT`` (another process
 took the cores part of the way) is measured once more, and one still that unsteady is measured again at
 the next start.
@@ -35,11 +36,11 @@ import torch
 from worker.common.errors import ConfigError
 from worker.engine import fusing, gemms, kernels
 from worker.engine.gemms import BFLOAT16, FLOAT32
-from worker.engine.timing import MAX_ERROR, drift, measure
+from worker.engine.timing import MAX_ERROR, drift, measure, retime
 
 log = logging.getLogger(__name__)
-VERSION = 6  # bump when what is measured changes: every host probes again (3: fused q/k/v and gate/up; 4: int8-onednn,
-# int8 kernels checked where int16 saturates; 5: int8-onednn on uint8; 6: kernels timed in turns)
+VERSION = 7  # bump when what is measured changes: every host probes again (3: fused q/k/v and gate/up; 4: int8-onednn,
+# int8 kernels checked where int16 saturates; 5: int8-onednn on uint8; 6: kernels timed in turns; 7: close calls re-timed)
 MAX_DRIFT = 1.3  # float32 this much faster or slower in its later rounds than in its earlier ones: measured once more
 TOKENS_PER_MESSAGE = 40  # rows one message adds to a scoring pass (zh/en dev lines: 20-60 tokens)
 PREFILL_ROWS = 128  # a reply prompt's own tokens beyond the cached system prompt
@@ -49,9 +50,12 @@ REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
 # (attention, sampling and Python the rest) is ~2/3: 25 % there is ~15 % of reply speed. Probes differ by ~15 %.
 # Where that fails, scoring runs the replies' kernel if it may label and takes at most 1.25x the fastest's time: on
 # an AMX Xeon (2026-12-08) bfloat16 and int8-onednn at 640 rows swapped places between first starts (onednn 0.85-1.23x
-# bfloat16's time over eight probes; a probe past 1.25x would still keep two copies), and a start that picked
+# bfloat16's time over eight probes; CLOSE_CALL below for a probe past 1.25x), and a start that picked
 # bfloat16 scoring kept bfloat16 weights beside the int8 ones for good: 4.47 GB at its peak against 2.25 GB.
 SAME_KERNEL_SLACK = 1.25
+# Both were kept in a first start whose probe put int8-onednn at 1.33-1.49x bfloat16's scoring time: 4 rounds there
+# swing that far. Two copies within 1.5x of the line (1.25 x 1.5 ~ 1.9x) are timed again, longer (timing.retime).
+CLOSE_CALL = 1.5
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 Shape = tuple[int, int, int]  # in features, out features, how many per decoder layer
 # The rows every host is measured at, whatever the settings (so workers with other batch sizes share the table):
@@ -150,11 +154,13 @@ def scorable(int8_scoring: bool | Collection[tuple[str, str]] = True) -> frozens
 
 
 def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
-           int8_scoring: bool | Collection[tuple[str, str]] = True) -> tuple[str, str, str]:
+           int8_scoring: bool | Collection[tuple[str, str]] = True,
+           slack: float = SAME_KERNEL_SLACK) -> tuple[str, str, str]:
     """(dtype, score kernel, decode kernel): the fastest correct kernel per phase among those the
     settings allow. ``dtype`` auto is bfloat16 where its GEMM measured faster than float32's.
     ``quant``: none (float only), int8-decode (int8 replies), int8 (int8 both), auto (fastest).
-    ``int8_scoring``: which int8 kernels may score (:func:`scorable`); False: scoring in float."""
+    ``int8_scoring``: which int8 kernels may score (:func:`scorable`); False: scoring in float.
+    ``slack``: how much slower one phase may run to share the other's kernel (one weight copy)."""
     def cost(kernel: str, phase: str) -> float | None:
         return phase_ms(table, kernel, phase, rows)
 
@@ -169,17 +175,25 @@ def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
     for phase, pool in pools.items():
         timed = [(c, k) for k in pool if (c := cost(k, phase)) is not None]
         picked[phase] = min(timed)[1] if timed else dtype
-    if _close(cost, picked["score"], picked["decode"], "decode", pools):
+    if _close(cost, picked["score"], picked["decode"], "decode", pools, slack):
         picked["decode"] = picked["score"]  # one weight copy: less memory and a faster start, for a few % of drafting
-    elif _close(cost, picked["decode"], picked["score"], "score", pools):
+    elif _close(cost, picked["decode"], picked["score"], "score", pools, slack):
         picked["score"] = picked["decode"]  # the same, paid in scoring, when the probe's noise is all between them
     return dtype, picked["score"], picked["decode"]
 
 
-def _close(cost: Callable, kernel: str, best: str, phase: str, pools: dict) -> bool:
-    """Whether ``kernel`` may run ``phase`` and does it within SAME_KERNEL_SLACK of ``best``."""
+def _close(cost: Callable, kernel: str, best: str, phase: str, pools: dict, slack: float) -> bool:
+    """Whether ``kernel`` may run ``phase`` and does it within ``slack`` of ``best``."""
     mine = cost(kernel, phase)
-    return kernel in pools[phase] and mine is not None and mine <= SAME_KERNEL_SLACK * cost(best, phase)
+    return kernel in pools[phase] and mine is not None and mine <= slack * cost(best, phase)
+
+
+def close_call(table: dict, rows: Rows, *settings) -> tuple[str, str] | None:
+    """The two kernels of a plan that keeps two weight copies, where CLOSE_CALL times the slack would have kept one:
+    a margin the probe's few rounds cannot be trusted with (the cells are timed again, longer, before it counts)."""
+    _, score, decode = choose(table, rows, *settings)
+    _, *wider = choose(table, rows, *settings, slack=SAME_KERNEL_SLACK * CLOSE_CALL)
+    return (score, decode) if score != decode and wider[0] == wider[1] else None
 
 
 def host() -> dict:
@@ -197,9 +211,10 @@ def host_key(model_id: str, shapes: list[Shape], rows: Rows) -> dict:
 
 
 def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Callable = measure,
-             int8_scoring: bool | Collection[tuple[str, str]] = True) -> Plan:
+             int8_scoring: bool | Collection[tuple[str, str]] = True, retimer: Callable = retime) -> Plan:
     """The plan for this host and model: read from the cache, or measured (once per host: a file lock
-    keeps a second process waiting for the first one's table instead of measuring beside it)."""
+    keeps a second process waiting for the first one's table instead of measuring beside it). A close call
+    for one weight copy (:func:`close_call`) has its two kernels timed again, longer, before the table is saved."""
     from worker.engine import cachefiles, cpu
 
     shapes, rows, ladder = linear_shapes(config), Rows.of(settings), Rows(score=LADDER[-1], batch=16)
@@ -219,6 +234,9 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
                 table = min(table, measurer(shapes, ladder), key=drift)
                 if (still := drift(table)) > MAX_DRIFT:
                     log.warning("kernel probe: still %.2fx apart; used, and measured again at the next start", still)
+            if pair := close_call(table, rows, settings.dtype, settings.quant, int8_scoring):
+                log.info("kernel probe: %s and %s near the line for one weight copy; timing them again", *pair)
+                retimer(table, shapes, pair, sorted({rows.score, rows.batch, rows.prefill}))
             saved = {"key": key, "table": table, "seconds": round(time.perf_counter() - started, 2),
                      "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "times_measured": 1 + (moved > MAX_DRIFT)}
             tmp = file.with_suffix(f".tmp{os.getpid()}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,6 +23,7 @@ MAX_ERROR = 0.05  # relative (Frobenius) error against float32; int8 kernels are
 SKIP_SLOWER = 4.0  # a kernel this much slower than float32 at a prefill's rows is not timed at larger row counts
 FAR_SLOWER = 10.0  # a kernel this much slower than float32 at any row count is not timed again (a scalar loop)
 MIN_ROUNDS = 4  # each half of float32's rounds (see drift) a median of two at least
+RETIME_SECONDS = 0.5  # per kernel and row count, when a close call is timed again (:func:`retime`)
 
 
 def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel] | None = None,
@@ -39,7 +40,7 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
     may be fast for many). A weight-only kernel is not timed at scoring rows beyond the prefill's (it may not label)."""
     candidates = candidates or gemms.candidates()
     gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(o, i, generator=gen) * 0.02 for i, o, _ in shapes]
+    weights = _weights(shapes, gen)
     table: dict[str, dict] = {name: {} for name in candidates}
     reference = gemms.Float(FLOAT32)
     out_of_race: dict[str, str] = {}
@@ -70,6 +71,31 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
                 if cell["ms"] is None or name in dropped or (base and cell["ms"] > limit * base):
                     out_of_race[name] = cell["note"] or f"{cell['ms'] / base:.0f}x slower than float32 at {m} rows"
     return table
+
+
+def retime(table: dict, shapes: list[Shape], names: Collection[str], row_counts: Collection[int],
+           seconds: float = RETIME_SECONDS, candidates: dict[str, gemms.Kernel] | None = None,
+           clock: Callable[[], float] = time.perf_counter) -> None:
+    """Time ``names`` again at each of ``row_counts``, in turns, ``seconds`` each, and put their medians in ``table``
+    (a cell's "rounds" says how many). For a close call the probe's few rounds cannot settle: on an AMX Xeon
+    (2026-12-08) int8-onednn's scoring time over bfloat16's came out 0.86-1.49x in first starts' probes, and
+    1.08-1.17x over 0.5 s of turns in each of the same processes, as in whole-model scoring (1.15x)."""
+    candidates = candidates or gemms.candidates()
+    gen = torch.Generator().manual_seed(1)
+    weights = _weights(shapes, gen)
+    with torch.inference_mode():
+        ready = {n: (candidates[n], [candidates[n].prepare(w) for w in weights]) for n in names}
+        for m in row_counts:
+            xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes]
+            for kernel, states in ready.values():  # warm-up: this row count's first call
+                for s, x in zip(states, xs):
+                    kernel.run(s, x)
+            for name, times in _rounds(ready, shapes, xs, seconds, clock).items():
+                table[name][str(m)].update(ms=_ms(times), rounds=len(times))
+
+
+def _weights(shapes: list[Shape], gen: torch.Generator) -> list[torch.Tensor]:
+    return [torch.randn(o, i, generator=gen) * 0.02 for i, o, _ in shapes]
 
 
 def drift(table: dict) -> float:
