@@ -77,7 +77,7 @@ def retime(table: dict, shapes: list[Shape], names: Collection[str], row_counts:
            seconds: float = RETIME_SECONDS, candidates: dict[str, gemms.Kernel] | None = None,
            clock: Callable[[], float] = time.perf_counter) -> None:
     """Time ``names`` again at each of ``row_counts``, in turns, ``seconds`` each, and put their medians in ``table``
-    (a cell's "rounds" says how many). For a close call the probe's few rounds cannot settle: on an AMX Xeon
+    (a cell's "rounds" says how many); a cell the probe did not time (out of the race, wrong, decode only) stays so. For a close call the probe's few rounds cannot settle: on an AMX Xeon
     (2026-12-08) int8-onednn's scoring time over bfloat16's came out 0.86-1.49x in first starts' probes, and
     1.08-1.17x over 0.5 s of turns in each of the same processes, as in whole-model scoring (1.15x)."""
     candidates = candidates or gemms.candidates()
@@ -87,10 +87,11 @@ def retime(table: dict, shapes: list[Shape], names: Collection[str], row_counts:
         ready = {n: (candidates[n], [candidates[n].prepare(w) for w in weights]) for n in names}
         for m in row_counts:
             xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes]
-            for kernel, states in ready.values():  # warm-up: this row count's first call
+            timed = {n: r for n, r in ready.items() if table[n][str(m)].get("ms") is not None}  # not out, wrong, skipped
+            for kernel, states in timed.values():  # warm-up: this row count's first call
                 for s, x in zip(states, xs):
                     kernel.run(s, x)
-            for name, times in _rounds(ready, shapes, xs, seconds, clock).items():
+            for name, times in _rounds(timed, shapes, xs, seconds, clock).items():
                 table[name][str(m)].update(ms=_ms(times), rounds=len(times))
 
 
