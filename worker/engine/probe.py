@@ -54,7 +54,8 @@ REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
 # bfloat16 scoring kept bfloat16 weights beside the int8 ones for good: 4.47 GB at its peak against 2.25 GB.
 SAME_KERNEL_SLACK = 1.25
 # Both were kept in a first start whose probe put int8-onednn at 1.33-1.49x bfloat16's scoring time: 4 rounds there
-# swing that far. Two copies within 1.5x of the line (1.25 x 1.5 ~ 1.9x) are timed again, longer (timing.retime).
+# swing that far. Two copies within 1.5x of the line (1.25 x 1.5 ~ 1.9x) are timed again, longer (timing.retime):
+# 0.5 s per kernel and row count, 1 s for a scoring pass, 2 s for a reply's two row counts.
 CLOSE_CALL = 1.5
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 Shape = tuple[int, int, int]  # in features, out features, how many per decoder layer
@@ -188,12 +189,15 @@ def _close(cost: Callable, kernel: str, best: str, phase: str, pools: dict, slac
     return kernel in pools[phase] and mine is not None and mine <= slack * cost(best, phase)
 
 
-def close_call(table: dict, rows: Rows, *settings) -> tuple[str, str] | None:
-    """The two kernels of a plan that keeps two weight copies, where CLOSE_CALL times the slack would have kept one:
-    a margin the probe's few rounds cannot be trusted with (the cells are timed again, longer, before it counts)."""
+def close_call(table: dict, rows: Rows, *settings) -> tuple[tuple[str, str], list[int]] | None:
+    """The two kernels of a plan that keeps two weight copies, where CLOSE_CALL times the slack would have kept one,
+    and the rows of the phase that would give way: a margin the probe's few rounds cannot be trusted with (those
+    cells are timed again, longer, before it counts)."""
     _, score, decode = choose(table, rows, *settings)
-    _, *wider = choose(table, rows, *settings, slack=SAME_KERNEL_SLACK * CLOSE_CALL)
-    return (score, decode) if score != decode and wider[0] == wider[1] else None
+    _, wide_score, wide_decode = choose(table, rows, *settings, slack=SAME_KERNEL_SLACK * CLOSE_CALL)
+    if score == decode or wide_score != wide_decode:
+        return None
+    return (score, decode), [rows.batch, rows.prefill] if wide_score == score else [rows.score]
 
 
 def host() -> dict:
@@ -234,9 +238,11 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
                 table = min(table, measurer(shapes, ladder), key=drift)
                 if (still := drift(table)) > MAX_DRIFT:
                     log.warning("kernel probe: still %.2fx apart; used, and measured again at the next start", still)
-            if pair := close_call(table, rows, settings.dtype, settings.quant, int8_scoring):
-                log.info("kernel probe: %s and %s near the line for one weight copy; timing them again", *pair)
-                retimer(table, shapes, pair, sorted({rows.score, rows.batch, rows.prefill}))
+            if close := close_call(table, rows, settings.dtype, settings.quant, int8_scoring):
+                (score, decode), counts = close
+                log.info("kernel probe: %s and %s near the line for one weight copy; timing them again at %s rows",
+                         score, decode, counts)
+                retimer(table, shapes, (score, decode), counts)
             saved = {"key": key, "table": table, "seconds": round(time.perf_counter() - started, 2),
                      "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "times_measured": 1 + (moved > MAX_DRIFT)}
             tmp = file.with_suffix(f".tmp{os.getpid()}")
