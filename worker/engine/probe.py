@@ -21,6 +21,7 @@ read it. ``moodq probe`` prints it. CPU flags are only part of the key: they nev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -39,8 +40,8 @@ from worker.engine.gemms import BFLOAT16, FLOAT32
 from worker.engine.timing import MAX_ERROR, drift, measure, retime
 
 log = logging.getLogger(__name__)
-VERSION = 7  # bump when what is measured changes: every host probes again (3: fused q/k/v and gate/up; 4: int8-onednn,
-# int8 kernels checked where int16 saturates; 5: int8-onednn on uint8; 6: kernels timed in turns; 7: close calls re-timed)
+VERSION = 6  # bump when what is measured changes: every host probes again (3: fused q/k/v and gate/up; 4: int8-onednn,
+# int8 kernels checked where int16 saturates; 5: int8-onednn on uint8; 6: kernels timed in turns)
 MAX_DRIFT = 1.3  # float32 this much faster or slower in its later rounds than in its earlier ones: measured once more
 TOKENS_PER_MESSAGE = 40  # rows one message adds to a scoring pass (zh/en dev lines: 20-60 tokens)
 PREFILL_ROWS = 128  # a reply prompt's own tokens beyond the cached system prompt
@@ -53,9 +54,10 @@ REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
 # bfloat16's time over eight probes; CLOSE_CALL below for a probe past 1.25x), and a start that picked
 # bfloat16 scoring kept bfloat16 weights beside the int8 ones for good: 4.47 GB at its peak against 2.25 GB.
 SAME_KERNEL_SLACK = 1.25
-# Both were kept in a first start whose probe put int8-onednn at 1.33-1.49x bfloat16's scoring time: 4 rounds there
-# swing that far. Two copies within 1.5x of the line (1.25 x 1.5 ~ 1.9x) are timed again, longer (timing.retime):
-# 0.5 s per kernel and row count, 1 s for a scoring pass, 2 s for a reply's two row counts.
+# Both were kept by first starts whose probes put int8-onednn at 1.33 and 1.40x bfloat16's scoring time; timed for
+# 0.5 s it was 1.09-1.17x: the probe's 4 rounds at 640 rows swing that far. So a plan of two copies within CLOSE_CALL
+# times the line (1.25 x 1.5 = 1.875x) is timed again, longer (timing.retime): 0.5 s per kernel and row count, 1 s for
+# a scoring pass, 2 s for a reply's two row counts.
 CLOSE_CALL = 1.5
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 Shape = tuple[int, int, int]  # in features, out features, how many per decoder layer
@@ -95,7 +97,8 @@ class Plan:
     score: str
     decode: str
     cpu: str = ""  # the host's class as its flags describe it: for people, never for the choice
-    table: dict = field(default_factory=dict)  # kernel -> rows -> {"ms", "error", "note"} (float32: "halves_ms" too)
+    table: dict = field(default_factory=dict)  # kernel -> rows -> {"ms", "error", "note"} (float32: "halves_ms" too;
+    # a cell timed again as a close call: "rounds")
     rows: Rows | None = None
     layers: int = 0
     source: str = "measured"  # measured, cached (read from the probe's file), set (no probe: the float path)
@@ -227,34 +230,62 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
     folder.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     file = folder / f"{name}.json"
+    settle = functools.partial(_settle, rows=rows, shapes=shapes, retimer=retimer,
+                               settings=(settings.dtype, settings.quant, int8_scoring))
     with cachefiles.only_one(file):
         saved = _read(file, key) if not fresh else None
+        source = "measured" if saved is None else "cached"
         if saved is None:
             started = time.perf_counter()
-            table = measurer(shapes, ladder)
-            if (moved := drift(table)) > MAX_DRIFT:  # the host's speed moved while it measured: the steadier of two
-                log.warning("kernel probe: float32's earlier and later rounds %.2fx apart, the host is busy; "
-                            "measuring again", moved)
-                table = min(table, measurer(shapes, ladder), key=drift)
-                if (still := drift(table)) > MAX_DRIFT:
-                    log.warning("kernel probe: still %.2fx apart; used, and measured again at the next start", still)
-            if close := close_call(table, rows, settings.dtype, settings.quant, int8_scoring):
-                (score, decode), counts = close
-                log.info("kernel probe: %s and %s near the line for one weight copy; timing them again at %s rows",
-                         score, decode, counts)
-                retimer(table, shapes, (score, decode), counts)
+            table, times = _measure_steadily(measurer, shapes, ladder)
+            settle(table)
             saved = {"key": key, "table": table, "seconds": round(time.perf_counter() - started, 2),
-                     "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "times_measured": 1 + (moved > MAX_DRIFT)}
-            tmp = file.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(saved, indent=1))
-            os.replace(tmp, file)
-            source = "measured"
+                     "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "times_measured": times}
+            _save(file, saved)
             log.info("kernel probe: measured in %.1f s, saved to %s", saved["seconds"], file)
-        else:
-            source = "cached"
+        elif settle(saved["table"]):
+            _save(file, saved)
     dtype, score, decode = choose(saved["table"], rows, settings.dtype, settings.quant, int8_scoring)
     return Plan(dtype, score, decode, cpu.cpu_class(), saved["table"], rows,
                 getattr(config, "num_hidden_layers", 0), source, saved["seconds"], file, scorable(int8_scoring))
+
+
+def _measure_steadily(measurer: Callable, shapes: list[Shape], ladder: Rows) -> tuple[dict, int]:
+    """The table, and how many times it was measured: twice where the host's speed moved while it measured."""
+    table = measurer(shapes, ladder)
+    if (moved := drift(table)) <= MAX_DRIFT:
+        return table, 1
+    log.warning("kernel probe: float32's earlier and later rounds %.2fx apart, the host is busy; measuring again", moved)
+    table = min(table, measurer(shapes, ladder), key=drift)  # the steadier of two
+    if (still := drift(table)) > MAX_DRIFT:
+        log.warning("kernel probe: still %.2fx apart; used, and measured again at the next start", still)
+    return table, 2
+
+
+def _settle(table: dict, rows: Rows, shapes: list[Shape], retimer: Callable, settings: tuple) -> bool:
+    """Time a close call for one weight copy (:func:`close_call`) again, longer, unless that was done (a table cached
+    by a process with other settings may not have been): whether ``table`` changed. Not in a table measured again at
+    the next start anyway (too unsteady), and a failure to time keeps the probe's cells."""
+    close = close_call(table, rows, *settings) if drift(table) <= MAX_DRIFT else None
+    if close is None:
+        return False
+    pair, counts = close
+    cells = [table[k][str(m)] for k in pair for m in counts if table[k][str(m)].get("ms") is not None]
+    if all(c.get("rounds") for c in cells):
+        return False
+    log.info("kernel probe: %s and %s near the line for one weight copy; timing them again at %s rows", *pair, counts)
+    try:
+        retimer(table, shapes, pair, counts)
+    except (RuntimeError, NotImplementedError, MemoryError) as exc:
+        log.warning("kernel probe: timing %s and %s again failed (%s); the probe's timings stand", *pair, exc)
+        return False
+    return True
+
+
+def _save(file: Path, saved: dict) -> None:
+    tmp = file.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(saved, indent=1))
+    os.replace(tmp, file)
 
 
 def _read(file: Path, key: dict) -> dict | None:

@@ -24,6 +24,7 @@ SKIP_SLOWER = 4.0  # a kernel this much slower than float32 at a prefill's rows 
 FAR_SLOWER = 10.0  # a kernel this much slower than float32 at any row count is not timed again (a scalar loop)
 MIN_ROUNDS = 4  # each half of float32's rounds (see drift) a median of two at least
 RETIME_SECONDS = 0.5  # per kernel and row count, when a close call is timed again (:func:`retime`)
+RETIME_LAYERS = 4  # distinct weights each of its two kernels runs in turn: ~180 MB for a 0.5B layer (the probe's six: ~150)
 
 
 def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel] | None = None,
@@ -31,7 +32,7 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
     """Time every candidate on ``shapes`` at every row count, ascending; check each against float32.
 
     Returns kernel -> str(rows) -> {"ms": per decoder layer, "error": relative error, "note"} (float32's cells
-    also "halves_ms": see :func:`drift`). At a row count the kernels take turns, one decoder layer each, round after
+    also "halves_ms": see :func:`drift`; :func:`retime` adds "rounds"). At a row count the kernels take turns, one decoder layer each, round after
     round (:func:`_rounds`), and each keeps its median: load from another process slows the rounds it overlaps for
     every kernel alike, not one kernel's whole cell; and each kernel's weights are as cold as a model's next layer
     (not left in cache by its own previous call). A kernel ``SKIP_SLOWER`` times slower than float32 at the prefill
@@ -77,22 +78,26 @@ def retime(table: dict, shapes: list[Shape], names: Collection[str], row_counts:
            seconds: float = RETIME_SECONDS, candidates: dict[str, gemms.Kernel] | None = None,
            clock: Callable[[], float] = time.perf_counter) -> None:
     """Time ``names`` again at each of ``row_counts``, in turns, ``seconds`` each, and put their medians in ``table``
-    (a cell's "rounds" says how many); a cell the probe did not time (out of the race, wrong, decode only) stays so. For a close call the probe's few rounds cannot settle: on an AMX Xeon
-    (2026-12-08) int8-onednn's scoring time over bfloat16's came out 0.86-1.49x in first starts' probes, and
-    1.08-1.17x over 0.5 s of turns in each of the same processes, as in whole-model scoring (1.15x)."""
+    (a cell's "rounds" says how many); a cell the probe did not time (out of the race, wrong, decode only) stays so.
+
+    For a close call the probe's few rounds cannot settle. On an AMX Xeon (2026-12-08) int8-onednn's time at 640 rows
+    over bfloat16's was 1.13-1.49x in four probes and 1.09-1.17x over 0.5 s of turns right after each, in the same
+    process; whole-model scoring had it at 1.15x. Each kernel runs RETIME_LAYERS layers of weights a round: two
+    kernels' weights in turn stay as cold as the probe's six kernels' did (its turns), not warmer."""
     candidates = candidates or gemms.candidates()
     gen = torch.Generator().manual_seed(1)
-    weights = _weights(shapes, gen)
+    layers = [_weights(shapes, gen) for _ in range(RETIME_LAYERS)]
+    stacked = [s for _ in range(RETIME_LAYERS) for s in shapes]  # one round: every layer's calls
     with torch.inference_mode():
-        ready = {n: (candidates[n], [candidates[n].prepare(w) for w in weights]) for n in names}
+        ready = {n: (candidates[n], [candidates[n].prepare(w) for ws in layers for w in ws]) for n in names}
         for m in row_counts:
-            xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes]
+            xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes] * RETIME_LAYERS
             timed = {n: r for n, r in ready.items() if table[n][str(m)].get("ms") is not None}  # not out, wrong, skipped
-            for kernel, states in timed.values():  # warm-up: this row count's first call
-                for s, x in zip(states, xs):
-                    kernel.run(s, x)
-            for name, times in _rounds(timed, shapes, xs, seconds, clock).items():
-                table[name][str(m)].update(ms=_ms(times), rounds=len(times))
+            for kernel, states in timed.values():  # warm-up: this row count's first call of each shape
+                for state, x in zip(states[:len(shapes)], xs):
+                    kernel.run(state, x)
+            for name, times in _rounds(timed, stacked, xs, seconds, clock).items():
+                table[name][str(m)].update(ms=_ms([t / RETIME_LAYERS for t in times]), rounds=len(times))
 
 
 def _weights(shapes: list[Shape], gen: torch.Generator) -> list[torch.Tensor]:
