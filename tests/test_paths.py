@@ -501,6 +501,10 @@ def test_a_close_call_for_one_weight_copy_is_timed_again_before_it_counts(tmp_pa
     table = close_table()
     assert probe.choose(table, ROWS) == (BFLOAT16, BFLOAT16, ONEDNN)
     assert probe.close_call(table, ROWS) == ((BFLOAT16, ONEDNN), [ROWS.score])
+    both = close_table()  # bfloat16 drafts at 1.6x onednn's time too: both phases' rows (this AMX host's tables)
+    for m in (ROWS.batch, ROWS.prefill):
+        both[BFLOAT16][str(m)]["ms"] = 1.6 * both[ONEDNN][str(m)]["ms"]
+    assert probe.close_call(both, ROWS) == ((BFLOAT16, ONEDNN), [ROWS.batch, ROWS.prefill, ROWS.score])
     other = table_of({FLOAT32: 1.0, BFLOAT16: 0.5, FBGEMM: 0.3, INTMM: 0.9, ONEDNN: 0.25, WEIGHT_ONLY: 0.6})
     for m in (ROWS.batch, ROWS.prefill):  # the other way: fbgemm drafts 1.43x as fast, replies would give way
         other[FBGEMM][str(m)]["ms"] = 0.7 * other[ONEDNN][str(m)]["ms"]

@@ -50,14 +50,12 @@ REPLY_TOKENS = 64  # tokens per reply, to weigh decode steps against the prefill
 # copy of every weight costs ~0.5 GB and ~4.5 s at start (0.5B model), and a layer's share of a whole decode step
 # (attention, sampling and Python the rest) is ~2/3: 25 % there is ~15 % of reply speed. Probes differ by ~15 %.
 # Where that fails, scoring runs the replies' kernel if it may label and takes at most 1.25x the fastest's time: on
-# an AMX Xeon (2026-12-08) bfloat16 and int8-onednn at 640 rows swapped places between first starts (onednn 0.85-1.23x
-# bfloat16's time over eight probes; CLOSE_CALL below for a probe past 1.25x), and a start that picked
-# bfloat16 scoring kept bfloat16 weights beside the int8 ones for good: 4.47 GB at its peak against 2.25 GB.
+# an AMX Xeon (2026-12-08) a start that picked bfloat16 scoring kept its weights beside the int8 ones for good (4.47
+# GB at its peak against 2.25 GB), where int8-onednn took 0.85-1.23x bfloat16's time at 640 rows over eight probes.
 SAME_KERNEL_SLACK = 1.25
-# Both were kept by first starts whose probes put int8-onednn at 1.33 and 1.40x bfloat16's scoring time; timed for
-# 0.5 s it was 1.09-1.17x: the probe's 4 rounds at 640 rows swing that far. So a plan of two copies within CLOSE_CALL
-# times the line (1.25 x 1.5 = 1.875x) is timed again, longer (timing.retime): 0.5 s per kernel and row count, 1 s for
-# a scoring pass, 2 s for a reply's two row counts.
+# First starts there kept both on probes at 1.33 and 1.40x, which 0.5 s of turns put at 1.09-1.17x: 4 rounds at 640
+# rows swing that far. So two copies within CLOSE_CALL times the line (1.875x) are timed again, longer (timing.retime:
+# 0.5 s per kernel and row count).
 CLOSE_CALL = 1.5
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 Shape = tuple[int, int, int]  # in features, out features, how many per decoder layer
@@ -158,13 +156,23 @@ def scorable(int8_scoring: bool | Collection[tuple[str, str]] = True) -> frozens
 
 
 def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
-           int8_scoring: bool | Collection[tuple[str, str]] = True,
-           slack: float = SAME_KERNEL_SLACK) -> tuple[str, str, str]:
+           int8_scoring: bool | Collection[tuple[str, str]] = True) -> tuple[str, str, str]:
     """(dtype, score kernel, decode kernel): the fastest correct kernel per phase among those the
     settings allow. ``dtype`` auto is bfloat16 where its GEMM measured faster than float32's.
     ``quant``: none (float only), int8-decode (int8 replies), int8 (int8 both), auto (fastest).
-    ``int8_scoring``: which int8 kernels may score (:func:`scorable`); False: scoring in float.
-    ``slack``: how much slower one phase may run to share the other's kernel (one weight copy)."""
+    ``int8_scoring``: which int8 kernels may score (:func:`scorable`); False: scoring in float."""
+    dtype, picked, close = _fastest(table, rows, dtype, quant, int8_scoring)
+    if close(picked["score"], picked["decode"], "decode", SAME_KERNEL_SLACK):
+        picked["decode"] = picked["score"]  # one weight copy: less memory and a faster start, for a few % of drafting
+    elif close(picked["decode"], picked["score"], "score", SAME_KERNEL_SLACK):
+        picked["score"] = picked["decode"]  # the same, paid in scoring, when the probe's noise is all between them
+    return dtype, picked["score"], picked["decode"]
+
+
+def _fastest(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
+             int8_scoring: bool | Collection[tuple[str, str]] = True) -> tuple[str, dict, Callable]:
+    """The dtype, the fastest allowed kernel per phase, and ``close(kernel, best, phase, slack)``: whether ``kernel``
+    may run ``phase`` and does it within ``slack`` of ``best``."""
     def cost(kernel: str, phase: str) -> float | None:
         return phase_ms(table, kernel, phase, rows)
 
@@ -179,28 +187,24 @@ def choose(table: dict, rows: Rows, dtype: str = "auto", quant: str = "auto",
     for phase, pool in pools.items():
         timed = [(c, k) for k in pool if (c := cost(k, phase)) is not None]
         picked[phase] = min(timed)[1] if timed else dtype
-    if _close(cost, picked["score"], picked["decode"], "decode", pools, slack):
-        picked["decode"] = picked["score"]  # one weight copy: less memory and a faster start, for a few % of drafting
-    elif _close(cost, picked["decode"], picked["score"], "score", pools, slack):
-        picked["score"] = picked["decode"]  # the same, paid in scoring, when the probe's noise is all between them
-    return dtype, picked["score"], picked["decode"]
 
+    def close(kernel: str, best: str, phase: str, slack: float) -> bool:
+        mine = cost(kernel, phase)
+        return kernel in pools[phase] and mine is not None and mine <= slack * cost(best, phase)
 
-def _close(cost: Callable, kernel: str, best: str, phase: str, pools: dict, slack: float) -> bool:
-    """Whether ``kernel`` may run ``phase`` and does it within ``slack`` of ``best``."""
-    mine = cost(kernel, phase)
-    return kernel in pools[phase] and mine is not None and mine <= slack * cost(best, phase)
+    return dtype, picked, close
 
 
 def close_call(table: dict, rows: Rows, *settings) -> tuple[tuple[str, str], list[int]] | None:
     """The two kernels of a plan that keeps two weight copies, where CLOSE_CALL times the slack would have kept one,
-    and the rows of the phase that would give way: a margin the probe's few rounds cannot be trusted with (those
-    cells are timed again, longer, before it counts)."""
+    and the rows of each phase that would give way at that slack: a margin the probe's few rounds cannot be trusted
+    with (those cells are timed again, longer, before it counts)."""
     _, score, decode = choose(table, rows, *settings)
-    _, wide_score, wide_decode = choose(table, rows, *settings, slack=SAME_KERNEL_SLACK * CLOSE_CALL)
-    if score == decode or wide_score != wide_decode:
-        return None
-    return (score, decode), [rows.batch, rows.prefill] if wide_score == score else [rows.score]
+    *_, close = _fastest(table, rows, *settings)
+    wide = SAME_KERNEL_SLACK * CLOSE_CALL
+    counts = ([rows.batch, rows.prefill] if close(score, decode, "decode", wide) else []) + \
+        ([rows.score] if close(decode, score, "score", wide) else [])
+    return ((score, decode), sorted(counts)) if score != decode and counts else None
 
 
 def host() -> dict:
