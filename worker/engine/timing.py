@@ -86,10 +86,13 @@ def retime(table: dict, shapes: list[Shape], names: Collection[str], row_counts:
     kernels' weights in turn stay as cold as the probe's six kernels' did (its turns), not warmer."""
     candidates = candidates or gemms.candidates()
     gen = torch.Generator().manual_seed(1)
-    layers = [_weights(shapes, gen) for _ in range(RETIME_LAYERS)]
     stacked = [s for _ in range(RETIME_LAYERS) for s in shapes]  # one round: every layer's calls
     with torch.inference_mode():
-        ready = {n: (candidates[n], [candidates[n].prepare(w) for ws in layers for w in ws]) for n in names}
+        ready = {n: (candidates[n], []) for n in names}
+        for _ in range(RETIME_LAYERS):  # one float layer at a time: only the prepared weights stay
+            weights = _weights(shapes, gen)
+            for kernel, states in ready.values():
+                states += [kernel.prepare(w) for w in weights]
         for m in row_counts:
             xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes] * RETIME_LAYERS
             timed = {n: r for n, r in ready.items() if table[n][str(m)].get("ms") is not None}  # not out, wrong, skipped
