@@ -530,11 +530,15 @@ def test_a_close_call_for_one_weight_copy_is_timed_again_before_it_counts(tmp_pa
         assert (plan.score, plan.decode) == (BFLOAT16, ONEDNN)
     assert len(calls) == 2  # 1.4x timed again, 2.0x not
 
-    def fails(*args):
+    def fails(tab, *args):  # part of the way: one cell written, then an error
+        tab[ONEDNN][str(ROWS.score)]["ms"] = 0.0001
+        calls.append("failed")
         raise RuntimeError("oneDNN could not create a primitive")
 
     plan = probe.plan_for(settings, tiny_config(), "tiny", fresh=True, measurer=lambda s, r: close_table(), retimer=fails)
-    assert (plan.score, plan.decode) == (BFLOAT16, ONEDNN)
+    assert (plan.score, plan.decode) == (BFLOAT16, ONEDNN) and plan.table[ONEDNN][str(ROWS.score)]["rounds"] == 0
+    assert plan.table[ONEDNN][str(ROWS.score)]["ms"] == close_table()[ONEDNN][str(ROWS.score)]["ms"]
+    assert probe.plan_for(settings, tiny_config(), "tiny", retimer=fails).source == "cached" and calls.count("failed") == 1
 
 
 def test_a_cached_close_call_is_timed_again_by_the_first_process_whose_settings_meet_it(tmp_path):
@@ -555,13 +559,16 @@ def test_a_cached_close_call_is_timed_again_by_the_first_process_whose_settings_
     assert (plan.score, plan.decode) == (again.score, again.decode) == (ONEDNN, ONEDNN)
 
 
-def test_timing_again_runs_the_named_kernels_at_the_named_rows_only():
-    found = table_of({FLOAT32: 1.0, ONEDNN: 1.0, WEIGHT_ONLY: 1.0})
+def test_timing_again_keeps_the_faster_cell_and_moves_the_other_by_the_new_ratio():
+    """The real re-timing: at each row count the kernel the probe had faster keeps its cell (comparable with the
+    kernels not timed again), the other moves by the ratio measured now; a kernel alone at a row count is not timed."""
+    found = table_of({FLOAT32: 1.0, ONEDNN: 1.0, WEIGHT_ONLY: 0.5})
     found[WEIGHT_ONLY]["16"]["ms"] = None  # a cell the probe did not time stays untimed
     probe.retime(found, [(64, 96, 1)], [FLOAT32, WEIGHT_ONLY], [8, 16], seconds=0.01)
-    assert found[FLOAT32]["8"]["rounds"] >= 4 and found[FLOAT32]["8"]["ms"] != 8.0 and found[WEIGHT_ONLY]["8"]["rounds"]
-    assert "rounds" not in found[FLOAT32]["128"] and found[ONEDNN]["8"]["ms"] == 8.0
-    assert found[WEIGHT_ONLY]["16"]["ms"] is None and "rounds" not in found[WEIGHT_ONLY]["16"]
+    assert found[WEIGHT_ONLY]["8"]["ms"] == 4.0 and found[WEIGHT_ONLY]["8"]["rounds"] >= 4
+    assert found[FLOAT32]["8"]["ms"] != 8.0 and found[FLOAT32]["8"]["rounds"] >= 4
+    assert found[WEIGHT_ONLY]["16"]["ms"] is None and "rounds" not in found[FLOAT32]["16"]
+    assert found[ONEDNN]["8"]["ms"] == 8.0 and "rounds" not in found[FLOAT32]["128"]
 
 
 def test_int8_onednn_runs_a_bfloat16_model_close_to_the_float_one():

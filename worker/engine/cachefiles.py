@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -39,6 +40,13 @@ def stamp(paths: Iterable[Path | None]) -> None:
     for path in paths:
         with contextlib.suppress(OSError, TypeError):
             os.utime(path)
+
+
+def save_json(file: Path, data) -> None:
+    """Write ``data`` as JSON in one step: a reader sees the old file or the new one, never half of it."""
+    tmp = file.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, file)
 
 
 def lock_file(entry: Path) -> Path:

@@ -21,6 +21,7 @@ read it. ``moodq probe`` prints it. CPU flags are only part of the key: they nev
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -204,7 +205,7 @@ def close_call(table: dict, rows: Rows, *settings) -> tuple[tuple[str, str], lis
     wide = SAME_KERNEL_SLACK * CLOSE_CALL
     counts = ([rows.batch, rows.prefill] if close(score, decode, "decode", wide) else []) + \
         ([rows.score] if close(decode, score, "score", wide) else [])
-    return ((score, decode), sorted(counts)) if score != decode and counts else None
+    return ((score, decode), sorted(set(counts))) if score != decode and counts else None
 
 
 def host() -> dict:
@@ -245,10 +246,10 @@ def plan_for(settings, config, model_id: str, fresh: bool = False, measurer: Cal
             settle(table)
             saved = {"key": key, "table": table, "seconds": round(time.perf_counter() - started, 2),
                      "measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), "times_measured": times}
-            _save(file, saved)
+            cachefiles.save_json(file, saved)
             log.info("kernel probe: measured in %.1f s, saved to %s", saved["seconds"], file)
         elif settle(saved["table"]):
-            _save(file, saved)
+            cachefiles.save_json(file, saved)
     dtype, score, decode = choose(saved["table"], rows, settings.dtype, settings.quant, int8_scoring)
     return Plan(dtype, score, decode, cpu.cpu_class(), saved["table"], rows,
                 getattr(config, "num_hidden_layers", 0), source, saved["seconds"], file, scorable(int8_scoring))
@@ -267,29 +268,27 @@ def _measure_steadily(measurer: Callable, shapes: list[Shape], ladder: Rows) -> 
 
 
 def _settle(table: dict, rows: Rows, shapes: list[Shape], retimer: Callable, settings: tuple) -> bool:
-    """Time a close call for one weight copy (:func:`close_call`) again, longer, unless that was done (a table cached
+    """Time a close call for one weight copy (:func:`close_call`) again, longer, unless that was tried (a table cached
     by a process with other settings may not have been): whether ``table`` changed. Not in a table measured again at
-    the next start anyway (too unsteady), and a failure to time keeps the probe's cells."""
+    the next start anyway (too unsteady). The timing runs on a copy: a failure keeps every probe cell, marked as
+    tried (0 rounds), so later starts do not try again."""
     close = close_call(table, rows, *settings) if drift(table) <= MAX_DRIFT else None
     if close is None:
         return False
     pair, counts = close
-    cells = [table[k][str(m)] for k in pair for m in counts if table[k][str(m)].get("ms") is not None]
-    if all(c.get("rounds") for c in cells):
+    cells = {(k, str(m)) for k in pair for m in counts if table[k][str(m)].get("ms") is not None}
+    if all("rounds" in table[k][m] for k, m in cells):
         return False
     log.info("kernel probe: %s and %s near the line for one weight copy; timing them again at %s rows", *pair, counts)
+    trial = copy.deepcopy(table)
     try:
-        retimer(table, shapes, pair, counts)
+        retimer(trial, shapes, pair, counts)
     except (RuntimeError, NotImplementedError, MemoryError) as exc:
         log.warning("kernel probe: timing %s and %s again failed (%s); the probe's timings stand", *pair, exc)
-        return False
+        trial = table
+    for k, m in cells:
+        table[k][m] = {**trial[k][m], "rounds": trial[k][m].get("rounds", 0)}
     return True
-
-
-def _save(file: Path, saved: dict) -> None:
-    tmp = file.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(saved, indent=1))
-    os.replace(tmp, file)
 
 
 def _read(file: Path, key: dict) -> dict | None:

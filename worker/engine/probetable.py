@@ -31,11 +31,13 @@ def table_text(plan: Plan) -> str:
                 mark = " (not label-safe)"
             row.append(f"{ms:.2f} ms ({phase_base[phase] / ms:.2f}x){mark}" if ms and phase_base[phase] else "-")
         lines.append("| " + " | ".join(row) + " |")
-    again = [(n, int(m)) for n, cells in table.items() for m, c in cells.items() if c.get("rounds")]
-    if again:  # timing.retime's cells
-        names, counts = dict.fromkeys(n for n, _ in again), sorted({m for _, m in again})
-        lines.append(f"({', '.join(names)} at {', '.join(map(str, counts))} rows: timed again, longer, "
-                     "as a close call for one weight copy)")
+    again: dict[tuple, list[str]] = {}  # rows timed again (timing.retime) -> kernels
+    for name, cells in table.items():
+        if counts := tuple(sorted(int(m) for m, c in cells.items() if c.get("rounds"))):
+            again.setdefault(counts, []).append(name)
+    if again:
+        which = "; ".join(f"{', '.join(names)} at {', '.join(map(str, counts))} rows" for counts, names in again.items())
+        lines.append(f"({which}: timed again, longer, as a close call for one weight copy)")
     halves = any("halves_ms" in c for c in table.get(FLOAT32, {}).values())  # not in an injected table
     steady = f", float32's earlier and later rounds {drift(table):.2f}x apart" if halves else ""  # past MAX_DRIFT: busy
     return "\n".join([f"kernel probe ({plan.source}; measured in {plan.seconds:.1f} s{steady}): time per decoder layer, "

@@ -77,16 +77,19 @@ def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel]
 def retime(table: dict, shapes: list[Shape], names: Collection[str], row_counts: Collection[int],
            seconds: float = RETIME_SECONDS, candidates: dict[str, gemms.Kernel] | None = None,
            clock: Callable[[], float] = time.perf_counter) -> None:
-    """Time ``names`` again at each of ``row_counts``, in turns, ``seconds`` each, and put their medians in ``table``
-    (a cell's "rounds" says how many); a cell the probe did not time (out of the race, wrong, decode only) stays so.
+    """Time ``names`` again at each of ``row_counts``, in turns, ``seconds`` each, for a close call the probe's few
+    rounds cannot settle, and put their ratio in ``table``: at each row count the one the probe timed fastest keeps
+    its cell, the other's is that times the new ratio (so both stay comparable with the kernels not timed again); a
+    cell's "rounds" says how many. A cell the probe did not time (out of the race, wrong, decode only) stays so.
 
-    For a close call the probe's few rounds cannot settle. On an AMX Xeon (2026-12-08) int8-onednn's time at 640 rows
-    over bfloat16's was 1.13-1.49x in four probes and 1.09-1.17x over 0.5 s of turns right after each, in the same
-    process; whole-model scoring had it at 1.15x. Each kernel runs RETIME_LAYERS layers of weights a round: two
-    kernels' weights in turn stay as cold as the probe's six kernels' did (its turns), not warmer."""
+    Each kernel runs RETIME_LAYERS layers of distinct weights a round: two kernels' weights in turn stay about as
+    cold as the probe's six kernels' one layer did. On an AMX Xeon (2026-12-08) the probe's 4 rounds at 640 rows put
+    int8-onednn at 0.86-1.49x bfloat16's time between starts; timed this way, 0.93-0.95x (and 1.09-1.17x on one
+    layer, 1.15x in whole-model scoring): steady, though no estimate of the whole model's ratio."""
     candidates = candidates or gemms.candidates()
     gen = torch.Generator().manual_seed(1)
     stacked = [s for _ in range(RETIME_LAYERS) for s in shapes]  # one round: every layer's calls
+    ratios: dict[int, dict[str, tuple[float, int]]] = {}
     with torch.inference_mode():
         ready = {n: (candidates[n], []) for n in names}
         for _ in range(RETIME_LAYERS):  # one float layer at a time: only the prepared weights stay
@@ -96,11 +99,17 @@ def retime(table: dict, shapes: list[Shape], names: Collection[str], row_counts:
         for m in row_counts:
             xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes] * RETIME_LAYERS
             timed = {n: r for n, r in ready.items() if table[n][str(m)].get("ms") is not None}  # not out, wrong, skipped
+            if len(timed) < 2:
+                continue
             for kernel, states in timed.values():  # warm-up: this row count's first call of each shape
                 for state, x in zip(states[:len(shapes)], xs):
                     kernel.run(state, x)
-            for name, times in _rounds(timed, stacked, xs, seconds, clock).items():
-                table[name][str(m)].update(ms=_ms([t / RETIME_LAYERS for t in times]), rounds=len(times))
+            ratios[m] = {n: (statistics.median(t), len(t)) for n, t in _rounds(timed, stacked, xs, seconds, clock).items()}
+    for m, found in ratios.items():  # written only once every row count was timed
+        anchor = min(found, key=lambda n: table[n][str(m)]["ms"])
+        for name, (median, rounds) in found.items():
+            ms = table[anchor][str(m)]["ms"] * median / found[anchor][0]
+            table[name][str(m)].update(ms=round(ms, 4), rounds=rounds)
 
 
 def _weights(shapes: list[Shape], gen: torch.Generator) -> list[torch.Tensor]:
