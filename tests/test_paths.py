@@ -535,10 +535,12 @@ def test_a_close_call_for_one_weight_copy_is_timed_again_before_it_counts(tmp_pa
         calls.append("failed")
         raise RuntimeError("oneDNN could not create a primitive")
 
-    plan = probe.plan_for(settings, tiny_config(), "tiny", fresh=True, measurer=lambda s, r: close_table(), retimer=fails)
+    plan = probe.plan_for(settings, tiny_config(), "tiny", fresh=True, measurer=lambda s, r: close_table(),
+                          retimer=fails)
     assert (plan.score, plan.decode) == (BFLOAT16, ONEDNN) and plan.table[ONEDNN][str(ROWS.score)]["rounds"] == 0
     assert plan.table[ONEDNN][str(ROWS.score)]["ms"] == close_table()[ONEDNN][str(ROWS.score)]["ms"]
-    assert probe.plan_for(settings, tiny_config(), "tiny", retimer=fails).source == "cached" and calls.count("failed") == 1
+    cached = probe.plan_for(settings, tiny_config(), "tiny", retimer=fails)
+    assert cached.source == "cached" and calls.count("failed") == 1
 
 
 def test_a_cached_close_call_is_timed_again_by_the_first_process_whose_settings_meet_it(tmp_path):
@@ -551,7 +553,8 @@ def test_a_cached_close_call_is_timed_again_by_the_first_process_whose_settings_
         tab[ONEDNN][str(ROWS.score)].update(ms=1.1 * tab[BFLOAT16][str(ROWS.score)]["ms"], rounds=30)
 
     plain = load_settings(cache_dir=str(tmp_path), quant="none", sentiment_batch_size=16, reply_batch_size=8)
-    assert probe.plan_for(plain, tiny_config(), "tiny", measurer=lambda s, r: close_table(), retimer=retimer).score == BFLOAT16
+    first = probe.plan_for(plain, tiny_config(), "tiny", measurer=lambda s, r: close_table(), retimer=retimer)
+    assert first.score == BFLOAT16
     settings = load_settings(cache_dir=str(tmp_path), sentiment_batch_size=16, reply_batch_size=8)
     plan = probe.plan_for(settings, tiny_config(), "tiny", retimer=retimer)
     again = probe.plan_for(settings, tiny_config(), "tiny", retimer=retimer)

@@ -260,7 +260,8 @@ def _measure_steadily(measurer: Callable, shapes: list[Shape], ladder: Rows) -> 
     table = measurer(shapes, ladder)
     if (moved := drift(table)) <= MAX_DRIFT:
         return table, 1
-    log.warning("kernel probe: float32's earlier and later rounds %.2fx apart, the host is busy; measuring again", moved)
+    log.warning("kernel probe: float32's earlier and later rounds %.2fx apart, the host is busy; measuring again",
+                moved)
     table = min(table, measurer(shapes, ladder), key=drift)  # the steadier of two
     if (still := drift(table)) > MAX_DRIFT:
         log.warning("kernel probe: still %.2fx apart; used, and measured again at the next start", still)

@@ -36,7 +36,8 @@ def table_text(plan: Plan) -> str:
         if counts := tuple(sorted(int(m) for m, c in cells.items() if c.get("rounds"))):
             again.setdefault(counts, []).append(name)
     if again:
-        which = "; ".join(f"{', '.join(names)} at {', '.join(map(str, counts))} rows" for counts, names in again.items())
+        which = "; ".join(f"{', '.join(names)} at {', '.join(map(str, counts))} rows"
+                          for counts, names in again.items())
         lines.append(f"({which}: timed again, longer, as a close call for one weight copy)")
     halves = any("halves_ms" in c for c in table.get(FLOAT32, {}).values())  # not in an injected table
     steady = f", float32's earlier and later rounds {drift(table):.2f}x apart" if halves else ""  # past MAX_DRIFT: busy

@@ -24,21 +24,22 @@ SKIP_SLOWER = 4.0  # a kernel this much slower than float32 at a prefill's rows 
 FAR_SLOWER = 10.0  # a kernel this much slower than float32 at any row count is not timed again (a scalar loop)
 MIN_ROUNDS = 4  # each half of float32's rounds (see drift) a median of two at least
 RETIME_SECONDS = 0.5  # per kernel and row count, when a close call is timed again (:func:`retime`)
-RETIME_LAYERS = 4  # distinct weights each of its two kernels runs in turn: ~180 MB for a 0.5B layer (the probe's six: ~150)
+RETIME_LAYERS = 4  # distinct weights each of its kernels runs in turn: ~180 MB for a 0.5B layer (probe's six: ~150)
 
 
 def measure(shapes: list[Shape], rows: Rows, candidates: dict[str, gemms.Kernel] | None = None,
             min_seconds: float = 0.08, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Time every candidate on ``shapes`` at every row count, ascending; check each against float32.
 
-    Returns kernel -> str(rows) -> {"ms": per decoder layer, "error": relative error, "note"} (float32's cells
-    also "halves_ms": see :func:`drift`; :func:`retime` adds "rounds"). At a row count the kernels take turns, one decoder layer each, round after
-    round (:func:`_rounds`), and each keeps its median: load from another process slows the rounds it overlaps for
-    every kernel alike, not one kernel's whole cell; and each kernel's weights are as cold as a model's next layer
-    (not left in cache by its own previous call). A kernel ``SKIP_SLOWER`` times slower than float32 at the prefill
-    rows or more is not timed at larger row counts (it cannot win there, and a scalar loop at a thousand rows would
-    take minutes); at fewer rows, only one ``FAR_SLOWER`` times slower is out (a kernel a little slow for one row
-    may be fast for many). A weight-only kernel is not timed at scoring rows beyond the prefill's (it may not label)."""
+    Returns kernel -> str(rows) -> {"ms": per decoder layer, "error": relative error, "note"} (float32's cells also
+    "halves_ms": see :func:`drift`; :func:`retime` adds "rounds"). At a row count the kernels take turns, one
+    decoder layer each, round after round (:func:`_rounds`), and each keeps its median: load from another process
+    slows the rounds it overlaps for every kernel alike, not one kernel's whole cell; and each kernel's weights are
+    as cold as a model's next layer (not left in cache by its own previous call). A kernel ``SKIP_SLOWER`` times
+    slower than float32 at the prefill rows or more is not timed at larger row counts (it cannot win there, and a
+    scalar loop at a thousand rows would take minutes); at fewer rows, only one ``FAR_SLOWER`` times slower is out
+    (a kernel a little slow for one row may be fast for many). A weight-only kernel is not timed at scoring rows
+    beyond the prefill's (it may not label)."""
     candidates = candidates or gemms.candidates()
     gen = torch.Generator().manual_seed(0)
     weights = _weights(shapes, gen)
@@ -84,7 +85,7 @@ def retime(table: dict, shapes: list[Shape], names: Collection[str], row_counts:
 
     Each kernel runs RETIME_LAYERS layers of distinct weights a round: two kernels' weights in turn stay about as
     cold as the probe's six kernels' one layer did. On an AMX Xeon (2026-12-08) the probe's 4 rounds at 640 rows put
-    int8-onednn at 0.86-1.49x bfloat16's time between starts; timed this way, 0.93-0.95x (and 1.09-1.17x on one
+    int8-onednn at 0.86-1.49x bfloat16's time between starts; timed this way, 0.93-1.04x (and 1.09-1.17x on one
     layer, 1.15x in whole-model scoring): steady, though no estimate of the whole model's ratio."""
     candidates = candidates or gemms.candidates()
     gen = torch.Generator().manual_seed(1)
@@ -98,13 +99,14 @@ def retime(table: dict, shapes: list[Shape], names: Collection[str], row_counts:
                 states += [kernel.prepare(w) for w in weights]
         for m in row_counts:
             xs = [torch.randn(m, i, generator=gen) for i, _, _ in shapes] * RETIME_LAYERS
-            timed = {n: r for n, r in ready.items() if table[n][str(m)].get("ms") is not None}  # not out, wrong, skipped
+            timed = {n: r for n, r in ready.items() if table[n][str(m)].get("ms") is not None}  # not out or wrong
             if len(timed) < 2:
                 continue
             for kernel, states in timed.values():  # warm-up: this row count's first call of each shape
                 for state, x in zip(states[:len(shapes)], xs):
                     kernel.run(state, x)
-            ratios[m] = {n: (statistics.median(t), len(t)) for n, t in _rounds(timed, stacked, xs, seconds, clock).items()}
+            times = _rounds(timed, stacked, xs, seconds, clock)
+            ratios[m] = {n: (statistics.median(t), len(t)) for n, t in times.items()}
     for m, found in ratios.items():  # written only once every row count was timed
         anchor = min(found, key=lambda n: table[n][str(m)]["ms"])
         for name, (median, rounds) in found.items():
